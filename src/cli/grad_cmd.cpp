@@ -1,0 +1,37 @@
+// infini grad: the full-BPTT gradient of the eval loss with respect to every parameter.
+#include <cstdio>
+#include <memory>
+
+#include "cli/commands.hpp"
+#include "io/text.hpp"
+#include "model/bptt.hpp"
+
+namespace infini::cli {
+
+void register_grad(CLI::App& app) {
+  struct Opts {
+    std::string model, data, out;
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* cmd = app.add_subcommand(
+      "grad", "Write the gradient of the eval loss for every parameter (F32 safetensors)");
+  cmd->add_option("--model", o->model, "Model directory")->required();
+  cmd->add_option("--data", o->data, "Text file; tokenized whole, no special tokens added")
+      ->required();
+  cmd->add_option("--out", o->out, "Output .safetensors file; tensors named as the parameters")
+      ->required();
+  cmd->callback([o] {
+    const model::Model<float> m = model::load_model(o->model);
+    const auto tok = io::load_tokenizer_for_model(o->model);
+    const std::vector<int32_t> ids = io::tokenize_file(*tok, o->data, 2);
+    model::ForwardContext<float> ctx(m.config);
+    model::SequenceWorkspace<float> ws;
+    std::vector<float> grads(size_t(m.layout.total), 0.0f);
+    const model::LossResult r = model::sequence_loss<float>(
+        m, ctx, ids.data(), 1, int64_t(ids.size()), grads.data(), {}, ws);
+    model::save_tensors(m.layout, grads.data(), o->out);
+    std::printf("loss %.6f  wrote %s\n", r.mean(), o->out.c_str());
+  });
+}
+
+}  // namespace infini::cli

@@ -1,0 +1,30 @@
+// infini: the command-line front end. Only this file decides to exit.
+#include <cstdio>
+#include <exception>
+
+#include "cli/commands.hpp"
+#include "core/error.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"infini: Infini-attention transformers (compressive memory across segments)"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Print help for every subcommand");
+  infini::cli::register_init(app);
+  infini::cli::register_eval(app);
+  infini::cli::register_grad(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const infini::Error& e) {
+    std::fprintf(stderr, "infini: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "infini: error: out of memory\n");
+    return 3;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "infini: error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,180 @@
+#include "model/config.hpp"
+
+#include <fstream>
+#include <sstream>
+
+#include "core/error.hpp"
+
+namespace infini::model {
+
+using nlohmann::json;
+
+const char* memory_update_name(MemoryUpdate u) {
+  return u == MemoryUpdate::Delta ? "delta" : "linear";
+}
+
+namespace {
+
+const json* find_key(const json& j, const char* key) {
+  auto it = j.find(key);
+  return it == j.end() || it->is_null() ? nullptr : &*it;
+}
+
+int64_t get_int(const json& j, const char* key, const std::string& src, bool required,
+                int64_t fallback) {
+  const json* v = find_key(j, key);
+  if (!v) {
+    if (required) throw Error(src + ": missing required key '" + key + "'");
+    return fallback;
+  }
+  if (v->is_number_integer() || v->is_number_unsigned()) {
+    if (v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(INT64_MAX))
+      throw Error(src + ": key '" + key + "' is too large");
+    return v->get<int64_t>();
+  }
+  if (v->is_number_float()) {
+    double d = v->get<double>();
+    if (d == double(int64_t(d)) && d > -9e18 && d < 9e18) return int64_t(d);
+  }
+  throw Error(src + ": key '" + key + "' must be an integer");
+}
+
+double get_num(const json& j, const char* key, const std::string& src, double fallback) {
+  const json* v = find_key(j, key);
+  if (!v) return fallback;
+  if (!v->is_number()) throw Error(src + ": key '" + key + "' must be a number");
+  return v->get<double>();
+}
+
+bool get_bool(const json& j, const char* key, const std::string& src, bool fallback) {
+  const json* v = find_key(j, key);
+  if (!v) return fallback;
+  if (!v->is_boolean()) throw Error(src + ": key '" + key + "' must be true or false");
+  return v->get<bool>();
+}
+
+const char* kKnownKeys[] = {"model_type",          "vocab_size",        "hidden_size",
+                            "intermediate_size",   "num_hidden_layers", "num_attention_heads",
+                            "num_key_value_heads", "head_dim",          "rms_norm_eps",
+                            "rope_theta",          "tie_word_embeddings", "attention_bias",
+                            "infini"};
+
+}  // namespace
+
+ModelConfig config_from_json(const json& j, const std::string& src) {
+  if (!j.is_object()) throw Error(src + ": config must be a JSON object");
+  ModelConfig c;
+  const json* mt = find_key(j, "model_type");
+  if (!mt) throw Error(src + ": missing required key 'model_type' (\"llama\" or \"qwen2\")");
+  if (!mt->is_string()) throw Error(src + ": key 'model_type' must be a string");
+  c.model_type = mt->get<std::string>();
+  if (c.model_type != "llama" && c.model_type != "qwen2")
+    throw Error(src + ": unsupported model_type '" + c.model_type + "' (expected llama or qwen2)");
+  c.vocab_size = get_int(j, "vocab_size", src, true, 0);
+  c.hidden_size = get_int(j, "hidden_size", src, true, 0);
+  c.intermediate_size = get_int(j, "intermediate_size", src, true, 0);
+  c.num_layers = get_int(j, "num_hidden_layers", src, true, 0);
+  c.num_heads = get_int(j, "num_attention_heads", src, true, 0);
+  c.num_kv_heads = get_int(j, "num_key_value_heads", src, false, c.num_heads);
+  if (c.num_heads <= 0) throw Error(src + ": key 'num_attention_heads' must be positive");
+  if (find_key(j, "head_dim")) {
+    c.head_dim = get_int(j, "head_dim", src, true, 0);
+  } else {
+    if (c.hidden_size % c.num_heads != 0)
+      throw Error(src + ": 'hidden_size' (" + std::to_string(c.hidden_size) +
+                  ") is not divisible by 'num_attention_heads' (" +
+                  std::to_string(c.num_heads) + ") and no 'head_dim' is given");
+    c.head_dim = c.hidden_size / c.num_heads;
+  }
+  c.rms_norm_eps = get_num(j, "rms_norm_eps", src, 1e-6);
+  c.rope_theta = get_num(j, "rope_theta", src, 10000.0);
+  c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", src, false);
+  // Qwen2 checkpoints carry q/k/v biases without saying so in config.json.
+  c.attention_bias = get_bool(j, "attention_bias", src, c.model_type == "qwen2");
+  if (const json* inf = find_key(j, "infini")) {
+    if (!inf->is_object()) throw Error(src + ": key 'infini' must be an object");
+    const std::string isrc = src + " (infini)";
+    c.segment_length = get_int(*inf, "segment_length", isrc, false, c.segment_length);
+    c.use_memory = get_bool(*inf, "use_memory", isrc, true);
+    if (const json* mu = find_key(*inf, "memory_update")) {
+      if (!mu->is_string()) throw Error(isrc + ": key 'memory_update' must be a string");
+      const std::string s = mu->get<std::string>();
+      if (s == "linear") c.memory_update = MemoryUpdate::Linear;
+      else if (s == "delta") c.memory_update = MemoryUpdate::Delta;
+      else throw Error(isrc + ": memory_update must be \"linear\" or \"delta\", got \"" + s + "\"");
+    }
+  }
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    bool known = false;
+    for (const char* k : kKnownKeys) known = known || it.key() == k;
+    if (!known) c.extra[it.key()] = it.value();
+  }
+  validate_config(c, src);
+  return c;
+}
+
+void validate_config(const ModelConfig& c, const std::string& src) {
+  auto check = [&](bool ok, const std::string& msg) {
+    if (!ok) throw Error(src + ": " + msg);
+  };
+  auto in_range = [&](int64_t v, const char* key, int64_t lo, int64_t hi) {
+    check(v >= lo && v <= hi, "key '" + std::string(key) + "' = " + std::to_string(v) +
+                                  " is out of range [" + std::to_string(lo) + ", " +
+                                  std::to_string(hi) + "]");
+  };
+  in_range(c.vocab_size, "vocab_size", 1, 1 << 24);
+  in_range(c.hidden_size, "hidden_size", 1, 1 << 16);
+  in_range(c.intermediate_size, "intermediate_size", 1, 1 << 18);
+  in_range(c.num_layers, "num_hidden_layers", 1, 1024);
+  in_range(c.num_heads, "num_attention_heads", 1, 1024);
+  in_range(c.num_kv_heads, "num_key_value_heads", 1, 1024);
+  in_range(c.head_dim, "head_dim", 2, 4096);
+  in_range(c.segment_length, "infini.segment_length", 1, 1 << 20);
+  check(c.num_heads % c.num_kv_heads == 0,
+        "'num_attention_heads' (" + std::to_string(c.num_heads) +
+            ") must be a multiple of 'num_key_value_heads' (" + std::to_string(c.num_kv_heads) +
+            ")");
+  check(c.head_dim % 2 == 0, "'head_dim' must be even for rotary embeddings");
+  check(c.rms_norm_eps > 0 && c.rms_norm_eps < 1, "'rms_norm_eps' must be in (0, 1)");
+  check(c.rope_theta > 1 && c.rope_theta < 1e12, "'rope_theta' must be in (1, 1e12)");
+  // Guard against configs that would need absurd memory before we allocate anything.
+  const double params = double(c.vocab_size) * double(c.hidden_size) * 2 +
+                        double(c.num_layers) *
+                            (double(c.hidden_size) * double(c.q_width()) * 2 +
+                             double(c.hidden_size) * double(c.kv_width()) * 2 +
+                             3.0 * double(c.hidden_size) * double(c.intermediate_size));
+  check(params < 2.0e10, "the configured model is too large (" + std::to_string(params) +
+                             " parameters)");
+}
+
+json config_to_json(const ModelConfig& c) {
+  json j = c.extra;
+  j["model_type"] = c.model_type;
+  j["vocab_size"] = c.vocab_size;
+  j["hidden_size"] = c.hidden_size;
+  j["intermediate_size"] = c.intermediate_size;
+  j["num_hidden_layers"] = c.num_layers;
+  j["num_attention_heads"] = c.num_heads;
+  j["num_key_value_heads"] = c.num_kv_heads;
+  j["head_dim"] = c.head_dim;
+  j["rms_norm_eps"] = c.rms_norm_eps;
+  j["rope_theta"] = c.rope_theta;
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  j["attention_bias"] = c.attention_bias;
+  j["infini"] = {{"segment_length", c.segment_length},
+                 {"memory_update", memory_update_name(c.memory_update)},
+                 {"use_memory", c.use_memory}};
+  return j;
+}
+
+ModelConfig load_config(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error("cannot open config file " + path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  json j = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) throw Error(path + ": not valid JSON");
+  return config_from_json(j, path);
+}
+
+}  // namespace infini::model

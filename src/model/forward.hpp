@@ -1,0 +1,87 @@
+// The one forward of the model, per segment (or per chunk of a segment when streaming), and
+// its backward. Training, evaluation and streaming inference all call forward_chunk.
+//
+// Rows are laid out [batch, n]: row b*n + i is token i of sequence b in this chunk.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "model/model.hpp"
+#include "model/state.hpp"
+#include "ops/rope.hpp"
+
+namespace infini::model {
+
+// Everything one layer computes for one chunk, kept for the backward.
+template <class T>
+struct LayerActs {
+  std::vector<T> x_in, rstd_in, a;        // layer input, its RMSNorm
+  std::vector<T> q, q_rot;                // [r, H*d] before / after RoPE
+  std::vector<T> k, k_rot, v;             // [r, Hkv*d] (training: the segment's keys/values)
+  std::vector<T> probs;                   // [B, H, n, ctx]
+  std::vector<T> local, mem, sq, den;     // local attention, memory read, sigma(q), denominators
+  std::vector<T> mixed;                   // gated mix, [r, H*d]
+  std::vector<T> x_mid, rstd_post, m;     // after attention, its RMSNorm
+  std::vector<T> gate, up, hmid;          // MLP, [r, F]
+};
+
+template <class T>
+struct SegmentActs {
+  int64_t batch = 0, n = 0;
+  std::vector<int32_t> positions;  // local position of every row
+  std::vector<LayerActs<T>> layers;
+  std::vector<T> h_final, rstd_final, f, logits;  // logits [r, V]
+};
+
+// Keys and values of the current segment for streaming decode (batch 1). Rows 0..pos-1 hold
+// the tokens of the segment seen so far. k holds pre-RoPE keys (for the memory update),
+// k_rot the rotated ones (for attention).
+template <class T>
+struct KVCache {
+  int64_t capacity = 0, pos = 0;
+  std::vector<std::vector<T>> k, k_rot, v;  // per layer, [capacity, Hkv*d]
+  static KVCache make(const ModelConfig& c) {
+    KVCache kv;
+    kv.capacity = c.segment_length;
+    const size_t sz = size_t(c.segment_length * c.kv_width());
+    kv.k.assign(size_t(c.num_layers), std::vector<T>(sz));
+    kv.k_rot = kv.k;
+    kv.v = kv.k;
+    return kv;
+  }
+};
+
+template <class T>
+struct ForwardContext {
+  ops::RopeTable<T> rope;  // positions 0 .. segment_length-1
+  explicit ForwardContext(const ModelConfig& c)
+      : rope(c.head_dim, c.segment_length, c.rope_theta) {}
+};
+
+// Runs `n` tokens of each of `batch` sequences through the model.
+// - cache == nullptr (training/eval): the chunk is a whole segment (n <= segment_length, a short
+//   last segment allowed); memory is read from `state` and then updated.
+// - cache != nullptr (streaming, batch 1): the chunk continues the segment held in the cache at
+//   local positions cache->pos ..; when the segment becomes full, the memory is updated with
+//   all of its keys/values and the cache is emptied. finish_segment forces that fold earlier.
+// acts.logits receives [batch*n, V] unless compute_logits is false.
+template <class T>
+void forward_chunk(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
+                   int64_t batch, int64_t n, MemoryState<T>& state, SegmentActs<T>& acts,
+                   KVCache<T>* cache = nullptr, bool compute_logits = true);
+
+// Folds the cache's partial segment into memory (as the end of a segment would) and empties it.
+template <class T>
+void fold_cache_into_memory(const Model<T>& m, KVCache<T>& cache, MemoryState<T>& state);
+
+// Backward of a whole-segment forward_chunk (cache == nullptr).
+//   dlogits [r, V]: gradient of the loss with respect to the logits.
+//   state_before: the memory state the forward started from.
+//   dstate: in, gradient with respect to the state after the segment; out, with respect to the
+//   state before it. grads (+=) has the parameter layout.
+template <class T>
+void backward_segment(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
+                      const SegmentActs<T>& acts, const T* dlogits,
+                      const MemoryState<T>& state_before, MemoryState<T>& dstate, T* grads);
+
+}  // namespace infini::model

@@ -1,0 +1,144 @@
+#include "model/model.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "core/error.hpp"
+#include "io/safetensors.hpp"
+
+namespace infini::model {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Box-Muller on a 64-bit Mersenne Twister: the same numbers on every platform.
+class NormalRng {
+ public:
+  explicit NormalRng(uint64_t seed) : gen_(seed) {}
+  double next() {
+    if (has_spare_) {
+      has_spare_ = false;
+      return spare_;
+    }
+    double u1 = (double(gen_() >> 11) + 0.5) * 0x1.0p-53;
+    double u2 = (double(gen_() >> 11) + 0.5) * 0x1.0p-53;
+    double r = std::sqrt(-2.0 * std::log(u1));
+    spare_ = r * std::sin(2.0 * M_PI * u2);
+    has_spare_ = true;
+    return r * std::cos(2.0 * M_PI * u2);
+  }
+
+ private:
+  std::mt19937_64 gen_;
+  double spare_ = 0;
+  bool has_spare_ = false;
+};
+
+}  // namespace
+
+Model<float> init_model(const ModelConfig& config, const InitOptions& opts) {
+  validate_config(config, "config");
+  Model<float> m;
+  m.config = config;
+  m.layout = ParamLayout::build(config);
+  m.weights.assign(size_t(m.layout.total), 0.0f);
+  NormalRng rng(opts.seed);
+  for (const auto& p : m.layout.params) {
+    float* w = m.weights.data() + p.offset;
+    switch (p.kind) {
+      case ParamKind::Embedding:
+      case ParamKind::Matrix:
+        for (int64_t i = 0; i < p.numel; ++i) w[i] = float(rng.next() * opts.init_std);
+        break;
+      case ParamKind::Norm:
+        std::fill(w, w + p.numel, 1.0f);
+        break;
+      case ParamKind::Bias:
+        break;
+      case ParamKind::Gate:
+        std::fill(w, w + p.numel, float(opts.gate_init));
+        break;
+    }
+  }
+  return m;
+}
+
+Model<float> load_model(const std::string& dir, const LoadOptions& opts) {
+  if (!fs::is_directory(dir)) throw Error("model directory " + dir + " does not exist");
+  Model<float> m;
+  m.config = load_config((fs::path(dir) / "config.json").string());
+  m.layout = ParamLayout::build(m.config);
+  m.weights.assign(size_t(m.layout.total), 0.0f);
+  io::WeightStore store = io::WeightStore::open_dir(dir);
+  for (const auto& p : m.layout.params) {
+    float* w = m.weights.data() + p.offset;
+    if (!store.has(p.name)) {
+      if (p.kind == ParamKind::Gate && opts.allow_missing_gates) {
+        std::fill(w, w + p.numel, float(opts.gate_init));
+        continue;
+      }
+      throw Error(dir + ": tensor '" + p.name + "' is missing" +
+                  (p.kind == ParamKind::Gate ? " (convert a plain checkpoint with infini convert)"
+                                             : ""));
+    }
+    store.read_f32(p.name, p.shape, w);
+    for (int64_t i = 0; i < p.numel; ++i)
+      if (!std::isfinite(w[i]))
+        throw Error(dir + ": tensor '" + p.name + "' contains a non-finite value (NaN or Inf)");
+  }
+  return m;
+}
+
+void write_file_atomic(const std::string& path, const std::string& contents) {
+  const std::string tmp = path + ".tmp." + std::to_string(getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw Error("cannot write " + path + ": " + std::strerror(errno));
+  size_t done = 0;
+  while (done < contents.size()) {
+    ssize_t w = ::write(fd, contents.data() + done, contents.size() - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      int e = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      throw Error("cannot write " + path + ": " + std::strerror(e ? e : EIO));
+    }
+    done += size_t(w);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    throw Error("cannot write " + path + ": " + std::strerror(e));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    throw Error("cannot write " + path + ": " + std::strerror(e));
+  }
+}
+
+void save_tensors(const ParamLayout& layout, const float* values, const std::string& path) {
+  std::vector<io::TensorView> views;
+  views.reserve(layout.params.size());
+  for (const auto& p : layout.params) views.push_back({p.name, p.shape, values + p.offset});
+  io::write_safetensors(path, views, {{"format", "pt"}});
+}
+
+void save_model(const Model<float>& m, const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec || !fs::is_directory(dir))
+    throw Error("cannot create model directory " + dir + (ec ? ": " + ec.message() : ""));
+  save_tensors(m.layout, m.weights.data(), (fs::path(dir) / "model.safetensors").string());
+  write_file_atomic((fs::path(dir) / "config.json").string(),
+                    config_to_json(m.config).dump(2) + "\n");
+}
+
+}  // namespace infini::model

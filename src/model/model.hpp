@@ -1,0 +1,60 @@
+// A model: its config, its parameter layout and one flat buffer of weights.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.hpp"
+#include "model/params.hpp"
+
+namespace infini::model {
+
+template <class T>
+struct Model {
+  ModelConfig config;
+  ParamLayout layout;
+  std::vector<T> weights;  // layout.total values
+
+  const T* at(int64_t offset) const { return offset < 0 ? nullptr : weights.data() + offset; }
+  T* at(int64_t offset) { return offset < 0 ? nullptr : weights.data() + offset; }
+};
+
+struct InitOptions {
+  uint64_t seed = 0;
+  double init_std = 0.02;  // normal(0, std) for embeddings and projections
+  double gate_init = 0.0;  // every beta starts here; sigmoid(0) = 0.5 mixes memory and local evenly
+};
+
+Model<float> init_model(const ModelConfig& config, const InitOptions& opts);
+
+struct LoadOptions {
+  // A checkpoint without beta tensors (a plain Llama/Qwen2 model) gets them filled with
+  // gate_init when this is set; otherwise a missing beta is an error.
+  bool allow_missing_gates = false;
+  double gate_init = 0.0;
+};
+
+// Reads config.json and model.safetensors (or shards) from `dir`. Every tensor is checked for
+// presence, shape and finite values; errors name the directory and the tensor.
+Model<float> load_model(const std::string& dir, const LoadOptions& opts = {});
+
+// Writes config.json and model.safetensors (F32) into `dir`, creating it if needed.
+// Each file is written atomically (temp file, fsync, rename).
+void save_model(const Model<float>& m, const std::string& dir);
+
+// Writes one F32 safetensors file of a buffer laid out like the model (for gradients).
+void save_tensors(const ParamLayout& layout, const float* values, const std::string& path);
+
+template <class To, class From>
+Model<To> cast_model(const Model<From>& m) {
+  Model<To> out;
+  out.config = m.config;
+  out.layout = m.layout;
+  out.weights.assign(m.weights.begin(), m.weights.end());
+  return out;
+}
+
+// Writes text to `path` atomically (temp file, fsync, rename). Used for every small file.
+void write_file_atomic(const std::string& path, const std::string& contents);
+
+}  // namespace infini::model

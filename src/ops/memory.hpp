@@ -1,0 +1,44 @@
+// Compressive memory of Infini-attention (SPEC §4), for one layer.
+//
+// Layouts (row-major):
+//   q      : [B * n, H * d]       pre-RoPE queries, row b*n + t
+//   k, v   : [B * cap, Hkv * d]   pre-RoPE keys and values, row b*cap + t, t < n
+//   M      : [B, Hkv, d, d]       z : [B, Hkv, d]
+//   out    : [B * n, H * d]       A_mem
+//   sq     : [B * n, H * d]       sigma(q), saved for backward
+//   den    : [B, H, n]            sigma(q) z + eps, saved for backward
+// sigma(x) = ELU(x) + 1. Query head h reads kv head h / G.
+#pragma once
+#include <cstdint>
+
+namespace infini::ops {
+
+constexpr double kMemoryEps = 1e-6;
+
+struct MemoryShape {
+  int64_t batch, n, cap, heads, kv_heads, head_dim;
+};
+
+// out, sq, den (=). Reads M, z (the state left by earlier segments).
+template <class T>
+void memory_retrieve_forward(T* out, T* sq, T* den, const T* q, const T* M, const T* z,
+                             const MemoryShape& s);
+
+// dq, dM, dz (+=).
+template <class T>
+void memory_retrieve_backward(T* dq, T* dM, T* dz, const T* dout, const T* out, const T* sq,
+                              const T* den, const T* q, const T* M, const T* z,
+                              const MemoryShape& s);
+
+// In place: (M, z) <- update(M, z, k, v), with the linear or the delta rule.
+template <class T>
+void memory_update_forward(T* M, T* z, const T* k, const T* v, const MemoryShape& s, bool delta);
+
+// In: dM, dz hold the gradient with respect to the updated state. Out: they hold the gradient
+// with respect to the state before the update (through this update only). dk, dv (+=).
+// M, z are the state before the update.
+template <class T>
+void memory_update_backward(T* dk, T* dv, T* dM, T* dz, const T* k, const T* v, const T* M,
+                            const T* z, const MemoryShape& s, bool delta);
+
+}  // namespace infini::ops

@@ -1,0 +1,61 @@
+#include "ops/norm.hpp"
+
+#include <cmath>
+#include <vector>
+
+namespace infini::ops {
+
+template <class T>
+void rmsnorm_forward(T* y, T* rstd, const T* x, const T* w, int64_t rows, int64_t dim,
+                     double eps) {
+#pragma omp parallel for schedule(static) if (rows * dim > 32768)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * dim;
+    double ss = 0;  // accumulate in double: dim can be thousands
+    for (int64_t i = 0; i < dim; ++i) ss += double(xr[i]) * double(xr[i]);
+    T inv = T(1.0 / std::sqrt(ss / double(dim) + eps));
+    rstd[r] = inv;
+    T* yr = y + r * dim;
+    for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * inv * w[i];
+  }
+}
+
+template <class T>
+void rmsnorm_backward(T* dx, T* dw, const T* dy, const T* x, const T* rstd, const T* w,
+                      int64_t rows, int64_t dim, bool accumulate) {
+  // dx_i = r * g_i - r^3 * x_i * (sum_j g_j x_j) / dim, with g = dy * w.
+#pragma omp parallel for schedule(static) if (rows * dim > 32768)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * dim;
+    const T* dyr = dy + r * dim;
+    T* dxr = dx + r * dim;
+    const T inv = rstd[r];
+    double dot = 0;
+    for (int64_t i = 0; i < dim; ++i) dot += double(dyr[i]) * double(w[i]) * double(xr[i]);
+    const T coef = T(dot / double(dim)) * inv * inv * inv;
+    for (int64_t i = 0; i < dim; ++i) {
+      T v = inv * dyr[i] * w[i] - coef * xr[i];
+      dxr[i] = accumulate ? dxr[i] + v : v;
+    }
+  }
+  if (dw) {
+    // Column sums; parallel over columns so there is no race.
+#pragma omp parallel for schedule(static) if (rows * dim > 32768)
+    for (int64_t i = 0; i < dim; ++i) {
+      T acc = 0;
+      for (int64_t r = 0; r < rows; ++r) acc += dy[r * dim + i] * x[r * dim + i] * rstd[r];
+      dw[i] += acc;
+    }
+  }
+}
+
+template void rmsnorm_forward<float>(float*, float*, const float*, const float*, int64_t, int64_t,
+                                     double);
+template void rmsnorm_forward<double>(double*, double*, const double*, const double*, int64_t,
+                                      int64_t, double);
+template void rmsnorm_backward<float>(float*, float*, const float*, const float*, const float*,
+                                      const float*, int64_t, int64_t, bool);
+template void rmsnorm_backward<double>(double*, double*, const double*, const double*,
+                                       const double*, const double*, int64_t, int64_t, bool);
+
+}  // namespace infini::ops

@@ -1,0 +1,25 @@
+// Rotary position embedding, Llama "rotate-half" layout: for i < d/2 the pair (i, i + d/2)
+// is rotated by angle p * theta^(-2i/d).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace infini::ops {
+
+// cos/sin of every (position, i) for positions 0..max_positions-1, computed in double.
+template <class T>
+struct RopeTable {
+  int64_t head_dim = 0;
+  int64_t max_positions = 0;
+  std::vector<T> cos, sin;  // [max_positions][head_dim / 2]
+  RopeTable() = default;
+  RopeTable(int64_t head_dim, int64_t max_positions, double theta);
+};
+
+// In place on x[rows, heads * head_dim]; row r has position positions[r].
+// inverse = true rotates by -angle, which is the backward of the forward rotation.
+template <class T>
+void rope_apply(T* x, int64_t rows, int64_t heads, const int32_t* positions,
+                const RopeTable<T>& table, bool inverse);
+
+}  // namespace infini::ops

@@ -1,0 +1,54 @@
+// Helpers for gradient checks in double precision against central finite differences.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <random>
+#include <vector>
+
+namespace infini::testing {
+
+inline std::vector<double> random_vec(size_t n, uint64_t seed, double scale = 1.0) {
+  std::mt19937_64 g(seed);
+  std::normal_distribution<double> d(0.0, scale);
+  std::vector<double> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+// Central differences of f at x, for the entries listed (all when empty).
+inline std::vector<double> numeric_grad(const std::function<double()>& f, std::vector<double>& x,
+                                        double h = 1e-6) {
+  std::vector<double> g(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double keep = x[i];
+    x[i] = keep + h;
+    const double fp = f();
+    x[i] = keep - h;
+    const double fm = f();
+    x[i] = keep;
+    g[i] = (fp - fm) / (2 * h);
+  }
+  return g;
+}
+
+// max |a - b| relative to max(|b|, floor).
+inline double rel_err(const std::vector<double>& a, const std::vector<double>& b,
+                      double floor = 1e-8) {
+  double num = 0, den = floor;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num = std::max(num, std::abs(a[i] - b[i]));
+    den = std::max(den, std::abs(b[i]));
+  }
+  return num / den;
+}
+
+inline double dot(const std::vector<double>& a, const double* b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+}  // namespace infini::testing
