@@ -12,6 +12,14 @@ int main(int argc, char** argv) {
   infini::cli::register_init(app);
   infini::cli::register_eval(app);
   infini::cli::register_grad(app);
+  infini::cli::register_convert(app);
+  infini::cli::register_export(app);
+  infini::cli::register_generate(app);
+  infini::cli::register_tokenize(app);
+  infini::cli::register_train(app);
+  infini::cli::register_passkey(app);
+  infini::cli::register_lora(app);
+  infini::cli::register_bench(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

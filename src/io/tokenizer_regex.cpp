@@ -54,6 +54,12 @@ std::string escape_literal(std::string_view lit) {
   return out;
 }
 
+// Unicode's White_Space property, which is what Oniguruma's \s matches. PCRE2's
+// \s differs: it lacks U+0085 and includes U+180E.
+constexpr const char* kWhiteSpace =
+    "\\t\\n\\x0B\\f\\r\\x20\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}"
+    "\\x{202F}\\x{205F}\\x{3000}";
+
 }  // namespace
 
 std::string onig_to_pcre2(std::string_view p) {
@@ -66,9 +72,9 @@ std::string onig_to_pcre2(std::string_view p) {
       const char e = p[++i];
       const bool in_class = class_depth > 0;
       if (e == 's') {
-        out += in_class ? "\\s\\x{85}" : "[\\s\\x{85}]";
+        out += in_class ? kWhiteSpace : "[" + std::string(kWhiteSpace) + "]";
       } else if (e == 'S' && !in_class) {
-        out += "[^\\s\\x{85}]";
+        out += "[^" + std::string(kWhiteSpace) + "]";
       } else if (e == 'h') {  // Oniguruma's \h is a hex digit, PCRE2's is blank
         out += in_class ? "0-9a-fA-F" : "[0-9a-fA-F]";
       } else if (e == 'H' && !in_class) {
@@ -156,12 +162,7 @@ void Regex::find_all(std::string_view text, std::vector<Span>& out) const {
     out.emplace_back(b, e);
     have_last = true;
     last_end = e;
-    pos = e;
-    if (b == e) {
-      // An empty match that was accepted: the next search starts here and will
-      // be rejected by the rule above, then advance one character.
-      continue;
-    }
+    pos = e;  // after an empty match, the rule above then advances one character
   }
 }
 

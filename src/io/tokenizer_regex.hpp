@@ -2,8 +2,8 @@
 //
 // Hugging Face `tokenizers` compiles Split / Replace / ByteLevel patterns with
 // Oniguruma. PCRE2 (UTF + UCP) accepts the same syntax for the patterns found
-// in real tokenizer.json files; the one semantic gap we patch is `\s`, which in
-// Oniguruma includes U+0085 (NEL) and in PCRE2 does not.
+// in real tokenizer.json files; the semantic gap we patch is `\s`, which is the
+// White_Space property in Oniguruma (U+0085 in, U+180E out) but not in PCRE2.
 #pragma once
 #include <cstddef>
 #include <memory>

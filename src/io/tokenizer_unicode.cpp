@@ -54,12 +54,21 @@ const UNormalizer2* normalizer_for(NormForm form) {
   UErrorCode err = U_ZERO_ERROR;
   const UNormalizer2* n = nullptr;
   switch (form) {
-    case NormForm::kNFC: n = unorm2_getNFCInstance(&err); break;
-    case NormForm::kNFD: n = unorm2_getNFDInstance(&err); break;
-    case NormForm::kNFKC: n = unorm2_getNFKCInstance(&err); break;
-    case NormForm::kNFKD: n = unorm2_getNFKDInstance(&err); break;
+    case NormForm::kNFC:
+      n = unorm2_getNFCInstance(&err);
+      break;
+    case NormForm::kNFD:
+      n = unorm2_getNFDInstance(&err);
+      break;
+    case NormForm::kNFKC:
+      n = unorm2_getNFKCInstance(&err);
+      break;
+    case NormForm::kNFKD:
+      n = unorm2_getNFKDInstance(&err);
+      break;
   }
-  if (U_FAILURE(err) || !n) throw Error(std::string("ICU normalizer unavailable: ") + u_errorName(err));
+  if (U_FAILURE(err) || !n)
+    throw Error(std::string("ICU normalizer unavailable: ") + u_errorName(err));
   return n;
 }
 
@@ -183,13 +192,12 @@ bool is_regex_word(char32_t c) {
          (category_mask(c) & (U_GC_M_MASK | U_GC_ND_MASK | U_GC_PC_MASK)) != 0;
 }
 
-bool is_combining_mark(char32_t c) {
-  return c >= 0x300 && (category_mask(c) & U_GC_M_MASK) != 0;
-}
+bool is_combining_mark(char32_t c) { return c >= 0x300 && (category_mask(c) & U_GC_M_MASK) != 0; }
 
 bool is_punctuation(char32_t c) {
-  if (c < 0x80) return (c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) ||
-                       (c >= 0x5B && c <= 0x60) || (c >= 0x7B && c <= 0x7E);
+  if (c < 0x80)
+    return (c >= 0x21 && c <= 0x2F) || (c >= 0x3A && c <= 0x40) || (c >= 0x5B && c <= 0x60) ||
+           (c >= 0x7B && c <= 0x7E);
   return (category_mask(c) & U_GC_P_MASK) != 0;
 }
 
@@ -206,10 +214,9 @@ std::string unicode_normalize(std::string_view s, NormForm form) {
   std::vector<char16_t> out(in.size() * 2 + 16);
   for (int attempt = 0; attempt < 2; ++attempt) {
     err = U_ZERO_ERROR;
-    const int32_t len = unorm2_normalize(n, reinterpret_cast<const UChar*>(in.data()),
-                                         static_cast<int32_t>(in.size()),
-                                         reinterpret_cast<UChar*>(out.data()),
-                                         static_cast<int32_t>(out.size()), &err);
+    const int32_t len = unorm2_normalize(
+        n, reinterpret_cast<const UChar*>(in.data()), static_cast<int32_t>(in.size()),
+        reinterpret_cast<UChar*>(out.data()), static_cast<int32_t>(out.size()), &err);
     if (err == U_BUFFER_OVERFLOW_ERROR) {
       out.resize(static_cast<size_t>(len) + 16);
       continue;

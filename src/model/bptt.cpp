@@ -11,15 +11,18 @@ namespace {
 
 // Gathers segment s ([batch, n]) and its next-token targets; the last position of a segment
 // predicts the first token of the next one, and the sequence's last position predicts nothing.
-void gather_segment(const int32_t* tokens, int64_t batch, int64_t T_len, int64_t start,
-                    int64_t n, std::vector<int32_t>& seg, std::vector<int32_t>& targets) {
+// A masked-out position gets target -1, which cross_entropy skips (no loss, zero gradient).
+void gather_segment(const int32_t* tokens, const uint8_t* mask, int64_t batch, int64_t T_len,
+                    int64_t start, int64_t n, std::vector<int32_t>& seg,
+                    std::vector<int32_t>& targets) {
   seg.resize(size_t(batch * n));
   targets.resize(size_t(batch * n));
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t i = 0; i < n; ++i) {
       const int64_t t = start + i;
       seg[size_t(b * n + i)] = tokens[b * T_len + t];
-      targets[size_t(b * n + i)] = t + 1 < T_len ? tokens[b * T_len + t + 1] : -1;
+      const bool counts = t + 1 < T_len && (!mask || mask[b * T_len + t] != 0);
+      targets[size_t(b * n + i)] = counts ? tokens[b * T_len + t + 1] : -1;
     }
 }
 
@@ -34,6 +37,11 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
   const int64_t N = c.segment_length, S = (T_len + N - 1) / N, V = c.vocab_size;
   LossResult result;
   result.predicted = batch * (T_len - 1);
+  if (opts.loss_mask) {
+    result.predicted = 0;
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t t = 0; t + 1 < T_len; ++t) result.predicted += opts.loss_mask[b * T_len + t] != 0;
+  }
   const T scale = T(opts.grad_scale != 0 ? opts.grad_scale
                                          : (result.predicted ? 1.0 / double(result.predicted) : 0));
 
@@ -43,7 +51,7 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
   // Forward over all segments; keep the boundary states (small: d x d per head).
   for (int64_t s = 0; s < S; ++s) {
     const int64_t start = s * N, n = std::min(N, T_len - start);
-    gather_segment(tokens, batch, T_len, start, n, ws.seg_tokens, ws.targets);
+    gather_segment(tokens, opts.loss_mask, batch, T_len, start, n, ws.seg_tokens, ws.targets);
     if (grads) ws.boundary[size_t(s)] = state;
     forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, state, ws.acts);
     result.loss_sum += ops::cross_entropy(ws.acts.logits.data(), ws.targets.data(), batch * n, V,
@@ -57,7 +65,7 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
   MemoryState<T> dstate = MemoryState<T>::zeros(c, batch);
   for (int64_t s = S - 1; s >= 0; --s) {
     const int64_t start = s * N, n = std::min(N, T_len - start);
-    gather_segment(tokens, batch, T_len, start, n, ws.seg_tokens, ws.targets);
+    gather_segment(tokens, opts.loss_mask, batch, T_len, start, n, ws.seg_tokens, ws.targets);
     if (s != S - 1) {
       MemoryState<T> scratch = ws.boundary[size_t(s)];
       forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, scratch, ws.acts);

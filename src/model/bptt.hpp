@@ -15,11 +15,16 @@ struct SequenceOptions {
   // Multiplies d(loss_sum)/d(logits). 0 means 1 / predicted positions, the gradient of the
   // mean loss of this call; a trainer accumulating micro-batches passes 1 / global count.
   double grad_scale = 0;
+  // Optional [batch, T] mask (null: every position counts). Position t's prediction of token
+  // t+1 counts in the loss, its gradient and `predicted` only when loss_mask[b*T + t] != 0;
+  // the forward and the memory still see every token. (Passkey fine-tuning trains on the
+  // answer tokens only.)
+  const uint8_t* loss_mask = nullptr;
 };
 
 struct LossResult {
   double loss_sum = 0;   // summed negative log-likelihood (natural log)
-  int64_t predicted = 0; // positions with a target: batch * (T - 1)
+  int64_t predicted = 0; // positions with a target: batch * (T - 1), or the masked-in ones
   double mean() const { return predicted ? loss_sum / double(predicted) : 0.0; }
 };
 

@@ -70,11 +70,11 @@ Model<float> init_model(const ModelConfig& config, const InitOptions& opts) {
   return m;
 }
 
-Model<float> load_model(const std::string& dir, const LoadOptions& opts) {
-  if (!fs::is_directory(dir)) throw Error("model directory " + dir + " does not exist");
+Model<float> load_weights(const ModelConfig& config, const std::string& dir,
+                          const LoadOptions& opts) {
   Model<float> m;
-  m.config = load_config((fs::path(dir) / "config.json").string());
-  m.layout = ParamLayout::build(m.config);
+  m.config = config;
+  m.layout = ParamLayout::build(config);
   m.weights.assign(size_t(m.layout.total), 0.0f);
   io::WeightStore store = io::WeightStore::open_dir(dir);
   for (const auto& p : m.layout.params) {
@@ -94,6 +94,11 @@ Model<float> load_model(const std::string& dir, const LoadOptions& opts) {
         throw Error(dir + ": tensor '" + p.name + "' contains a non-finite value (NaN or Inf)");
   }
   return m;
+}
+
+Model<float> load_model(const std::string& dir, const LoadOptions& opts) {
+  if (!fs::is_directory(dir)) throw Error("model directory " + dir + " does not exist");
+  return load_weights(load_config((fs::path(dir) / "config.json").string()), dir, opts);
 }
 
 void write_file_atomic(const std::string& path, const std::string& contents) {

@@ -38,6 +38,10 @@ struct LoadOptions {
 // presence, shape and finite values; errors name the directory and the tensor.
 Model<float> load_model(const std::string& dir, const LoadOptions& opts = {});
 
+// Reads the weights of `dir` for an already parsed config (conversion supplies its own).
+Model<float> load_weights(const ModelConfig& config, const std::string& dir,
+                          const LoadOptions& opts = {});
+
 // Writes config.json and model.safetensors (F32) into `dir`, creating it if needed.
 // Each file is written atomically (temp file, fsync, rename).
 void save_model(const Model<float>& m, const std::string& dir);

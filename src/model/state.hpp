@@ -39,6 +39,7 @@ struct MemoryState {
   }
   // Copies sequence `b` of this state into sequence `into_b` of `dst` (same model).
   void copy_sequence(int64_t b, MemoryState& dst, int64_t into_b) const {
+    if (M.empty()) return;  // use_memory = false: no state (and data() is null)
     const int64_t m = kv_heads * head_dim * head_dim, zz = kv_heads * head_dim;
     for (int64_t l = 0; l < layers; ++l) {
       std::copy_n(M_layer(l) + b * m, m, dst.M_layer(l) + into_b * m);

@@ -1,0 +1,243 @@
+// infini bench: throughput of the real training step (forward, full-BPTT backward, AdamW),
+// of evaluation and of prefill, on random tokens, with the model-FLOP utilisation against the
+// SGEMM throughput measured on the spot.
+//
+// Model FLOPs are the useful FLOPs of the model, counted analytically (docs/benchmarks.md):
+//   forward  = 2 * P_mm * tokens                       (P_mm: weights used in matmuls, incl. lm_head)
+//            + 4 * d * H * B * sum_segments n(n+1)/2   (causal QK^T and PV, only the unmasked half)
+//            + 2 * d^2 * tokens * (H + Hkv * u)       (memory read; update, u = 1 linear, 2 delta)
+//   training = 3 * forward                              (backward = 2 * forward)
+// The recomputation of each segment's forward during BPTT is not counted: it is work the
+// implementation chooses to do, not work the model needs.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.hpp"
+#include "cli/common.hpp"
+#include "core/error.hpp"
+#include "model/bptt.hpp"
+#include "train/optimizer.hpp"
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace infini::cli {
+
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+struct FlopCount {
+  double forward = 0, matmul = 0, attention = 0, memory = 0;
+};
+
+FlopCount model_flops(const model::ModelConfig& c, int64_t batch, int64_t T_len) {
+  const double D = double(c.hidden_size), F = double(c.intermediate_size);
+  const double qw = double(c.q_width()), kw = double(c.kv_width()), d = double(c.head_dim);
+  const double H = double(c.num_heads), Hkv = double(c.num_kv_heads), L = double(c.num_layers);
+  const double tokens = double(batch * T_len);
+  const double p_mm = L * (D * qw + 2 * D * kw + qw * D + 3 * D * F) + double(c.vocab_size) * D;
+  double pairs = 0;  // causal (query, key) pairs per sequence, summed over segments
+  for (int64_t s = 0; s * c.segment_length < T_len; ++s) {
+    const double n = double(std::min(c.segment_length, T_len - s * c.segment_length));
+    pairs += n * (n + 1) / 2;
+  }
+  FlopCount f;
+  f.matmul = 2 * p_mm * tokens;
+  f.attention = L * 4 * d * H * double(batch) * pairs;
+  if (c.use_memory) {
+    const double u = c.memory_update == model::MemoryUpdate::Delta ? 2 : 1;
+    f.memory = L * 2 * d * d * tokens * (H + Hkv * u);
+  }
+  f.forward = f.matmul + f.attention + f.memory;
+  return f;
+}
+
+// Best GFLOP/s of cblas_sgemm over a few repetitions of m x n x k.
+double sgemm_gflops(int m, int n, int k, int reps) {
+  std::vector<float> a(size_t(m) * size_t(k)), b(size_t(k) * size_t(n)), c(size_t(m) * size_t(n));
+  std::mt19937 g(1);
+  std::uniform_real_distribution<float> u(-1, 1);
+  for (auto& x : a) x = u(g);
+  for (auto& x : b) x = u(g);
+  double best = 0;
+  for (int r = 0; r < reps + 1; ++r) {
+    Stopwatch sw;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a.data(), k, b.data(),
+                n, 0.0f, c.data(), n);
+    const double s = sw.seconds();
+    if (r > 0) best = std::max(best, 2.0 * m * n * k / s / 1e9);  // first call warms up
+  }
+  return best;
+}
+
+}  // namespace
+
+void register_bench(CLI::App& app) {
+  struct Opts {
+    std::string config;
+    int64_t seq_len = 2048, batch = 1, steps = 3, warmup = 1;
+    int threads = 0;
+    uint64_t seed = 0;
+    bool json = false, no_sgemm = false;
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* cmd = app.add_subcommand(
+      "bench", "Tokens/s and model-FLOP utilisation of training, eval and prefill on random tokens");
+  cmd->add_option("--config", o->config, "config.json with the model's shape, or a model directory")
+      ->required();
+  cmd->add_option("--seq-len", o->seq_len, "Tokens per sequence (T)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(2), int64_t(1) << 30));
+  cmd->add_option("--batch", o->batch, "Sequences per step (B)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  cmd->add_option("--steps", o->steps, "Timed steps of each kind; medians are reported")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
+  cmd->add_option("--warmup", o->warmup, "Untimed steps of each kind before the timed ones")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
+  cmd->add_option("--threads", o->threads,
+                  "Threads for OpenMP and OpenBLAS (0: OMP_NUM_THREADS or all cores)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 4096));
+  cmd->add_option("--seed", o->seed, "Seed of the random weights and tokens")->capture_default_str();
+  cmd->add_flag("--no-sgemm", o->no_sgemm, "Skip the SGEMM reference measurement");
+  cmd->add_flag("--json", o->json, "Print one JSON object instead of text");
+  cmd->callback([o] {
+    if (o->threads > 0) omp_set_num_threads(o->threads);
+    const int threads = omp_get_max_threads();
+    openblas_set_num_threads(threads);
+
+    std::string cfg_path = o->config;
+    if (std::filesystem::is_directory(cfg_path)) cfg_path += "/config.json";
+    const model::ModelConfig cfg = model::load_config(cfg_path);
+    model::InitOptions init;
+    init.seed = o->seed;
+    model::Model<float> m = model::init_model(cfg, init);
+    const int64_t B = o->batch, T = o->seq_len, tokens = B * T;
+
+    std::mt19937_64 g(o->seed + 1);
+    std::vector<int32_t> ids(static_cast<size_t>(tokens));
+    const uint64_t span = uint64_t(std::min<int64_t>(cfg.vocab_size, 256));
+    for (auto& x : ids) x = int32_t(g() % span);
+
+    model::ForwardContext<float> ctx(cfg);
+    model::SequenceWorkspace<float> ws;
+    std::vector<float> grads(size_t(m.layout.total));
+    // Same hyper-parameters as torch.optim.AdamW's defaults in reference/bench_torch.py.
+    train::AdamW opt(m.layout.total, train::model_param_groups(m.layout, 1e-3, 1e-3, 0.01),
+                     {0.9, 0.999, 1e-8});
+
+    double last_loss = 0;
+    auto train_step = [&] {
+      std::fill(grads.begin(), grads.end(), 0.0f);
+      last_loss = model::sequence_loss<float>(m, ctx, ids.data(), B, T, grads.data(), {}, ws).mean();
+      opt.step(m.weights.data(), grads.data(), 1.0);
+    };
+    auto eval_step = [&] {
+      model::sequence_loss<float>(m, ctx, ids.data(), B, T, nullptr, {}, ws);
+    };
+    // Prefill: the prompt goes through every segment, carrying the memory; only the logits
+    // of the last segment are computed (what generation needs to pick its first token).
+    model::SegmentActs<float> pacts;
+    std::vector<int32_t> seg;
+    auto prefill_step = [&] {
+      model::MemoryState<float> state = model::MemoryState<float>::zeros(cfg, B);
+      const int64_t N = cfg.segment_length;
+      for (int64_t s = 0; s * N < T; ++s) {
+        const int64_t n = std::min(N, T - s * N);
+        seg.resize(size_t(B * n));
+        for (int64_t b = 0; b < B; ++b)
+          std::copy_n(ids.data() + b * T + s * N, n, seg.data() + b * n);
+        model::forward_chunk<float>(m, ctx, seg.data(), B, n, state, pacts, nullptr, (s + 1) * N >= T);
+      }
+    };
+    auto timed = [&](auto&& step) {
+      for (int64_t i = 0; i < o->warmup; ++i) step();
+      std::vector<double> secs;
+      for (int64_t i = 0; i < o->steps; ++i) {
+        Stopwatch sw;
+        step();
+        secs.push_back(sw.seconds());
+      }
+      return median(secs);
+    };
+    const double t_train = timed(train_step);
+    const double t_eval = timed(eval_step);
+    const double t_prefill = timed(prefill_step);
+
+    double sgemm = 0, sgemm_sq = 0, sgemm_tall = 0;
+    if (!o->no_sgemm) {
+      sgemm_sq = sgemm_gflops(1024, 1024, 1024, 5);
+      sgemm_tall = sgemm_gflops(4096, 1024, 1024, 3);
+      sgemm = std::max(sgemm_sq, sgemm_tall);
+    }
+    const FlopCount f = model_flops(cfg, B, T);
+    const double train_gflops = 3 * f.forward / t_train / 1e9;
+    const double eval_gflops = f.forward / t_eval / 1e9;
+    const double prefill_gflops = f.forward / t_prefill / 1e9;
+    auto util = [&](double x) { return sgemm > 0 ? x / sgemm : 0.0; };
+
+    nlohmann::json j = {{"impl", "infini"},
+                        {"threads", threads},
+                        {"seq_len", T},
+                        {"batch", B},
+                        {"steps", o->steps},
+                        {"segment_length", cfg.segment_length},
+                        {"train_tokens_per_s", double(tokens) / t_train},
+                        {"eval_tokens_per_s", double(tokens) / t_eval},
+                        {"prefill_tokens_per_s", double(tokens) / t_prefill},
+                        {"train_step_s", t_train},
+                        {"eval_step_s", t_eval},
+                        {"prefill_step_s", t_prefill},
+                        {"model_gflop_per_train_step", 3 * f.forward / 1e9},
+                        {"model_gflop_per_eval_step", f.forward / 1e9},
+                        {"train_gflops", train_gflops},
+                        {"eval_gflops", eval_gflops},
+                        {"prefill_gflops", prefill_gflops},
+                        {"sgemm_gflops", sgemm},
+                        {"sgemm_1024_gflops", sgemm_sq},
+                        {"sgemm_4096x1024x1024_gflops", sgemm_tall},
+                        {"train_mfu", util(train_gflops)},
+                        {"eval_mfu", util(eval_gflops)},
+                        {"prefill_mfu", util(prefill_gflops)},
+                        {"final_loss", last_loss},
+                        {"peak_rss_mb", peak_rss_mb()}};
+    if (o->json) {
+      std::printf("%s\n", j.dump().c_str());
+      return;
+    }
+    std::printf("infini bench (%d threads): B=%lld T=%lld N=%lld, median of %lld steps\n",
+                threads, (long long)B, (long long)T, (long long)cfg.segment_length,
+                (long long)o->steps);
+    std::printf("  train   %9.1f tokens/s  %7.1f GFLOP/s  MFU %5.1f%%  (%.3f s/step, loss %.4f)\n",
+                double(tokens) / t_train, train_gflops, 100 * util(train_gflops), t_train,
+                last_loss);
+    std::printf("  eval    %9.1f tokens/s  %7.1f GFLOP/s  MFU %5.1f%%\n", double(tokens) / t_eval,
+                eval_gflops, 100 * util(eval_gflops));
+    std::printf("  prefill %9.1f tokens/s  %7.1f GFLOP/s  MFU %5.1f%%\n",
+                double(tokens) / t_prefill, prefill_gflops, 100 * util(prefill_gflops));
+    std::printf("  model FLOPs/step: train %.2f G (matmul %.1f%%, attention %.1f%%, memory %.1f%%)\n",
+                3 * f.forward / 1e9, 100 * f.matmul / f.forward, 100 * f.attention / f.forward,
+                100 * f.memory / f.forward);
+    if (sgemm > 0)
+      std::printf("  SGEMM %.1f GFLOP/s (1024^3 %.1f, 4096x1024x1024 %.1f)\n", sgemm, sgemm_sq,
+                  sgemm_tall);
+  });
+}
+
+}  // namespace infini::cli

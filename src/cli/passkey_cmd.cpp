@@ -1,0 +1,532 @@
+// infini passkey: the passkey-retrieval task (docs/passkey.md).
+//   passkey train   fine-tune (full or LoRA) or train from scratch on generated prompts
+//   passkey eval    accuracy over a (length x depth) grid, streamed through the memory
+//   passkey sample  print one generated prompt
+#include <omp.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.hpp"
+#include "cli/common.hpp"
+#include "core/error.hpp"
+#include "io/text.hpp"
+#include "io/tokenizer.hpp"
+#include "model/lora.hpp"
+#include "model/model.hpp"
+#include "tasks/lora_trainable.hpp"
+#include "tasks/passkey.hpp"
+#include "tasks/passkey_eval.hpp"
+#include "train/checkpoint.hpp"
+#include "train/optimizer.hpp"
+#include "train/trainer.hpp"
+
+namespace infini::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+extern "C" void passkey_on_stop(int sig) {
+  if (g_stop.exchange(true)) {
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+  }
+}
+
+std::vector<int64_t> parse_lengths(const std::string& s, const std::string& flag) {
+  std::vector<int64_t> v;
+  std::stringstream ss(s);
+  std::string part;
+  while (std::getline(ss, part, ','))
+    if (!part.empty()) v.push_back(tasks::parse_length(part, flag));
+  if (v.empty()) throw Error(flag + ": no lengths given");
+  return v;
+}
+
+std::vector<double> parse_depths(const std::string& s, const std::string& flag) {
+  std::vector<double> v;
+  std::stringstream ss(s);
+  std::string part;
+  while (std::getline(ss, part, ',')) {
+    if (part.empty()) continue;
+    size_t used = 0;
+    double d = 0;
+    try {
+      d = std::stod(part, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != part.size() || !(d >= 0 && d <= 1))
+      throw Error(flag + ": '" + part + "' is not a depth in [0, 1]");
+    v.push_back(d);
+  }
+  if (v.empty()) throw Error(flag + ": no depths given");
+  return v;
+}
+
+std::shared_ptr<const io::Tokenizer> tokenizer_for(const std::string& model_dir) {
+  return std::shared_ptr<const io::Tokenizer>(io::load_tokenizer_for_model(model_dir));
+}
+
+// Memory gates per layer and head: sigmoid(beta), the share each head reads from memory.
+nlohmann::json gate_table(const model::Model<float>& m) {
+  nlohmann::json g = nlohmann::json::array();
+  if (!m.config.use_memory) return g;
+  for (const auto& lo : m.layout.layers) {
+    nlohmann::json row = nlohmann::json::array();
+    for (int64_t h = 0; h < m.config.num_heads; ++h)
+      row.push_back(1.0 / (1.0 + std::exp(-double(m.weights[size_t(lo.beta + h)]))));
+    g.push_back(row);
+  }
+  return g;
+}
+
+std::string gate_text(const model::Model<float>& m) {
+  std::string s;
+  const nlohmann::json g = gate_table(m);
+  for (size_t l = 0; l < g.size(); ++l) {
+    s += "  layer " + std::to_string(l) + ":";
+    for (const auto& v : g[l]) {
+      char b[16];
+      std::snprintf(b, sizeof b, " %.3f", v.get<double>());
+      s += b;
+    }
+    s += "\n";
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------
+// passkey train
+
+struct TrainOpts {
+  std::string config, model, tokenizer, out, loss = "answer", schedule = "cosine";
+  std::string eval_lengths = "1K,4K,16K", eval_depths = "0,0.5,1";
+  int64_t steps = 2000, batch = 8, min_len = 256, max_len = 2048, curriculum = 0, len_multiple = 1;
+  int64_t warmup = -1, save_every = 500, keep = 3, log_every = 10, eval_every = 250;
+  int64_t eval_trials = 4, bptt_segments = 0, digits = 5, lora_rank = 0, stop_at = 0;
+  double lr = 1e-3, gate_lr = 1e-1, weight_decay = 0.0, grad_clip = 1.0, min_lr_ratio = 0.1;
+  double init_std = 0.02, gate_init = 0.0, lora_alpha = 16.0;
+  uint64_t seed = 0;
+  bool resume = false;
+
+  nlohmann::json record() const {
+    return {{"config", config},         {"model", model},
+            {"tokenizer", tokenizer},   {"loss", loss},
+            {"schedule", schedule},     {"steps", steps},
+            {"batch", batch},           {"min_len", min_len},
+            {"max_len", max_len},       {"curriculum_steps", curriculum},
+            {"len_multiple", len_multiple}, {"warmup", warmup},
+            {"bptt_segments", bptt_segments}, {"digits", digits},
+            {"lora_rank", lora_rank},   {"lora_alpha", lora_alpha},
+            {"lr", lr},                 {"gate_lr", gate_lr},
+            {"weight_decay", weight_decay}, {"grad_clip", grad_clip},
+            {"min_lr_ratio", min_lr_ratio}, {"init_std", init_std},
+            {"gate_init", gate_init},   {"seed", seed}};
+  }
+};
+
+void run_passkey_train(TrainOpts& o) {
+  namespace tr = infini::train;
+  std::FILE* log = stderr;
+  if (o.config.empty() == o.model.empty())
+    throw Error("give exactly one of --config (train from scratch) and --model (fine-tune)");
+  if (o.lora_rank > 0 && o.model.empty())
+    throw Error("--lora-rank needs --model: LoRA adapts an existing model");
+  if (o.warmup < 0) o.warmup = std::min<int64_t>(100, o.steps / 10);
+  if (o.warmup >= o.steps && o.steps > 1) throw Error("--warmup must be less than --steps");
+
+  std::optional<std::string> resume_dir;
+  if (o.resume) {
+    resume_dir = tr::find_latest_checkpoint(o.out);
+    if (!resume_dir) throw Error("--resume: no complete checkpoint in " + o.out);
+    const auto st = nlohmann::json::parse(
+        io::read_file((fs::path(*resume_dir) / "trainer.json").string()), nullptr, false);
+    if (st.is_discarded() || !st.contains("args"))
+      throw Error(*resume_dir + "/trainer.json has no record of the run's flags");
+    const nlohmann::json now = o.record();
+    for (auto it = now.begin(); it != now.end(); ++it)
+      if (it.key() != "steps" && st["args"].value(it.key(), nlohmann::json()) != it.value())
+        throw Error("--resume: " + it.key() + " is " + it.value().dump() + " but the run used " +
+                    st["args"].value(it.key(), nlohmann::json()).dump() +
+                    " (repeat the run's flags)");
+  } else if (tr::find_latest_checkpoint(o.out)) {
+    throw Error("--out " + o.out + " already holds checkpoints; add --resume or choose another");
+  }
+
+  // The model and its tokenizer.
+  model::Model<float> m;
+  std::string tokenizer_json;
+  std::shared_ptr<const io::Tokenizer> tok;
+  if (!o.config.empty()) {
+    model::InitOptions io;
+    io.seed = o.seed;
+    io.init_std = o.init_std;
+    io.gate_init = o.gate_init;
+    m = model::init_model(model::load_config(o.config), io);
+    if (!o.tokenizer.empty()) {
+      tokenizer_json = io::read_file(o.tokenizer);
+      tok = std::shared_ptr<const io::Tokenizer>(io::load_hf_tokenizer(o.tokenizer));
+    } else {
+      tok = std::make_shared<io::ByteTokenizer>();
+    }
+  } else {
+    if (!o.tokenizer.empty()) throw Error("--tokenizer is only for --config");
+    m = model::load_model(o.model, {true, o.gate_init});
+    const fs::path tj = fs::path(o.model) / "tokenizer.json";
+    if (fs::exists(tj)) tokenizer_json = io::read_file(tj.string());
+    tok = tokenizer_for(o.model);
+  }
+  if (tok->vocab_size() > m.config.vocab_size)
+    throw Error("the tokenizer has " + std::to_string(tok->vocab_size()) +
+                " ids but the model's vocab_size is " + std::to_string(m.config.vocab_size));
+
+  auto gen = std::make_shared<tasks::PasskeyGenerator>(tok, int(o.digits));
+  tasks::PasskeySourceOptions so;
+  so.min_len = o.min_len;
+  so.max_len = o.max_len;
+  so.curriculum_steps = o.curriculum;
+  so.len_multiple = o.len_multiple;
+  so.loss_on_answer = o.loss == "answer";
+  so.seed = o.seed;
+  tasks::PasskeySource source(gen, so);
+
+  std::unique_ptr<tr::Trainable> trainable;
+  std::vector<tr::ParamGroup> groups;
+  if (o.lora_rank > 0) {
+    auto lt = std::make_unique<tasks::LoraTrainable>(
+        std::move(m), model::LoraConfig{o.lora_rank, o.lora_alpha}, o.seed, tokenizer_json,
+        o.model);
+    groups = lt->param_groups(o.lr, o.gate_lr);
+    std::fprintf(log, "LoRA: rank %lld, alpha %g on q/k/v/o of %lld layers: %lld trainable "
+                 "values (adapters and gates)\n",
+                 (long long)o.lora_rank, o.lora_alpha, (long long)lt->base().config.num_layers,
+                 (long long)lt->size());
+    trainable = std::move(lt);
+  } else {
+    groups = tr::model_param_groups(m.layout, o.lr, o.gate_lr, o.weight_decay);
+    trainable = std::make_unique<tr::FullModelTrainable>(std::move(m), tokenizer_json);
+  }
+  const model::ModelConfig& cfg = trainable->forward_model().config;
+  std::fprintf(log,
+               "passkey train: %lld-digit keys, lengths %lld..%lld tokens (%lld..%lld segments "
+               "of %lld), loss on %s tokens, %s\n",
+               (long long)o.digits, (long long)o.min_len, (long long)o.max_len,
+               (long long)((o.min_len + cfg.segment_length - 1) / cfg.segment_length),
+               (long long)((o.max_len + cfg.segment_length - 1) / cfg.segment_length),
+               (long long)cfg.segment_length, o.loss.c_str(),
+               cfg.use_memory ? model::memory_update_name(cfg.memory_update)
+                              : "no memory (local attention only)");
+
+  tr::TrainOptions to;
+  to.out = o.out;
+  to.steps = o.steps;
+  to.stop_at = o.stop_at;
+  to.batch = o.batch;
+  to.seq_len = o.max_len;
+  to.bptt_segments = o.bptt_segments;
+  to.grad_clip = o.grad_clip;
+  to.schedule = {tr::parse_schedule(o.schedule), o.warmup, o.steps, o.min_lr_ratio};
+  to.save_every = o.save_every;
+  to.keep = o.keep;
+  to.log_every = o.log_every;
+  to.run_record = o.record();
+
+  // Passkey accuracy during training: a small grid every --eval-every steps, appended to
+  // OUT/passkey_eval.jsonl.
+  tasks::PasskeyEvalOptions eo;
+  eo.lengths = parse_lengths(o.eval_lengths, "--eval-lengths");
+  eo.depths = parse_depths(o.eval_depths, "--eval-depths");
+  eo.trials = o.eval_trials;
+  eo.seed = o.seed + 1000003;
+  tr::Trainable* tp = trainable.get();
+  const std::string eval_log = (fs::path(o.out) / "passkey_eval.jsonl").string();
+  tr::TrainHooks hooks;
+  hooks.on_step = [&, tp](const nlohmann::json& line) {
+    const int64_t step = line.at("step").get<int64_t>();
+    if (o.eval_every <= 0 || (step % o.eval_every != 0 && step != o.steps)) return;
+    const model::Model<float>& fm = tp->forward_model();
+    const tasks::PasskeyEvalResult r = tasks::evaluate_passkey(fm, *gen, eo);
+    nlohmann::json j = {{"step", step}, {"gates", gate_table(fm)}};
+    j.update(r.to_json());
+    std::ofstream(eval_log, std::ios::app) << j.dump() << "\n";
+    std::string cells;
+    for (const auto& c : r.cells) {
+      char b[64];
+      std::snprintf(b, sizeof b, " %s@%g:%.0f%%", tasks::length_label(c.length).c_str(), c.depth,
+                    100 * c.accuracy());
+      cells += b;
+    }
+    std::fprintf(log, "passkey at step %lld: exact %.1f%% digits %.1f%% |%s\n", (long long)step,
+                 100 * r.accuracy(), 100 * r.digit_accuracy(), cells.c_str());
+    std::fflush(log);
+  };
+
+  tr::Trainer trainer(*trainable, std::move(groups), source, {}, to, hooks);
+  if (resume_dir) {
+    trainer.resume_from(*resume_dir);
+    std::fprintf(log, "resumed from %s (step %lld)\n", resume_dir->c_str(),
+                 (long long)trainer.step());
+  }
+  g_stop = false;
+  struct sigaction sa {}, old_int {}, old_term {};
+  sa.sa_handler = passkey_on_stop;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, &old_int);
+  sigaction(SIGTERM, &sa, &old_term);
+  const auto outcome = trainer.run(&g_stop, log);
+  sigaction(SIGINT, &old_int, nullptr);
+  sigaction(SIGTERM, &old_term, nullptr);
+  if (outcome == tr::Trainer::Outcome::Finished) {
+    std::fprintf(log, "done: %lld steps; model in %s\n", (long long)trainer.step(),
+                 (fs::path(o.out) / "final").c_str());
+    std::fprintf(log, "memory gates sigmoid(beta) per layer and head:\n%s",
+                 gate_text(trainable->forward_model()).c_str());
+  } else {
+    std::fprintf(log, "stopped at step %lld; continue with --resume\n", (long long)trainer.step());
+  }
+}
+
+void register_passkey_train(CLI::App& parent) {
+  auto o = std::make_shared<TrainOpts>();
+  CLI::App* cmd = parent.add_subcommand(
+      "train",
+      "Train on generated passkey prompts. Uses the same trainer as `infini train`: BPTT "
+      "through memory, checkpoints and metrics");
+  cmd->add_option("--config", o->config, "Train a fresh model from this config.json")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--model", o->model, "Fine-tune this model directory (full, or LoRA)")
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("--tokenizer", o->tokenizer,
+                  "tokenizer.json for a fresh --config model (default: the byte tokenizer)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--out", o->out,
+                  "Run directory: checkpoints/, final/, metrics.jsonl, passkey_eval.jsonl")
+      ->required();
+  cmd->add_option("--steps", o->steps, "Optimizer steps")->capture_default_str()
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 40));
+  cmd->add_option("--batch", o->batch, "Prompts per step (all of one length)")
+      ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(4096)));
+  cmd->add_option("--min-len", o->min_len, "Shortest training sequence (prompt + answer tokens)")
+      ->capture_default_str()->check(CLI::Range(int64_t(2), int64_t(1) << 24));
+  cmd->add_option("--max-len", o->max_len, "Longest training sequence (prompt + answer tokens)")
+      ->capture_default_str()->check(CLI::Range(int64_t(2), int64_t(1) << 24));
+  cmd->add_option("--curriculum-steps", o->curriculum,
+                  "Grow the longest length linearly from --min-len to --max-len over this many "
+                  "steps (0: no curriculum)")
+      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 40));
+  cmd->add_option("--len-multiple", o->len_multiple,
+                  "Round each drawn length down to a multiple of this (e.g. the segment length)")
+      ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 24));
+  cmd->add_option("--loss", o->loss, "Loss on the answer tokens only, or on all tokens")
+      ->capture_default_str()->check(CLI::IsMember({"answer", "all"}));
+  cmd->add_option("--digits", o->digits, "Digits of the passkey")
+      ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(18)));
+  cmd->add_option("--lora-rank", o->lora_rank,
+                  "LoRA rank on q, k, v and o projections (0: full fine-tuning); the gates beta "
+                  "are trained too")
+      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(4096)));
+  cmd->add_option("--lora-alpha", o->lora_alpha, "LoRA alpha; the update is (alpha/rank)·B·A")
+      ->capture_default_str()->check(CLI::Range(1e-6, 1e6));
+  cmd->add_option("--lr", o->lr, "Peak learning rate (weights, or LoRA adapters)")
+      ->capture_default_str()->check(CLI::Range(1e-12, 10.0));
+  cmd->add_option("--gate-lr", o->gate_lr,
+                  "Peak learning rate of the memory gates beta (separate and larger, so gates "
+                  "can move)")
+      ->capture_default_str()->check(CLI::Range(0.0, 100.0));
+  cmd->add_option("--weight-decay", o->weight_decay,
+                  "AdamW decoupled weight decay of matrices and embeddings")
+      ->capture_default_str()->check(CLI::Range(0.0, 10.0));
+  cmd->add_option("--warmup", o->warmup, "Linear warm-up steps (-1: min(100, steps/10))")
+      ->capture_default_str()->check(CLI::Range(int64_t(-1), int64_t(1) << 40));
+  cmd->add_option("--schedule", o->schedule, "After warm-up: cosine or constant")
+      ->capture_default_str()->check(CLI::IsMember({"cosine", "constant"}));
+  cmd->add_option("--min-lr-ratio", o->min_lr_ratio, "Cosine: final learning rate / peak")
+      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--grad-clip", o->grad_clip, "Global gradient-norm clip (0: none)")
+      ->capture_default_str()->check(CLI::Range(0.0, 1e6));
+  cmd->add_option("--bptt-segments", o->bptt_segments,
+                  "0: full BPTT through the memory; K: cut the memory gradient every K segments")
+      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 30));
+  cmd->add_option("--seed", o->seed, "Seed of the initial weights, adapters and the prompts")
+      ->capture_default_str();
+  cmd->add_option("--init-std", o->init_std, "Fresh model: std-dev of the weight init")
+      ->capture_default_str()->check(CLI::Range(0.0, 10.0));
+  cmd->add_option("--gate-init", o->gate_init,
+                  "Initial beta of a fresh model (or of a --model without gates)")
+      ->capture_default_str()->check(CLI::Range(-30.0, 30.0));
+  cmd->add_option("--save-every", o->save_every, "Checkpoint every N steps (0: only at the end)")
+      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 40));
+  cmd->add_option("--keep", o->keep, "Checkpoints kept")
+      ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1000000)));
+  cmd->add_option("--log-every", o->log_every, "A log line every N steps")
+      ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 40));
+  cmd->add_option("--eval-every", o->eval_every,
+                  "Passkey accuracy on a small grid every N steps and at the end (0: never)")
+      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 40));
+  cmd->add_option("--eval-lengths", o->eval_lengths, "Lengths of that grid (e.g. 1K,4K,16K)")
+      ->capture_default_str();
+  cmd->add_option("--eval-depths", o->eval_depths, "Depths of that grid")->capture_default_str();
+  cmd->add_option("--eval-trials", o->eval_trials, "Keys per cell of that grid")
+      ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(100000)));
+  cmd->add_flag("--resume", o->resume,
+                "Continue from the latest checkpoint in --out (repeat the run's flags)");
+  cmd->add_option("--stop-at", o->stop_at,
+                  "End after this step with a checkpoint, as if interrupted (0: run to --steps)")
+      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 40));
+  cmd->callback([o] { run_passkey_train(*o); });
+}
+
+// ---------------------------------------------------------------------------------------
+// passkey eval
+
+struct EvalOpts {
+  std::string model, adapter, lengths = "1K,4K,16K,64K,256K,1M", depths = "0,0.25,0.5,0.75,1";
+  std::string plot;
+  int64_t trials = 5, digits = 5;
+  uint64_t seed = 0;
+  bool json = false;
+};
+
+void run_passkey_eval(const EvalOpts& o) {
+  model::Model<float> m = model::load_model(o.model);
+  if (!o.adapter.empty()) m = model::lora_merge(m, model::load_lora(o.adapter, m));
+  auto tok = tokenizer_for(o.model);
+  tasks::PasskeyGenerator gen(tok, int(o.digits));
+  tasks::PasskeyEvalOptions eo;
+  eo.lengths = parse_lengths(o.lengths, "--lengths");
+  eo.depths = parse_depths(o.depths, "--depths");
+  eo.trials = o.trials;
+  eo.seed = o.seed;
+  Stopwatch sw;
+  auto progress = [&](const tasks::PasskeyLengthStats& st,
+                      const std::vector<tasks::PasskeyCell>& cells) {
+    double acc = 0;
+    for (const auto& c : cells) acc += c.accuracy();
+    std::fprintf(stderr, "length %s: exact %.0f%% over %lld prompts, %.2f s per prompt\n",
+                 tasks::length_label(st.length).c_str(), 100 * acc / double(cells.size()),
+                 (long long)st.prompts, st.seconds / double(std::max<int64_t>(1, st.prompts)));
+  };
+  const tasks::PasskeyEvalResult r = tasks::evaluate_passkey(m, gen, eo, progress);
+  const std::string title = "passkey retrieval: " + o.model +
+                            (o.adapter.empty() ? "" : " + " + o.adapter);
+  if (!o.plot.empty()) {
+    model::write_file_atomic(o.plot, tasks::passkey_heatmap_svg(r, title));
+    std::fprintf(stderr, "heatmap: %s\n", o.plot.c_str());
+  }
+  if (o.json) {
+    nlohmann::json j = r.to_json();
+    j["model"] = o.model;
+    if (!o.adapter.empty()) j["adapter"] = o.adapter;
+    j["seed"] = o.seed;
+    j["trials"] = o.trials;
+    j["segment_length"] = m.config.segment_length;
+    j["memory_update"] = m.config.use_memory ? model::memory_update_name(m.config.memory_update)
+                                             : "none";
+    j["gates"] = gate_table(m);
+    j["seconds"] = sw.seconds();
+    j["threads"] = omp_get_max_threads();
+    j["peak_rss_mb"] = peak_rss_mb();
+    if (!o.plot.empty()) j["plot"] = o.plot;
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("%s", r.markdown().c_str());
+    if (m.config.use_memory)
+      std::printf("\nMemory gates sigmoid(beta) per layer and head:\n%s", gate_text(m).c_str());
+    std::printf("\n%.1f s in all, %d threads, peak RSS %.0f MB\n", sw.seconds(),
+                omp_get_max_threads(), peak_rss_mb());
+  }
+}
+
+void register_passkey_eval(CLI::App& parent) {
+  auto o = std::make_shared<EvalOpts>();
+  CLI::App* cmd = parent.add_subcommand(
+      "eval", "Passkey accuracy over a grid of lengths and depths, streamed through the memory");
+  cmd->add_option("--model", o->model, "Model directory")->required()
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("--adapter", o->adapter,
+                  "LoRA adapter directory (adapter_config.json) applied to --model")
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("--lengths", o->lengths, "Prompt lengths in tokens, comma-separated; K and M "
+                  "suffixes multiply by 1024 and 1048576")
+      ->capture_default_str();
+  cmd->add_option("--depths", o->depths, "Depths in [0, 1] (fraction of filler before the key)")
+      ->capture_default_str();
+  cmd->add_option("--trials", o->trials, "Random keys per (length, depth) cell")
+      ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1000000)));
+  cmd->add_option("--digits", o->digits, "Digits of the passkey")
+      ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(18)));
+  cmd->add_option("--seed", o->seed, "Seed of the keys")->capture_default_str();
+  cmd->add_flag("--json", o->json, "Print one JSON object instead of the markdown table");
+  cmd->add_option("--plot", o->plot, "Write an SVG heatmap (length x depth) to this file");
+  cmd->callback([o] { run_passkey_eval(*o); });
+}
+
+// ---------------------------------------------------------------------------------------
+// passkey sample
+
+struct SampleOpts {
+  std::string model, length = "512";
+  double depth = 0.5;
+  int64_t digits = 5;
+  uint64_t seed = 0;
+  bool ids = false;
+};
+
+void register_passkey_sample(CLI::App& parent) {
+  auto o = std::make_shared<SampleOpts>();
+  CLI::App* cmd = parent.add_subcommand("sample", "Print one generated prompt and its answer");
+  cmd->add_option("--model", o->model, "Use this model directory's tokenizer (default: bytes)")
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("--length", o->length, "Prompt length in tokens (K/M suffixes allowed)")
+      ->capture_default_str();
+  cmd->add_option("--depth", o->depth, "Depth in [0, 1]")->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--digits", o->digits, "Digits of the passkey")
+      ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(18)));
+  cmd->add_option("--seed", o->seed, "Seed of the key")->capture_default_str();
+  cmd->add_flag("--ids", o->ids, "Print token ids instead of text");
+  cmd->callback([o] {
+    std::shared_ptr<const io::Tokenizer> tok =
+        o->model.empty() ? std::make_shared<io::ByteTokenizer>() : tokenizer_for(o->model);
+    tasks::PasskeyGenerator gen(tok, int(o->digits));
+    std::mt19937_64 rng(o->seed);
+    const int64_t L = tasks::parse_length(o->length, "--length");
+    if (L > (int64_t(1) << 22)) throw Error("--length: sample prints at most 4M tokens");
+    const tasks::PasskeyPrompt p = gen.make(L, o->depth, gen.random_key(rng));
+    const std::vector<int32_t> ids = p.all_tokens();
+    if (o->ids) {
+      for (size_t i = 0; i < ids.size(); ++i) std::printf(i ? " %d" : "%d", ids[i]);
+      std::printf("\n");
+    } else {
+      std::printf("%s\n", tok->decode(ids).c_str());
+    }
+    std::fprintf(stderr, "key %s, %lld tokens, info line at tokens [%lld, %lld), answer %zu tokens\n",
+                 p.key.c_str(), (long long)p.length, (long long)p.info_begin,
+                 (long long)p.info_end(), p.answer.size());
+  });
+}
+
+}  // namespace
+
+void register_passkey(CLI::App& app) {
+  CLI::App* cmd = app.add_subcommand(
+      "passkey", "Passkey retrieval: train, evaluate over lengths and depths, print a sample");
+  cmd->require_subcommand(1);
+  register_passkey_train(*cmd);
+  register_passkey_eval(*cmd);
+  register_passkey_sample(*cmd);
+}
+
+}  // namespace infini::cli

@@ -1,0 +1,47 @@
+// Prompt feeding and the generation loop on top of a Session, shared by `infini generate`,
+// its interactive mode and the tests.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "infer/sampler.hpp"
+#include "infer/session.hpp"
+#include "infer/text_stream.hpp"
+#include "io/tokenizer.hpp"
+
+namespace infini::infer {
+
+struct FeedStats {
+  int64_t tokens = 0;
+  uint64_t bytes = 0;
+  double seconds = 0;        // wall time: reading, tokenizing and the model
+  double model_seconds = 0;  // Session::feed only
+};
+
+// Tokenizes the reader's pieces one at a time and feeds each to the session: memory stays
+// O(piece) whatever the prompt's length. No special tokens are added.
+FeedStats feed_text(Session& s, const io::Tokenizer& tok, TextChunkReader& reader);
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 128;
+  std::vector<std::string> stop;  // stop strings; generation ends before them
+  // Feed every sampled token (the last too, <eos> included) so the session ends holding the
+  // whole sequence and can continue. Off, the last sampled token is not run through the model.
+  bool keep_state = false;
+};
+
+struct GenerateResult {
+  int64_t new_tokens = 0;      // tokens sampled, <eos> included
+  std::string stop_reason;     // "eos", "stop" or "length"
+  double seconds = 0;          // sampling, model and detokenizing
+};
+
+// Samples up to max_new_tokens tokens starting from the session's current logits and passes
+// text to `emit` as soon as it is complete UTF-8 and cannot be part of a stop string.
+GenerateResult generate(Session& s, const io::Tokenizer& tok, Sampler& sampler,
+                        const GenerateOptions& o, const std::function<void(std::string_view)>& emit);
+
+}  // namespace infini::infer

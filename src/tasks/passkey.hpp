@@ -1,0 +1,112 @@
+// Passkey retrieval (Mohtashami & Jaggi 2023; Infini-attention paper §4.2): a random number
+// hidden at a chosen depth in periodic filler text, asked for at the end.
+//
+// A prompt is the concatenation of separately tokenized parts (no special tokens):
+//
+//   head    = enc(HEADER + "\n")
+//   prefix  = the first n_pre tokens of the filler stream
+//   info    = enc("\n" + "The pass key is K. Remember it. K is the pass key." + "\n")
+//   suffix  = the first n_suf tokens of the filler stream
+//   tail    = enc("\n" + "What is the pass key? The pass key is")
+//   answer  = enc(" " + K)                      (not part of the prompt; the target)
+//
+// The filler stream is enc(FILLER + " ") repeated: the filler text joined by single spaces,
+// cut at a token boundary. The prompt LENGTH counts prompt tokens (head through tail, without
+// the answer); n_pre + n_suf = length - |head| - |info| - |tail|, n_pre = round(depth *
+// (n_pre + n_suf)). Building from token pieces makes lengths exact for any tokenizer; for a
+// BPE tokenizer the ids can differ slightly from tokenizing the decoded text in one go (only
+// at the joins), and the model sees exactly these ids.
+//
+// Prompts are lazy: tokens(start, count) produces any window without materialising the whole
+// prompt, so a 1M-token prompt costs a few kilobytes.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "io/tokenizer.hpp"
+#include "train/data.hpp"
+
+namespace infini::tasks {
+
+inline constexpr const char* kPasskeyHeader =
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
+    "them. I will quiz you about the important information there.";
+inline constexpr const char* kPasskeyFiller =
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
+inline constexpr const char* kPasskeyQuestion = "What is the pass key? The pass key is";
+
+// One prompt, described by its pieces; the tokens are produced on demand.
+struct PasskeyPrompt {
+  std::string key;                  // the passkey digits, e.g. "40213"
+  int64_t length = 0;               // prompt tokens (the answer excluded)
+  double depth = 0;                 // the requested depth
+  int64_t n_pre = 0, n_suf = 0;     // filler tokens before / after the info line
+  int64_t info_begin = 0;           // index of the info line's first token
+  std::shared_ptr<const std::vector<int32_t>> head, filler, tail;  // shared by all prompts
+  std::vector<int32_t> info, answer;
+
+  int64_t info_end() const { return info_begin + int64_t(info.size()); }
+  // Writes prompt tokens [start, start + count) into out; throws when out of range.
+  void tokens(int64_t start, int64_t count, int32_t* out) const;
+  std::vector<int32_t> all_tokens() const;  // the whole prompt (small lengths only)
+};
+
+class PasskeyGenerator {
+ public:
+  // digits: length of the passkey (1 .. 18); keys are uniform over [10^(digits-1), 10^digits).
+  PasskeyGenerator(std::shared_ptr<const io::Tokenizer> tok, int digits = 5);
+
+  // The shortest prompt this generator can build (no filler), over all keys of its digit count.
+  int64_t min_length() const { return min_length_; }
+  int digits() const { return digits_; }
+  const io::Tokenizer& tokenizer() const { return *tok_; }
+  // Largest number of answer tokens over keys of this digit count (for sizing sequences).
+  int64_t max_answer_tokens() const { return max_answer_; }
+
+  // A prompt of exactly `length` tokens with the info line at `depth` in [0, 1].
+  // Throws infini::Error naming the length when it is below what the key needs.
+  PasskeyPrompt make(int64_t length, double depth, const std::string& key) const;
+  std::string random_key(std::mt19937_64& rng) const;
+
+ private:
+  std::shared_ptr<const io::Tokenizer> tok_;
+  int digits_;
+  std::shared_ptr<const std::vector<int32_t>> head_, filler_, tail_;
+  int64_t min_length_ = 0, max_answer_ = 0;
+};
+
+// Training data for `infini passkey train`: each batch is `batch` prompts of one length
+// followed by their answers. The length (prompt + answer) is drawn uniformly from
+// [min_len, cur_max], where cur_max grows linearly from min_len to max_len over the first
+// curriculum_steps batches (0: always max_len); depths uniform in [0, 1]; keys random.
+// loss_on_answer: the loss mask keeps only the predictions of the answer tokens.
+struct PasskeySourceOptions {
+  int64_t min_len = 256, max_len = 2048;
+  int64_t curriculum_steps = 0;
+  int64_t len_multiple = 1;  // lengths are rounded down to a multiple of this (>= min_len)
+  bool loss_on_answer = true;
+  uint64_t seed = 0;
+};
+
+class PasskeySource final : public train::BatchSource {
+ public:
+  PasskeySource(std::shared_ptr<const PasskeyGenerator> gen, PasskeySourceOptions opts);
+  // seq_len is ignored: each batch carries its own length (<= max_len).
+  void next(int64_t batch, int64_t seq_len, train::Batch& out) override;
+  nlohmann::json state() const override;
+  void restore(const nlohmann::json& state) override;
+  std::string fingerprint() const override;
+  int64_t batches_drawn() const { return index_; }
+
+ private:
+  std::shared_ptr<const PasskeyGenerator> gen_;
+  PasskeySourceOptions opts_;
+  int64_t index_ = 0;  // batches drawn; each batch's randomness comes from (seed, index)
+};
+
+}  // namespace infini::tasks

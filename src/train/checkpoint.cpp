@@ -1,0 +1,174 @@
+#include "train/checkpoint.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <vector>
+
+#include "core/error.hpp"
+#include "io/text.hpp"
+#include "model/model.hpp"
+
+namespace infini::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Step number of a "step-NNNNNNNN" directory name, or -1.
+int64_t parse_step(const std::string& name) {
+  if (name.rfind("step-", 0) != 0 || name.size() <= 5) return -1;
+  int64_t v = 0;
+  for (size_t i = 5; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9' || v > (int64_t(1) << 50)) return -1;
+    v = v * 10 + (name[i] - '0');
+  }
+  return v;
+}
+
+std::vector<std::pair<int64_t, fs::path>> list_checkpoints(const fs::path& root) {
+  std::vector<std::pair<int64_t, fs::path>> out;
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return out;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const int64_t s = parse_step(e.path().filename().string());
+    if (s >= 0 && e.is_directory()) out.push_back({s, e.path()});
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void fsync_tree(const fs::path& dir) {
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file() || e.is_directory()) fsync_path(e.path().string());
+  fsync_path(dir.string());
+}
+
+}  // namespace
+
+void fsync_path(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error("cannot open " + path + " to sync it: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int e = errno;
+  ::close(fd);
+  // Some file systems refuse fsync on directories (EINVAL); the data files were synced.
+  if (rc != 0 && e != EINVAL) throw Error("cannot sync " + path + ": " + std::strerror(e));
+}
+
+std::string checkpoint_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step-%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+void remove_stale_checkpoint_temps(const std::string& out) {
+  const fs::path root = fs::path(out) / "checkpoints";
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return;
+  for (const auto& e : fs::directory_iterator(root, ec))
+    if (e.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(e.path(), ec);
+}
+
+std::string commit_checkpoint(const std::string& out, int64_t step,
+                              const std::function<void(const std::string& dir)>& fill,
+                              int64_t keep) {
+  const fs::path root = fs::path(out) / "checkpoints";
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  if (ec) throw Error("cannot create " + root.string() + ": " + ec.message());
+  const std::string name = checkpoint_name(step);
+  const fs::path tmp = root / (".tmp-" + name + "-" + std::to_string(::getpid()));
+  fs::remove_all(tmp, ec);
+  fs::create_directory(tmp, ec);
+  if (ec) throw Error("cannot create " + tmp.string() + ": " + ec.message());
+  try {
+    fill(tmp.string());
+    fsync_tree(tmp);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  const fs::path final_dir = root / name;
+  if (fs::exists(final_dir)) {
+    // The same step saved again (e.g. a resumed run re-reaching it): swap the old one out.
+    const fs::path old = root / (".tmp-old-" + name + "-" + std::to_string(::getpid()));
+    fs::rename(final_dir, old, ec);
+    if (ec) throw Error("cannot replace " + final_dir.string() + ": " + ec.message());
+    fs::rename(tmp, final_dir, ec);
+    if (ec) throw Error("cannot rename " + tmp.string() + ": " + ec.message());
+    fs::remove_all(old, ec);
+  } else {
+    fs::rename(tmp, final_dir, ec);
+    if (ec) throw Error("cannot rename " + tmp.string() + " to " + final_dir.string() + ": " +
+                        ec.message());
+  }
+  fsync_path(root.string());
+  model::write_file_atomic((fs::path(out) / "latest").string(), "checkpoints/" + name + "\n");
+  fsync_path(out);
+
+  // Only now that the new checkpoint is complete and named, drop the oldest ones.
+  if (keep > 0) {
+    auto all = list_checkpoints(root);
+    const int64_t excess = int64_t(all.size()) - keep;
+    for (int64_t i = 0; i < excess; ++i)
+      if (all[size_t(i)].second != final_dir) fs::remove_all(all[size_t(i)].second, ec);
+  }
+  return final_dir.string();
+}
+
+std::optional<std::string> find_latest_checkpoint(const std::string& out,
+                                                  const std::string& marker) {
+  std::error_code ec;
+  const fs::path pointer = fs::path(out) / "latest";
+  if (fs::is_regular_file(pointer, ec)) {
+    std::string rel = io::read_file(pointer.string());
+    while (!rel.empty() && (rel.back() == '\n' || rel.back() == '\r' || rel.back() == ' '))
+      rel.pop_back();
+    const fs::path dir = fs::path(out) / rel;
+    if (!rel.empty() && parse_step(dir.filename().string()) >= 0 &&
+        fs::is_regular_file(dir / marker, ec))
+      return dir.string();
+  }
+  auto all = list_checkpoints(fs::path(out) / "checkpoints");
+  for (auto it = all.rbegin(); it != all.rend(); ++it)
+    if (fs::is_regular_file(it->second / marker, ec)) return it->second.string();
+  return std::nullopt;
+}
+
+void publish_directory(const std::string& dest,
+                       const std::function<void(const std::string& dir)>& fill) {
+  const fs::path d(dest);
+  const fs::path parent = d.has_parent_path() ? d.parent_path() : fs::path(".");
+  const std::string base = d.filename().string();
+  const fs::path tmp = parent / (".tmp-" + base + "-" + std::to_string(::getpid()));
+  const fs::path old = parent / (".old-" + base + "-" + std::to_string(::getpid()));
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  if (ec) throw Error("cannot create " + tmp.string() + ": " + ec.message());
+  try {
+    fill(tmp.string());
+    fsync_tree(tmp);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  const bool had = fs::exists(d);
+  if (had) {
+    fs::remove_all(old, ec);
+    fs::rename(d, old, ec);
+    if (ec) throw Error("cannot replace " + dest + ": " + ec.message());
+  }
+  fs::rename(tmp, d, ec);
+  if (ec) throw Error("cannot rename " + tmp.string() + " to " + dest + ": " + ec.message());
+  if (had) fs::remove_all(old, ec);
+  fsync_path(parent.string());
+}
+
+}  // namespace infini::train
