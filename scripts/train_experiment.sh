@@ -3,12 +3,15 @@
 # shape, steps and tokens - Infini (linear), Infini (delta) and a local-attention-only
 # baseline with the same segment length - trained one after another on five Jane Austen
 # novels, validated on the sixth (Persuasion), whole, streamed through the memory.
-# Usage: scripts/train_experiment.sh [BUILD_DIR] [RUN_DIR]   (defaults: build, runs/austen)
-# Needs scripts/get_corpus.sh to have filled runs/corpus/austen. About 45 min on 2 cores.
+# Usage: scripts/train_experiment.sh [BUILD_DIR] [RUN_DIR] [SEED] [VARIANTS]
+#   defaults: build runs/austen 1 "linear delta local"
+# Needs scripts/get_corpus.sh to have filled runs/corpus/austen. About 30 min on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build="${1:-build}"
 runs="${2:-runs/austen}"
+seed="${3:-1}"
+variants="${4:-linear delta local}"
 corpus=runs/corpus/austen
 mkdir -p "$runs"
 # A private copy of the binary, so rebuilding during the runs cannot change them.
@@ -17,7 +20,7 @@ export OMP_NUM_THREADS=2
 # Sleep instead of spinning in OpenMP barriers: on a shared machine spinning threads slow
 # every parallel region by an order of magnitude. Results are the same either way.
 export OMP_WAIT_POLICY=PASSIVE
-for variant in linear delta local; do
+for variant in $variants; do
   mkdir -p "$runs/$variant"
   /usr/bin/time -v "$runs/infini" train \
     --config configs/austen_"$variant".json \
@@ -27,6 +30,6 @@ for variant in linear delta local; do
     --token-cache "$runs"/tokens.bin \
     --out "$runs/$variant" --seq-len 2048 --batch 2 --steps 500 \
     --lr 2e-3 --gate-lr 2e-2 --warmup 50 --schedule cosine --weight-decay 0.1 --grad-clip 1 \
-    --seed 1 --save-every 250 --eval-every 100 --log-every 25 \
+    --seed "$seed" --save-every 250 --eval-every 100 --log-every 25 \
     > "$runs/$variant/train.log" 2>&1
 done

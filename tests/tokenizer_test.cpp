@@ -325,6 +325,11 @@ TEST(HfTokenizer, MalformedFilesThrowError) {
   expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [], "fuse_unk": 1}})",
                "fuse_unk");
 
+  std::string nested = R"({"type": "NFC"})";
+  for (int i = 0; i < 100; ++i) nested = R"({"type": "Sequence", "normalizers": [)" + nested + "]}";
+  expect_error("{" + model + R"(, "normalizer": )" + nested + "}", "nested");
+  expect_error(std::string(100000, '[') + std::string(100000, ']'), "top level");
+
   // A minimal valid file loads; an unknown unk_token only fails when needed.
   const auto ok = infini::io::load_hf_tokenizer_from_string("{" + model + "}", "ok.json");
   EXPECT_EQ(ok->encode("abab"), (std::vector<int32_t>{2, 2}));

@@ -24,7 +24,7 @@ struct GenerateOpts {
   int64_t max_new_tokens = 128;
   infer::SamplingOptions sampling;
   std::vector<std::string> stop;
-  bool json = false, interactive = false, add_bos = false;
+  bool json = false, interactive = false, add_bos = false, ignore_eos = false;
   int64_t prefill_chunk = 256;
   int decode_threads = 0;
 };
@@ -69,6 +69,7 @@ void run_once(infer::Session& s, const io::Tokenizer& tok, const GenerateOpts& o
   g.max_new_tokens = o.max_new_tokens;
   g.stop = o.stop;
   g.keep_state = !o.state_out.empty();
+  g.ignore_eos = o.ignore_eos;
   std::string text;
   const infer::GenerateResult r = infer::generate(s, tok, sampler, g, [&](std::string_view t) {
     if (o.json)
@@ -109,6 +110,7 @@ void run_interactive(infer::Session& s, const io::Tokenizer& tok, const Generate
   g.max_new_tokens = o.max_new_tokens;
   g.stop = o.stop;
   g.keep_state = true;
+  g.ignore_eos = o.ignore_eos;
   std::string line;
   for (int turn = 0;; ++turn) {
     if (tty) std::fputs("> ", stderr);
@@ -181,6 +183,8 @@ void register_generate(CLI::App& app) {
   cmd->add_flag("--interactive", o->interactive,
                 "Read prompts from stdin line by line, keeping the state across turns; EOF exits");
   cmd->add_flag("--add-bos", o->add_bos, "Start a new sequence with the tokenizer's <bos>");
+  cmd->add_flag("--ignore-eos", o->ignore_eos,
+                "Do not stop at <eos> (benchmarks that must generate exactly --max-new-tokens)");
   cmd->add_option("--prefill-chunk", o->prefill_chunk,
                   "Most prompt tokens per forward call (also capped by the segment length)")
       ->capture_default_str()

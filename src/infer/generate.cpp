@@ -36,7 +36,7 @@ GenerateResult generate(Session& s, const io::Tokenizer& tok, Sampler& sampler,
   r.stop_reason = "length";
   const double t0 = now_s();
   const int64_t allowed = std::min<int64_t>(s.config().vocab_size, tok.vocab_size());
-  const int32_t eos = tok.eos_id();
+  const int32_t eos = o.ignore_eos ? -1 : tok.eos_id();
   TokenTextStream text(tok);
   StopFilter stop(o.stop);
   for (int64_t i = 0; i < o.max_new_tokens; ++i) {

@@ -31,6 +31,8 @@ struct GenerateOptions {
   // Feed every sampled token (the last too, <eos> included) so the session ends holding the
   // whole sequence and can continue. Off, the last sampled token is not run through the model.
   bool keep_state = false;
+  // Treat <eos> as an ordinary token (benchmarks that must generate exactly max_new_tokens).
+  bool ignore_eos = false;
 };
 
 struct GenerateResult {

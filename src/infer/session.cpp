@@ -114,7 +114,7 @@ uint64_t Session::weights_hash() const {
   return weights_hash_;
 }
 
-StateSnapshot Session::snapshot() const {
+StateSnapshot Session::header() const {
   const model::ModelConfig& c = m_.config;
   StateSnapshot s;
   s.config_fingerprint = config_fingerprint(c);
@@ -127,6 +127,12 @@ StateSnapshot Session::snapshot() const {
   s.use_memory = c.use_memory;
   s.position = position_;
   s.cache_pos = cache_.pos;
+  return s;
+}
+
+StateSnapshot Session::snapshot() const {
+  const model::ModelConfig& c = m_.config;
+  StateSnapshot s = header();
   s.M = state_.M;
   s.z = state_.z;
   const size_t rows = size_t(cache_.pos * c.kv_width());
@@ -138,6 +144,22 @@ StateSnapshot Session::snapshot() const {
   }
   if (has_last_) s.last_hidden = last_f_;
   return s;
+}
+
+void Session::save_state(const std::string& path) const {
+  const StateSnapshot h = header();
+  StateView v;
+  v.header = &h;
+  v.M = state_.M;
+  v.z = state_.z;
+  if (has_last_) v.last_hidden = last_f_;
+  const size_t rows = size_t(cache_.pos * m_.config.kv_width());
+  for (int64_t l = 0; l < m_.config.num_layers; ++l) {
+    v.k.emplace_back(cache_.k[size_t(l)].data(), rows);
+    v.k_rot.emplace_back(cache_.k_rot[size_t(l)].data(), rows);
+    v.v.emplace_back(cache_.v[size_t(l)].data(), rows);
+  }
+  write_state_file(path, v);
 }
 
 void Session::restore(const StateSnapshot& s, const std::string& source) {
@@ -187,8 +209,6 @@ void Session::restore(const StateSnapshot& s, const std::string& source) {
   if (has_last_) std::copy(s.last_hidden.begin(), s.last_hidden.end(), last_f_.begin());
   logits_valid_ = false;
 }
-
-void Session::save_state(const std::string& path) const { write_state_file(path, snapshot()); }
 
 void Session::load_state(const std::string& path) { restore(read_state_file(path), path); }
 

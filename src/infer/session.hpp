@@ -62,12 +62,15 @@ class Session {
 
   // Snapshots of everything needed to continue exactly (see docs/state_format.md).
   StateSnapshot snapshot() const;
+  // Writes the state without copying it first (transient memory: one serialized file).
+  void save_state(const std::string& path) const;
   // Validates the snapshot against this model (config fingerprint, weights hash, sizes) and
   // adopts it. `source` names the file in error messages.
   void restore(const StateSnapshot& s, const std::string& source = "state");
-  void save_state(const std::string& path) const;
   void load_state(const std::string& path);
 
+  // The snapshot's fields without its arrays (those are views, see save_state).
+  StateSnapshot header() const;
   // Hash of the model's weights, computed once on first use.
   uint64_t weights_hash() const;
 

@@ -44,7 +44,7 @@ class Writer {
     std::memcpy(b, &v, sizeof(T));
     out_.append(b, sizeof(T));
   }
-  void floats(const std::vector<float>& v) {
+  void floats(std::span<const float> v) {
     out_.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
   }
   std::string& str() { return out_; }
@@ -120,28 +120,39 @@ uint64_t config_fingerprint(const model::ModelConfig& c) {
   return hash_bytes(buf, std::strlen(buf), 0x1F1A1);
 }
 
-std::string serialize_state(const StateSnapshot& s) {
-  const size_t payload =
-      (s.M.size() + s.z.size() + s.k.size() + s.k_rot.size() + s.v.size() + s.last_hidden.size()) *
-      sizeof(float);
-  Writer w(kStateHeaderBytes + payload + 8);
+std::string serialize_state(const StateView& v) {
+  const StateSnapshot& s = *v.header;
+  size_t floats = v.M.size() + v.z.size() + v.last_hidden.size();
+  for (const auto* part : {&v.k, &v.k_rot, &v.v})
+    for (const auto& span : *part) floats += span.size();
+  Writer w(kStateHeaderBytes + floats * sizeof(float) + 8);
   w.str().append(kStateMagic, sizeof kStateMagic);
   w.put<uint32_t>(kStateVersion);
-  w.put<uint32_t>((s.use_memory ? kFlagUseMemory : 0) |
-                  (s.last_hidden.empty() ? 0 : kFlagHasLast));
+  w.put<uint32_t>((s.use_memory ? kFlagUseMemory : 0) | (v.last_hidden.empty() ? 0 : kFlagHasLast));
   w.put<uint64_t>(s.config_fingerprint);
   w.put<uint64_t>(s.weights_hash);
-  for (int64_t v : {s.num_layers, s.num_kv_heads, s.head_dim, s.hidden_size, s.segment_length,
+  for (int64_t x : {s.num_layers, s.num_kv_heads, s.head_dim, s.hidden_size, s.segment_length,
                     s.position, s.cache_pos})
-    w.put<int64_t>(v);
-  w.floats(s.M);
-  w.floats(s.z);
-  w.floats(s.k);
-  w.floats(s.k_rot);
-  w.floats(s.v);
-  w.floats(s.last_hidden);
+    w.put<int64_t>(x);
+  w.floats(v.M);
+  w.floats(v.z);
+  for (const auto* part : {&v.k, &v.k_rot, &v.v})
+    for (const auto& span : *part) w.floats(span);
+  w.floats(v.last_hidden);
   w.put<uint64_t>(hash_bytes(w.str().data(), w.str().size()));
   return std::move(w.str());
+}
+
+std::string serialize_state(const StateSnapshot& s) {
+  StateView v;
+  v.header = &s;
+  v.M = s.M;
+  v.z = s.z;
+  v.last_hidden = s.last_hidden;
+  v.k = {s.k};
+  v.k_rot = {s.k_rot};
+  v.v = {s.v};
+  return serialize_state(v);
 }
 
 StateSnapshot parse_state(std::string_view b, const std::string& src) {
@@ -219,6 +230,10 @@ StateSnapshot parse_state(std::string_view b, const std::string& src) {
   for (size_t i = 0; i < s.z.size(); ++i)
     if (s.z[i] < 0) throw fail("z holds a negative value at index " + std::to_string(i));
   return s;
+}
+
+void write_state_file(const std::string& path, const StateView& v) {
+  model::write_file_atomic(path, serialize_state(v));
 }
 
 void write_state_file(const std::string& path, const StateSnapshot& s) {

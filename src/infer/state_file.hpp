@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,17 +30,27 @@ struct StateSnapshot {
                                    // when no token has been fed (position == 0)
 };
 
+// The same content as views into someone else's buffers (a Session's cache and memory), so
+// saving does not first copy the state. k, k_rot, v: one span per layer, [cache_pos, Hkv*d].
+struct StateView {
+  const StateSnapshot* header = nullptr;  // every field but the arrays is read from here
+  std::span<const float> M, z, last_hidden;
+  std::vector<std::span<const float>> k, k_rot, v;
+};
+
 // Hash of the config values that decide shapes and math (not of its file layout).
 uint64_t config_fingerprint(const model::ModelConfig& c);
 // A fast 64-bit non-cryptographic hash (four-lane multiply-rotate, avalanche finish).
 uint64_t hash_bytes(const void* data, size_t n, uint64_t seed = 0);
 
+std::string serialize_state(const StateView& s);
 std::string serialize_state(const StateSnapshot& s);
 // Parses and checks the file's own consistency: magic, version, sizes, checksum, finite
 // values. Matching against a model is Session::restore's job.
 StateSnapshot parse_state(std::string_view bytes, const std::string& source);
 
 // File versions; writing is atomic (temp file, fsync, rename).
+void write_state_file(const std::string& path, const StateView& s);
 void write_state_file(const std::string& path, const StateSnapshot& s);
 StateSnapshot read_state_file(const std::string& path);
 

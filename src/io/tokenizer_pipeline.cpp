@@ -99,6 +99,26 @@ std::string type_of(const json& j, const std::string& where) {
   return json_string(j, "type", where);
 }
 
+// Bounds the recursion through nested "Sequence" stages, so that a hostile file
+// cannot exhaust the stack.
+class NestingGuard {
+ public:
+  explicit NestingGuard(const std::string& where) {
+    if (++depth_ > kMaxDepth) {
+      --depth_;
+      json_fail(where, "stages nested more than " + std::to_string(kMaxDepth) + " deep");
+    }
+  }
+  ~NestingGuard() { --depth_; }
+  NestingGuard(const NestingGuard&) = delete;
+  NestingGuard& operator=(const NestingGuard&) = delete;
+
+ private:
+  static constexpr int kMaxDepth = 64;
+  static thread_local int depth_;
+};
+thread_local int NestingGuard::depth_ = 0;
+
 // Rust's str::replace semantics (an empty pattern matches between characters).
 std::string replace_all(std::string_view s, std::string_view from, std::string_view to) {
   std::string out;
@@ -754,6 +774,7 @@ const std::string& byte_to_char(unsigned char b) {
 }
 
 std::unique_ptr<Normalizer> make_normalizer(const json& j, const std::string& where) {
+  const NestingGuard guard(where);
   const std::string type = type_of(j, where);
   if (type == "Sequence") {
     const json& arr = json_array(j, "normalizers", where);
@@ -781,6 +802,7 @@ std::unique_ptr<Normalizer> make_normalizer(const json& j, const std::string& wh
 }
 
 std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, const std::string& where) {
+  const NestingGuard guard(where);
   const std::string type = type_of(j, where);
   if (type == "Sequence") {
     const json& arr = json_array(j, "pretokenizers", where);
@@ -823,6 +845,7 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, const std::strin
 }
 
 std::unique_ptr<Decoder> make_decoder(const json& j, const std::string& where) {
+  const NestingGuard guard(where);
   const std::string type = type_of(j, where);
   if (type == "Sequence") {
     const json& arr = json_array(j, "decoders", where);

@@ -34,7 +34,8 @@ int64_t get_int(const json& j, const char* key, const std::string& src, bool req
   }
   if (v->is_number_float()) {
     double d = v->get<double>();
-    if (d == double(int64_t(d)) && d > -9e18 && d < 9e18) return int64_t(d);
+    // Range first: converting an out-of-range double to int64_t is undefined behaviour.
+    if (d > -9e18 && d < 9e18 && d == double(int64_t(d))) return int64_t(d);
   }
   throw Error(src + ": key '" + key + "' must be an integer");
 }

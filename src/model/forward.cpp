@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
+
+#include <omp.h>
 
 #include "core/error.hpp"
 #include "ops/activation.hpp"
@@ -33,7 +36,7 @@ struct KVSlot {
 };
 
 template <class T>
-void layer_forward(const Model<T>& m, const ForwardContext<T>& ctx, int64_t l, T* x,
+void layer_forward_reference(const Model<T>& m, const ForwardContext<T>& ctx, int64_t l, T* x,
                    LayerActs<T>& A, const int32_t* positions, int64_t B, int64_t n,
                    KVSlot<T> kv, T* M, T* z, bool fold_memory) {
   const ModelConfig& c = m.config;
@@ -67,8 +70,8 @@ void layer_forward(const Model<T>& m, const ForwardContext<T>& ctx, int64_t l, T
   const ops::AttentionShape as{B, n, kv.p0, kv.cap, H, Hkv, c.head_dim};
   resize(A.probs, B * H * n * ctxlen);
   resize(A.local, r * qw);
-  ops::local_attention_forward(A.local.data(), A.probs.data(), A.q_rot.data(), kv.k_rot, kv.v,
-                               as);
+  ops::local_attention_forward_reference(A.local.data(), A.probs.data(), A.q_rot.data(), kv.k_rot,
+                                         kv.v, as);
 
   const T* attn_out = A.local.data();
   if (c.use_memory) {
@@ -108,97 +111,13 @@ void layer_forward(const Model<T>& m, const ForwardContext<T>& ctx, int64_t l, T
   ops::gemm<T>(false, true, r, D, F, T(1), A.hmid.data(), F, m.at(o.w_down), F, T(1), x, D);
 }
 
-}  // namespace
-
-template <class T>
-void forward_chunk(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
-                   int64_t batch, int64_t n, MemoryState<T>& state, SegmentActs<T>& acts,
-                   KVCache<T>* cache, bool compute_logits) {
-  const ModelConfig& c = m.config;
-  const int64_t D = c.hidden_size, V = c.vocab_size, r = batch * n;
-  const int64_t p0 = cache ? cache->pos : 0;
-  if (n <= 0) throw Error("forward_chunk: empty chunk");
-  if (p0 + n > c.segment_length)
-    throw Error("forward_chunk: chunk of " + std::to_string(n) + " tokens at position " +
-                std::to_string(p0) + " overruns the segment length " +
-                std::to_string(c.segment_length));
-  if (cache && batch != 1) throw Error("forward_chunk: a streaming cache holds one sequence");
-  if (c.use_memory && state.batch != batch)
-    throw Error("forward_chunk: memory state has batch " + std::to_string(state.batch) +
-                ", chunk has " + std::to_string(batch));
-
-  acts.batch = batch;
-  acts.n = n;
-  acts.layers.resize(size_t(c.num_layers));
-  resize(acts.positions, r);
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t i = 0; i < n; ++i) acts.positions[size_t(b * n + i)] = int32_t(p0 + i);
-
-  std::vector<T> h(size_t(r * D));
-  const T* E = m.at(m.layout.embed);
-  for (int64_t i = 0; i < r; ++i) {
-    const int32_t t = tokens[i];
-    if (t < 0 || t >= V)
-      throw Error("token id " + std::to_string(t) + " is outside the vocabulary (size " +
-                  std::to_string(V) + ")");
-    std::copy_n(E + int64_t(t) * D, D, h.data() + i * D);
-  }
-
-  const bool segment_full = cache && p0 + n == cache->capacity;
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    LayerActs<T>& A = acts.layers[size_t(l)];
-    KVSlot<T> kv;
-    if (cache) {
-      kv = {cache->k[size_t(l)].data(), cache->k_rot[size_t(l)].data(),
-            cache->v[size_t(l)].data(), cache->capacity, p0};
-    } else {
-      resize(A.k, r * c.kv_width());
-      resize(A.k_rot, r * c.kv_width());
-      resize(A.v, r * c.kv_width());
-      kv = {A.k.data(), A.k_rot.data(), A.v.data(), n, 0};
-    }
-    T* M = c.use_memory ? state.M_layer(l) : nullptr;
-    T* z = c.use_memory ? state.z_layer(l) : nullptr;
-    layer_forward(m, ctx, l, h.data(), A, acts.positions.data(), batch, n, kv, M, z,
-                  cache ? segment_full : true);
-  }
-  if (cache) cache->pos = segment_full ? 0 : p0 + n;
-
-  resize(acts.h_final, r * D);
-  resize(acts.rstd_final, r);
-  resize(acts.f, r * D);
-  std::copy(h.begin(), h.end(), acts.h_final.begin());
-  ops::rmsnorm_forward(acts.f.data(), acts.rstd_final.data(), h.data(), m.at(m.layout.final_norm),
-                       r, D, c.rms_norm_eps);
-  if (compute_logits) {
-    resize(acts.logits, r * V);
-    ops::linear_forward(acts.logits.data(), acts.f.data(), m.at(m.layout.lm_head),
-                        (const T*)nullptr, r, D, V);
-  }
-}
-
-template <class T>
-void fold_cache_into_memory(const Model<T>& m, KVCache<T>& cache, MemoryState<T>& state) {
-  const ModelConfig& c = m.config;
-  if (cache.pos == 0) return;
-  if (c.use_memory)
-    for (int64_t l = 0; l < c.num_layers; ++l)
-      ops::memory_update_forward(state.M_layer(l), state.z_layer(l), cache.k[size_t(l)].data(),
-                                 cache.v[size_t(l)].data(),
-                                 memory_shape<T>(c, 1, cache.pos, cache.capacity),
-                                 c.memory_update == MemoryUpdate::Delta);
-  cache.pos = 0;
-}
-
-namespace {
-
 template <class T>
 struct LayerGrads {
   std::vector<T> dxm, dhmid, dgate, dup, dm, dmixed, dmem, dlocal, dq, dk, dv, da;
 };
 
 template <class T>
-void layer_backward(const Model<T>& m, const ForwardContext<T>& ctx, int64_t l, T* dx,
+void layer_backward_reference(const Model<T>& m, const ForwardContext<T>& ctx, int64_t l, T* dx,
                     const LayerActs<T>& A, const int32_t* positions, int64_t B, int64_t n,
                     const T* M, const T* z, T* dM, T* dz, T* grads, LayerGrads<T>& G) {
   const ModelConfig& c = m.config;
@@ -244,8 +163,9 @@ void layer_backward(const Model<T>& m, const ForwardContext<T>& ctx, int64_t l, 
   resize(G.dk, r * kw);
   resize(G.dv, r * kw);
   const ops::AttentionShape as{B, n, 0, n, H, Hkv, c.head_dim};
-  ops::local_attention_backward(G.dq.data(), G.dk.data(), G.dv.data(), G.dlocal.data(),
-                                A.probs.data(), A.q_rot.data(), A.k_rot.data(), A.v.data(), as);
+  ops::local_attention_backward_reference(G.dq.data(), G.dk.data(), G.dv.data(), G.dlocal.data(),
+                                          A.probs.data(), A.q_rot.data(), A.k_rot.data(),
+                                          A.v.data(), as);
   ops::rope_apply(G.dq.data(), r, H, positions, ctx.rope, true);
   ops::rope_apply(G.dk.data(), r, Hkv, positions, ctx.rope, true);
 
@@ -271,7 +191,528 @@ void layer_backward(const Model<T>& m, const ForwardContext<T>& ctx, int64_t l, 
                         m.at(o.in_norm), r, D, true);
 }
 
+// ---------------------------------------------------------------------------------------------
+// The fast path. One OpenMP parallel region per call; inside it each layer is a few phases:
+//   rows  : token-wise work (RMSNorm, projections, RoPE, MLP) on this thread's share of the
+//           rows, with single-threaded GEMMs (OpenBLAS runs single-threaded inside a parallel
+//           region, so there is no oversubscription);
+//   heads : attention and memory, one task per (sequence, head), causal blocks only;
+//   grads : weight gradients dW += dY^T X split over blocks of output rows, so threads never
+//           write the same gradient (no reduction buffers).
+// Barriers sit only where a phase needs rows or heads another thread produced: 2 per layer
+// forward, 2 per layer backward (plus one for grouped-query memory updates).
+
+template <class T>
+bool use_fast_path(const ForwardContext<T>& ctx, int64_t rows) {
+  return !ctx.reference && rows > 1;
+}
+
+// [first, last) of this thread's share of `total` items.
+inline std::pair<int64_t, int64_t> share(int64_t total, int t, int nt) {
+  return {total * t / nt, total * (t + 1) / nt};
+}
+
+template <class T>
+void grow(std::vector<T>& v, int64_t n) {
+  if (int64_t(v.size()) < n) v.resize(size_t(n));
+}
+
+template <class T>
+void prepare_layer_acts(LayerActs<T>& A, const ModelConfig& c, int64_t B, int64_t n,
+                        int64_t ctxlen, bool own_kv) {
+  const int64_t r = B * n, D = c.hidden_size, F = c.intermediate_size;
+  const int64_t qw = c.q_width(), kw = c.kv_width();
+  for (auto* v : {&A.x_in, &A.a, &A.x_mid, &A.m}) resize(*v, r * D);
+  resize(A.rstd_in, r);
+  resize(A.rstd_post, r);
+  for (auto* v : {&A.q, &A.q_rot, &A.local}) resize(*v, r * qw);
+  if (own_kv)
+    for (auto* v : {&A.k, &A.k_rot, &A.v}) resize(*v, r * kw);
+  resize(A.probs, B * c.num_heads * n * ctxlen);
+  if (c.use_memory) {
+    for (auto* v : {&A.mem, &A.sq, &A.mixed}) resize(*v, r * qw);
+    resize(A.den, B * c.num_heads * n);
+  }
+  for (auto* v : {&A.gate, &A.up, &A.hmid}) resize(*v, r * F);
+}
+
+template <class T>
+void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
+                  int64_t B, int64_t n, MemoryState<T>& state, SegmentActs<T>& acts,
+                  KVCache<T>* cache, bool compute_logits, int64_t p0, bool fold) {
+  const ModelConfig& c = m.config;
+  const int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, r = B * n;
+  const int64_t qw = c.q_width(), kw = c.kv_width(), H = c.num_heads, Hkv = c.num_kv_heads;
+  const int64_t d = c.head_dim, G = c.group_size(), L = c.num_layers;
+  const int64_t ctxlen = p0 + n, cap = cache ? cache->capacity : n;
+  const bool mem = c.use_memory, delta = c.memory_update == MemoryUpdate::Delta;
+  // With one query head per kv head, a head task reads its memory and then updates it.
+  const bool fused_update = G == 1;
+  const double eps = c.rms_norm_eps;
+
+  ChunkWorkspace<T>& W = acts.work;
+  resize(W.h, r * D);
+  for (int64_t l = 0; l < L; ++l)
+    prepare_layer_acts(acts.layers[size_t(l)], c, B, n, ctxlen, cache == nullptr);
+  resize(acts.h_final, r * D);
+  resize(acts.rstd_final, r);
+  resize(acts.f, r * D);
+  if (compute_logits) resize(acts.logits, r * V);
+  const int max_threads = omp_get_max_threads();
+  W.thread.resize(size_t(max_threads));
+  for (auto& s : W.thread) grow(s, ops::memory_scratch_size(ctxlen, d));
+
+  const T* E = m.at(m.layout.embed);
+  const int32_t* pos = acts.positions.data();
+#pragma omp parallel num_threads(max_threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const auto [r0, r1] = share(r, t, nt);
+    const int64_t rows = r1 - r0;
+    T* scratch = W.thread[size_t(t)].data();
+    T* x = W.h.data();
+    for (int64_t i = r0; i < r1; ++i) std::copy_n(E + int64_t(tokens[i]) * D, D, x + i * D);
+
+    for (int64_t l = 0; l < L; ++l) {
+      LayerActs<T>& A = acts.layers[size_t(l)];
+      const LayerOffsets& o = m.layout.layers[size_t(l)];
+      T* kb = cache ? cache->k[size_t(l)].data() : A.k.data();
+      T* krb = cache ? cache->k_rot[size_t(l)].data() : A.k_rot.data();
+      T* vb = cache ? cache->v[size_t(l)].data() : A.v.data();
+      // Row i of the chunk is slot row p0 + i of the keys/values (p0 > 0 only with batch 1).
+      if (rows > 0) {
+        std::copy_n(x + r0 * D, rows * D, A.x_in.data() + r0 * D);
+        ops::rmsnorm_forward(A.a.data() + r0 * D, A.rstd_in.data() + r0, x + r0 * D,
+                             m.at(o.in_norm), rows, D, eps);
+        const T* a = A.a.data() + r0 * D;
+        ops::linear_forward(A.q.data() + r0 * qw, a, m.at(o.wq), m.at(o.bq), rows, D, qw);
+        ops::linear_forward(kb + (p0 + r0) * kw, a, m.at(o.wk), m.at(o.bk), rows, D, kw);
+        ops::linear_forward(vb + (p0 + r0) * kw, a, m.at(o.wv), m.at(o.bv), rows, D, kw);
+        std::copy_n(A.q.data() + r0 * qw, rows * qw, A.q_rot.data() + r0 * qw);
+        std::copy_n(kb + (p0 + r0) * kw, rows * kw, krb + (p0 + r0) * kw);
+        ops::rope_apply(A.q_rot.data() + r0 * qw, rows, H, pos + r0, ctx.rope, false);
+        ops::rope_apply(krb + (p0 + r0) * kw, rows, Hkv, pos + r0, ctx.rope, false);
+      }
+#pragma omp barrier
+      T* M = mem ? state.M_layer(l) : nullptr;
+      T* z = mem ? state.z_layer(l) : nullptr;
+#pragma omp for schedule(static)
+      for (int64_t task = 0; task < B * H; ++task) {
+        const int64_t b = task / H, h = task % H, g = h / G;
+        const int64_t off = b * n * qw + h * d, kvo = b * cap * kw + g * d;
+        ops::attention_head_forward(A.local.data() + off, A.probs.data() + task * n * ctxlen,
+                                    A.q_rot.data() + off, krb + kvo, vb + kvo, n, p0, d, qw, kw,
+                                    scratch);
+        if (!mem) continue;
+        T* Mg = M + (b * Hkv + g) * d * d;
+        T* zg = z + (b * Hkv + g) * d;
+        ops::memory_retrieve_head(A.mem.data() + off, A.sq.data() + off, A.den.data() + task * n,
+                                  A.q.data() + off, Mg, zg, n, d, qw);
+        const T s = ops::sigmoid(m.at(o.beta)[h]);
+        for (int64_t i = 0; i < n; ++i) {
+          const T* mr = A.mem.data() + off + i * qw;
+          const T* lr = A.local.data() + off + i * qw;
+          T* out = A.mixed.data() + off + i * qw;
+#pragma omp simd
+          for (int64_t j = 0; j < d; ++j) out[j] = s * mr[j] + (T(1) - s) * lr[j];
+        }
+        // Retrieval above used the state of earlier segments; only now fold this segment in.
+        if (fold && fused_update)
+          ops::memory_update_group(Mg, zg, kb + kvo, vb + kvo, ctxlen, d, kw, delta, scratch);
+      }
+      if (mem && fold && !fused_update) {
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < B * Hkv; ++task) {
+          const int64_t b = task / Hkv, g = task % Hkv, kvo = b * cap * kw + g * d;
+          ops::memory_update_group(M + task * d * d, z + task * d, kb + kvo, vb + kvo, ctxlen, d,
+                                   kw, delta, scratch);
+        }
+      }
+      if (rows > 0) {
+        // h = h + O Wo^T ; h = h + W_down(silu(W_gate m) * W_up m)
+        const T* attn = (mem ? A.mixed.data() : A.local.data()) + r0 * qw;
+        T* xm = A.x_mid.data() + r0 * D;
+        std::copy_n(x + r0 * D, rows * D, xm);
+        ops::gemm<T>(false, true, rows, D, qw, T(1), attn, qw, m.at(o.wo), qw, T(1), xm, D);
+        T* mm = A.m.data() + r0 * D;
+        ops::rmsnorm_forward(mm, A.rstd_post.data() + r0, xm, m.at(o.post_norm), rows, D, eps);
+        ops::linear_forward(A.gate.data() + r0 * F, mm, m.at(o.w_gate), (const T*)nullptr, rows,
+                            D, F);
+        ops::linear_forward(A.up.data() + r0 * F, mm, m.at(o.w_up), (const T*)nullptr, rows, D,
+                            F);
+        ops::swiglu_forward(A.hmid.data() + r0 * F, A.gate.data() + r0 * F, A.up.data() + r0 * F,
+                            rows * F);
+        std::copy_n(xm, rows * D, x + r0 * D);
+        ops::gemm<T>(false, true, rows, D, F, T(1), A.hmid.data() + r0 * F, F, m.at(o.w_down), F,
+                     T(1), x + r0 * D, D);
+      }
+    }
+    if (rows > 0) {
+      std::copy_n(x + r0 * D, rows * D, acts.h_final.data() + r0 * D);
+      ops::rmsnorm_forward(acts.f.data() + r0 * D, acts.rstd_final.data() + r0, x + r0 * D,
+                           m.at(m.layout.final_norm), rows, D, eps);
+      if (compute_logits)
+        ops::linear_forward(acts.logits.data() + r0 * V, acts.f.data() + r0 * D,
+                            m.at(m.layout.lm_head), (const T*)nullptr, rows, D, V);
+    }
+  }
+}
+
+// One piece of weight-gradient work for the "grads" phases.
+template <class T>
+struct GradTask {
+  enum Kind { Linear, Norm, Embed } kind;
+  const T* dy;         // Linear: [r, out]; Norm, Embed: [r, in]
+  const T* x;          // Linear: [r, in]; Norm: the normalised input [r, in]
+  const T* rstd;       // Norm
+  T* dw;               // Linear: [out, in]; Norm: [in]; Embed: [V, in]
+  T* db;               // Linear bias [out] or null
+  int64_t out, in, o0, o1;  // Linear: rows o0..o1 of dw; Norm, Embed: columns o0..o1
+};
+
+// Rows of dW per task: large enough for an efficient GEMM, small enough to balance threads.
+constexpr int64_t kGradBlock = 128;
+
+template <class T>
+void add_linear_grad(std::vector<GradTask<T>>& tasks, const T* dy, const T* x, T* dw, T* db,
+                     int64_t out, int64_t in) {
+  for (int64_t o0 = 0; o0 < out; o0 += kGradBlock)
+    tasks.push_back({GradTask<T>::Linear, dy, x, nullptr, dw, db, out, in, o0,
+                     std::min(out, o0 + kGradBlock)});
+}
+
+template <class T>
+void add_norm_grad(std::vector<GradTask<T>>& tasks, const T* dy, const T* x, const T* rstd, T* dw,
+                   int64_t dim) {
+  tasks.push_back({GradTask<T>::Norm, dy, x, rstd, dw, nullptr, 0, dim, 0, dim});
+}
+
+template <class T>
+void run_grad_task(const GradTask<T>& k, int64_t r, const int32_t* tokens) {
+  const int64_t w = k.o1 - k.o0;
+  switch (k.kind) {
+    case GradTask<T>::Linear:
+      ops::gemm<T>(true, false, w, k.in, r, T(1), k.dy + k.o0, k.out, k.x, k.in, T(1),
+                   k.dw + k.o0 * k.in, k.in);
+      if (k.db)
+        for (int64_t i = 0; i < r; ++i) {
+          const T* row = k.dy + i * k.out + k.o0;
+#pragma omp simd
+          for (int64_t j = 0; j < w; ++j) k.db[k.o0 + j] += row[j];
+        }
+      break;
+    case GradTask<T>::Norm: {
+      // dw_j += sum_i dy_ij x_ij rstd_i, accumulated in double (rows can be many).
+      std::vector<double> acc(static_cast<size_t>(w), 0.0);
+      for (int64_t i = 0; i < r; ++i) {
+        const T* dy = k.dy + i * k.in + k.o0;
+        const T* x = k.x + i * k.in + k.o0;
+        const T rs = k.rstd[i];
+#pragma omp simd
+        for (int64_t j = 0; j < w; ++j) acc[size_t(j)] += double(dy[j] * x[j] * rs);
+      }
+      for (int64_t j = 0; j < w; ++j) k.dw[k.o0 + j] += T(acc[size_t(j)]);
+      break;
+    }
+    case GradTask<T>::Embed:
+      // Serial over rows (two rows may hold the same token), parallel over columns.
+      for (int64_t i = 0; i < r; ++i) {
+        T* row = k.dw + int64_t(tokens[i]) * k.in + k.o0;
+        const T* src = k.dy + i * k.in + k.o0;
+#pragma omp simd
+        for (int64_t j = 0; j < w; ++j) row[j] += src[j];
+      }
+      break;
+  }
+}
+
+template <class T>
+void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
+                   const SegmentActs<T>& acts, const T* dlogits, const MemoryState<T>& state_before,
+                   MemoryState<T>& dstate, T* grads) {
+  const ModelConfig& c = m.config;
+  const int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
+  const int64_t B = acts.batch, n = acts.n, r = B * n;
+  const int64_t qw = c.q_width(), kw = c.kv_width(), H = c.num_heads, Hkv = c.num_kv_heads;
+  const int64_t d = c.head_dim, G = c.group_size(), L = c.num_layers;
+  const bool mem = c.use_memory, delta = c.memory_update == MemoryUpdate::Delta;
+  auto g = [&](int64_t off) { return off < 0 ? nullptr : grads + off; };
+
+  ChunkWorkspace<T>& W = acts.work;
+  for (auto* v : {&W.dh, &W.df, &W.dxm, &W.dm, &W.da}) resize(*v, r * D);
+  for (auto* v : {&W.dmixed, &W.dmem, &W.dlocal, &W.dq}) resize(*v, r * qw);
+  for (auto* v : {&W.dk, &W.dv}) resize(*v, r * kw);
+  for (auto* v : {&W.dhmid, &W.dgate, &W.dup}) resize(*v, r * F);
+  resize(W.dbeta, L * B * H);
+  const int max_threads = omp_get_max_threads();
+  W.thread.resize(size_t(max_threads));
+  for (auto& s : W.thread) grow(s, std::max(n * n, ops::memory_scratch_size(n, d)));
+
+  // Weight-gradient work, by the phase it runs in (see the region below).
+  std::vector<std::vector<GradTask<T>>> after_mlp(static_cast<size_t>(L + 1));
+  std::vector<std::vector<GradTask<T>>> with_heads(static_cast<size_t>(L));
+  // after_mlp[L] / with_heads[L-1]: the output head. after_mlp[l] (l < L): q, k, v of layer l,
+  // run during the MLP phase of layer l-1 (or at the end for l = 0).
+  add_linear_grad(after_mlp[size_t(L)], dlogits, acts.f.data(), g(m.layout.lm_head),
+                  (T*)nullptr, V, D);
+  add_norm_grad(with_heads[size_t(L - 1)], W.df.data(), acts.h_final.data(),
+                acts.rstd_final.data(), g(m.layout.final_norm), D);
+  for (int64_t l = 0; l < L; ++l) {
+    const LayerActs<T>& A = acts.layers[size_t(l)];
+    const LayerOffsets& o = m.layout.layers[size_t(l)];
+    auto& mlp = with_heads[size_t(l)];
+    add_linear_grad(mlp, W.dh.data(), A.hmid.data(), g(o.w_down), (T*)nullptr, D, F);
+    add_linear_grad(mlp, W.dgate.data(), A.m.data(), g(o.w_gate), (T*)nullptr, F, D);
+    add_linear_grad(mlp, W.dup.data(), A.m.data(), g(o.w_up), (T*)nullptr, F, D);
+    add_linear_grad(mlp, W.dxm.data(), mem ? A.mixed.data() : A.local.data(), g(o.wo),
+                    (T*)nullptr, D, qw);
+    add_norm_grad(mlp, W.dm.data(), A.x_mid.data(), A.rstd_post.data(), g(o.post_norm), D);
+    auto& qkv = after_mlp[size_t(l)];
+    add_linear_grad(qkv, W.dq.data(), A.a.data(), g(o.wq), g(o.bq), qw, D);
+    add_linear_grad(qkv, W.dk.data(), A.a.data(), g(o.wk), g(o.bk), kw, D);
+    add_linear_grad(qkv, W.dv.data(), A.a.data(), g(o.wv), g(o.bv), kw, D);
+    // RMSNorm of layer l's input: needs da of every row, so it runs one phase later.
+    auto& late = l > 0 ? with_heads[size_t(l - 1)] : after_mlp[size_t(0)];
+    add_norm_grad(late, W.da.data(), A.x_in.data(), A.rstd_in.data(), g(o.in_norm), D);
+  }
+  for (int64_t c0 = 0; c0 < D; c0 += std::max<int64_t>(64, D / (2 * max_threads)))
+    after_mlp[0].push_back({GradTask<T>::Embed, W.dh.data(), nullptr, nullptr,
+                            g(m.layout.embed), nullptr, 0, D, c0,
+                            std::min(D, c0 + std::max<int64_t>(64, D / (2 * max_threads)))});
+
+  const int32_t* pos = acts.positions.data();
+#pragma omp parallel num_threads(max_threads)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const auto [r0, r1] = share(r, t, nt);
+    const int64_t rows = r1 - r0;
+    T* scratch = W.thread[size_t(t)].data();
+    if (rows > 0) {
+      ops::linear_backward(W.df.data() + r0 * D, (T*)nullptr, (T*)nullptr, dlogits + r0 * V,
+                           (const T*)nullptr, m.at(m.layout.lm_head), rows, D, V, false);
+      ops::rmsnorm_backward(W.dh.data() + r0 * D, (T*)nullptr, W.df.data() + r0 * D,
+                            acts.h_final.data() + r0 * D, acts.rstd_final.data() + r0,
+                            m.at(m.layout.final_norm), rows, D, false);
+    }
+    for (int64_t l = L - 1; l >= 0; --l) {
+      const LayerActs<T>& A = acts.layers[size_t(l)];
+      const LayerOffsets& o = m.layout.layers[size_t(l)];
+      // MLP and output projection, by rows: dh is the gradient of this layer's output.
+      if (rows > 0) {
+        const T* dh = W.dh.data() + r0 * D;
+        T* dhmid = W.dhmid.data() + r0 * F;
+        T* dgate = W.dgate.data() + r0 * F;
+        T* dup = W.dup.data() + r0 * F;
+        T* dm = W.dm.data() + r0 * D;
+        T* dxm = W.dxm.data() + r0 * D;
+        ops::linear_backward(dhmid, (T*)nullptr, (T*)nullptr, dh, (const T*)nullptr,
+                             m.at(o.w_down), rows, F, D, false);
+        ops::swiglu_backward(dgate, dup, dhmid, A.gate.data() + r0 * F, A.up.data() + r0 * F,
+                             rows * F);
+        ops::linear_backward(dm, (T*)nullptr, (T*)nullptr, dgate, (const T*)nullptr,
+                             m.at(o.w_gate), rows, D, F, false);
+        ops::linear_backward(dm, (T*)nullptr, (T*)nullptr, dup, (const T*)nullptr, m.at(o.w_up),
+                             rows, D, F, true);
+        std::copy_n(dh, rows * D, dxm);
+        ops::rmsnorm_backward(dxm, (T*)nullptr, dm, A.x_mid.data() + r0 * D,
+                              A.rstd_post.data() + r0, m.at(o.post_norm), rows, D, true);
+        ops::linear_backward(W.dmixed.data() + r0 * qw, (T*)nullptr, (T*)nullptr, dxm,
+                             (const T*)nullptr, m.at(o.wo), rows, qw, D, false);
+      }
+      {
+        const auto& tasks = after_mlp[size_t(l + 1)];
+#pragma omp for schedule(dynamic, 1)
+        for (size_t i = 0; i < tasks.size(); ++i) run_grad_task(tasks[i], r, tokens);
+      }
+      // Attention and memory per (sequence, kv head), together with this layer's MLP weight
+      // gradients.
+      {
+        const auto& tasks = with_heads[size_t(l)];
+        const int64_t heads = B * Hkv, total = heads + int64_t(tasks.size());
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < total; ++task) {
+          if (task >= heads) {
+            run_grad_task(tasks[size_t(task - heads)], r, tokens);
+            continue;
+          }
+          const int64_t b = task / Hkv, gk = task % Hkv, kvo = b * n * kw + gk * d;
+          T* dkg = W.dk.data() + kvo;
+          T* dvg = W.dv.data() + kvo;
+          for (int64_t i = 0; i < n; ++i) {
+            std::fill_n(dkg + i * kw, d, T(0));
+            std::fill_n(dvg + i * kw, d, T(0));
+          }
+          for (int64_t h = gk * G; h < (gk + 1) * G; ++h) {
+            const int64_t off = b * n * qw + h * d, bh = b * H + h;
+            const T* dlocal = W.dmixed.data() + off;
+            if (mem) {
+              // Gate mix: dmem = s dO, dlocal = (1 - s) dO, dbeta = s (1 - s) sum dO (mem - local)
+              const T s = ops::sigmoid(m.at(o.beta)[h]);
+              double acc = 0;
+              for (int64_t i = 0; i < n; ++i) {
+                const T* go = W.dmixed.data() + off + i * qw;
+                const T* mr = A.mem.data() + off + i * qw;
+                const T* lr = A.local.data() + off + i * qw;
+                T* dmr = W.dmem.data() + off + i * qw;
+                T* dlr = W.dlocal.data() + off + i * qw;
+                T row = 0;
+#pragma omp simd reduction(+ : row)
+                for (int64_t j = 0; j < d; ++j) {
+                  dmr[j] = s * go[j];
+                  dlr[j] = (T(1) - s) * go[j];
+                  row += go[j] * (mr[j] - lr[j]);
+                }
+                acc += double(row);
+              }
+              W.dbeta[size_t((l * B + b) * H + h)] = T(acc) * s * (T(1) - s);
+              dlocal = W.dlocal.data() + off;
+            }
+            ops::attention_head_backward(W.dq.data() + off, dkg, dvg, dlocal,
+                                         A.probs.data() + bh * n * n, A.q_rot.data() + off,
+                                         A.k_rot.data() + kvo, A.v.data() + kvo, n, d, qw, kw,
+                                         scratch);
+            // RoPE's backward is the rotation by the opposite angle.
+            ops::rope_apply_head(W.dq.data() + off, n, qw, pos + b * n, ctx.rope, true);
+          }
+          ops::rope_apply_head(dkg, n, kw, pos + b * n, ctx.rope, true);
+          if (mem) {
+            const int64_t st = b * Hkv + gk;
+            const T* Mg = state_before.M_layer(l) + st * d * d;
+            const T* zg = state_before.z_layer(l) + st * d;
+            T* dMg = dstate.M_layer(l) + st * d * d;
+            T* dzg = dstate.z_layer(l) + st * d;
+            // dM, dz arrive as gradients of the state after this segment's update.
+            ops::memory_update_group_backward(dkg, dvg, dMg, dzg, A.k.data() + kvo,
+                                              A.v.data() + kvo, Mg, zg, n, d, kw, delta, scratch);
+            for (int64_t h = gk * G; h < (gk + 1) * G; ++h) {
+              const int64_t off = b * n * qw + h * d;
+              ops::memory_retrieve_head_backward(W.dq.data() + off, dMg, dzg, W.dmem.data() + off,
+                                                 A.mem.data() + off, A.sq.data() + off,
+                                                 A.den.data() + (b * H + h) * n,
+                                                 A.q.data() + off, Mg, zg, n, d, qw, scratch);
+            }
+          }
+        }
+      }
+      // Projections a -> q, k, v and the input RMSNorm, by rows: dh becomes the gradient of
+      // this layer's input.
+      if (rows > 0) {
+        T* da = W.da.data() + r0 * D;
+        ops::linear_backward(da, (T*)nullptr, (T*)nullptr, W.dq.data() + r0 * qw,
+                             (const T*)nullptr, m.at(o.wq), rows, D, qw, false);
+        ops::linear_backward(da, (T*)nullptr, (T*)nullptr, W.dk.data() + r0 * kw,
+                             (const T*)nullptr, m.at(o.wk), rows, D, kw, true);
+        ops::linear_backward(da, (T*)nullptr, (T*)nullptr, W.dv.data() + r0 * kw,
+                             (const T*)nullptr, m.at(o.wv), rows, D, kw, true);
+        T* dh = W.dh.data() + r0 * D;
+        std::copy_n(W.dxm.data() + r0 * D, rows * D, dh);
+        ops::rmsnorm_backward(dh, (T*)nullptr, da, A.x_in.data() + r0 * D,
+                              A.rstd_in.data() + r0, m.at(o.in_norm), rows, D, true);
+      }
+    }
+#pragma omp barrier
+    {
+      const auto& tasks = after_mlp[0];
+#pragma omp for schedule(dynamic, 1)
+      for (size_t i = 0; i < tasks.size(); ++i) run_grad_task(tasks[i], r, tokens);
+    }
+  }
+  if (mem)
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t h = 0; h < H; ++h) {
+        T sum = 0;
+        for (int64_t b = 0; b < B; ++b) sum += W.dbeta[size_t((l * B + b) * H + h)];
+        grads[m.layout.layers[size_t(l)].beta + h] += sum;
+      }
+}
+
 }  // namespace
+
+template <class T>
+void forward_chunk(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
+                   int64_t batch, int64_t n, MemoryState<T>& state, SegmentActs<T>& acts,
+                   KVCache<T>* cache, bool compute_logits) {
+  const ModelConfig& c = m.config;
+  const int64_t D = c.hidden_size, V = c.vocab_size, r = batch * n;
+  const int64_t p0 = cache ? cache->pos : 0;
+  if (n <= 0) throw Error("forward_chunk: empty chunk");
+  if (p0 + n > c.segment_length)
+    throw Error("forward_chunk: chunk of " + std::to_string(n) + " tokens at position " +
+                std::to_string(p0) + " overruns the segment length " +
+                std::to_string(c.segment_length));
+  if (cache && batch != 1) throw Error("forward_chunk: a streaming cache holds one sequence");
+  if (c.use_memory && state.batch != batch)
+    throw Error("forward_chunk: memory state has batch " + std::to_string(state.batch) +
+                ", chunk has " + std::to_string(batch));
+  for (int64_t i = 0; i < r; ++i)
+    if (tokens[i] < 0 || tokens[i] >= V)
+      throw Error("token id " + std::to_string(tokens[i]) + " is outside the vocabulary (size " +
+                  std::to_string(V) + ")");
+
+  acts.batch = batch;
+  acts.n = n;
+  acts.layers.resize(size_t(c.num_layers));
+  resize(acts.positions, r);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t i = 0; i < n; ++i) acts.positions[size_t(b * n + i)] = int32_t(p0 + i);
+
+  const bool segment_full = cache && p0 + n == cache->capacity;
+  if (use_fast_path(ctx, r)) {
+    forward_fast(m, ctx, tokens, batch, n, state, acts, cache, compute_logits, p0,
+                 cache ? segment_full : true);
+    if (cache) cache->pos = segment_full ? 0 : p0 + n;
+    return;
+  }
+
+  std::vector<T>& h = acts.work.h;
+  resize(h, r * D);
+  const T* E = m.at(m.layout.embed);
+  for (int64_t i = 0; i < r; ++i) std::copy_n(E + int64_t(tokens[i]) * D, D, h.data() + i * D);
+
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    LayerActs<T>& A = acts.layers[size_t(l)];
+    KVSlot<T> kv;
+    if (cache) {
+      kv = {cache->k[size_t(l)].data(), cache->k_rot[size_t(l)].data(),
+            cache->v[size_t(l)].data(), cache->capacity, p0};
+    } else {
+      resize(A.k, r * c.kv_width());
+      resize(A.k_rot, r * c.kv_width());
+      resize(A.v, r * c.kv_width());
+      kv = {A.k.data(), A.k_rot.data(), A.v.data(), n, 0};
+    }
+    T* M = c.use_memory ? state.M_layer(l) : nullptr;
+    T* z = c.use_memory ? state.z_layer(l) : nullptr;
+    layer_forward_reference(m, ctx, l, h.data(), A, acts.positions.data(), batch, n, kv, M, z,
+                            cache ? segment_full : true);
+  }
+  if (cache) cache->pos = segment_full ? 0 : p0 + n;
+
+  resize(acts.h_final, r * D);
+  resize(acts.rstd_final, r);
+  resize(acts.f, r * D);
+  std::copy_n(h.data(), r * D, acts.h_final.data());
+  ops::rmsnorm_forward(acts.f.data(), acts.rstd_final.data(), h.data(), m.at(m.layout.final_norm),
+                       r, D, c.rms_norm_eps);
+  if (compute_logits) {
+    resize(acts.logits, r * V);
+    ops::linear_forward(acts.logits.data(), acts.f.data(), m.at(m.layout.lm_head),
+                        (const T*)nullptr, r, D, V);
+  }
+}
+
+template <class T>
+void fold_cache_into_memory(const Model<T>& m, KVCache<T>& cache, MemoryState<T>& state) {
+  const ModelConfig& c = m.config;
+  if (cache.pos == 0) return;
+  if (c.use_memory)
+    for (int64_t l = 0; l < c.num_layers; ++l)
+      ops::memory_update_forward(state.M_layer(l), state.z_layer(l), cache.k[size_t(l)].data(),
+                                 cache.v[size_t(l)].data(),
+                                 memory_shape<T>(c, 1, cache.pos, cache.capacity),
+                                 c.memory_update == MemoryUpdate::Delta);
+  cache.pos = 0;
+}
 
 template <class T>
 void backward_segment(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
@@ -279,6 +720,10 @@ void backward_segment(const Model<T>& m, const ForwardContext<T>& ctx, const int
                       const MemoryState<T>& state_before, MemoryState<T>& dstate, T* grads) {
   const ModelConfig& c = m.config;
   const int64_t D = c.hidden_size, V = c.vocab_size, B = acts.batch, n = acts.n, r = B * n;
+  if (use_fast_path(ctx, r)) {
+    backward_fast(m, ctx, tokens, acts, dlogits, state_before, dstate, grads);
+    return;
+  }
   std::vector<T> df(size_t(r * D)), dh(size_t(r * D));
   ops::linear_backward(df.data(), grads + m.layout.lm_head, (T*)nullptr, dlogits, acts.f.data(),
                        m.at(m.layout.lm_head), r, D, V, false);
@@ -287,10 +732,11 @@ void backward_segment(const Model<T>& m, const ForwardContext<T>& ctx, const int
   LayerGrads<T> scratch;
   for (int64_t l = c.num_layers - 1; l >= 0; --l) {
     const bool mem = c.use_memory;
-    layer_backward(m, ctx, l, dh.data(), acts.layers[size_t(l)], acts.positions.data(), B, n,
-                   mem ? state_before.M_layer(l) : nullptr, mem ? state_before.z_layer(l) : nullptr,
-                   mem ? dstate.M_layer(l) : nullptr, mem ? dstate.z_layer(l) : nullptr, grads,
-                   scratch);
+    layer_backward_reference(m, ctx, l, dh.data(), acts.layers[size_t(l)], acts.positions.data(),
+                             B, n, mem ? state_before.M_layer(l) : nullptr,
+                             mem ? state_before.z_layer(l) : nullptr,
+                             mem ? dstate.M_layer(l) : nullptr, mem ? dstate.z_layer(l) : nullptr,
+                             grads, scratch);
   }
   T* dE = grads + m.layout.embed;
   // Serial over rows: two rows may hold the same token.

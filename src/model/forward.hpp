@@ -18,11 +18,23 @@ struct LayerActs {
   std::vector<T> x_in, rstd_in, a;        // layer input, its RMSNorm
   std::vector<T> q, q_rot;                // [r, H*d] before / after RoPE
   std::vector<T> k, k_rot, v;             // [r, Hkv*d] (training: the segment's keys/values)
-  std::vector<T> probs;                   // [B, H, n, ctx]
+  std::vector<T> probs;                   // [B, H, n, ctx]; only key <= query is defined
   std::vector<T> local, mem, sq, den;     // local attention, memory read, sigma(q), denominators
   std::vector<T> mixed;                   // gated mix, [r, H*d]
   std::vector<T> x_mid, rstd_post, m;     // after attention, its RMSNorm
   std::vector<T> gate, up, hmid;          // MLP, [r, F]
+};
+
+// Work buffers of forward_chunk and backward_segment (residual stream, gradients, per-thread
+// scratch), kept between calls so that the training loop does not allocate.
+template <class T>
+struct ChunkWorkspace {
+  std::vector<T> h;                                   // residual stream [r, D]
+  std::vector<T> dh, df, dxm, dm, dmixed, dmem, dlocal, da;  // [r, D] or [r, H*d]
+  std::vector<T> dhmid, dgate, dup;                   // [r, F]
+  std::vector<T> dq, dk, dv;                          // [r, H*d], [r, Hkv*d]
+  std::vector<T> dbeta;                               // [L, B, H] partial gate gradients
+  std::vector<std::vector<T>> thread;                 // per-thread scratch
 };
 
 template <class T>
@@ -31,6 +43,7 @@ struct SegmentActs {
   std::vector<int32_t> positions;  // local position of every row
   std::vector<LayerActs<T>> layers;
   std::vector<T> h_final, rstd_final, f, logits;  // logits [r, V]
+  mutable ChunkWorkspace<T> work;  // scratch only: no result lives here
 };
 
 // Keys and values of the current segment for streaming decode (batch 1). Rows 0..pos-1 hold
@@ -54,6 +67,9 @@ struct KVCache {
 template <class T>
 struct ForwardContext {
   ops::RopeTable<T> rope;  // positions 0 .. segment_length-1
+  // true: the plain layer code (one op after another, each parallel on its own, full-matrix
+  // attention). It is what the fused fast path is tested against; single-token decode uses it.
+  bool reference = false;
   explicit ForwardContext(const ModelConfig& c)
       : rope(c.head_dim, c.segment_length, c.rope_theta) {}
 };

@@ -6,12 +6,13 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "ops/fastmath.hpp"
 #include "ops/gemm.hpp"
 
 namespace infini::ops {
 
 template <class T>
-void local_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
+void local_attention_forward_reference(T* out, T* probs, const T* q, const T* k, const T* v,
                              const AttentionShape& s) {
   const int64_t n = s.n, ctx = s.ctx(), d = s.head_dim, G = s.heads / s.kv_heads;
   const int64_t qw = s.heads * d, kw = s.kv_heads * d;
@@ -48,9 +49,9 @@ void local_attention_forward(T* out, T* probs, const T* q, const T* k, const T* 
 }
 
 template <class T>
-void local_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, const T* q,
+void local_attention_backward_reference(T* dq, T* dk, T* dv, const T* dout, const T* probs, const T* q,
                               const T* k, const T* v, const AttentionShape& s) {
-  if (s.p0 != 0 || s.cap != s.n) throw Error("local_attention_backward needs a whole segment");
+  if (s.p0 != 0 || s.cap != s.n) throw Error("local_attention_backward_reference needs a whole segment");
   const int64_t n = s.n, d = s.head_dim, G = s.heads / s.kv_heads;
   const int64_t qw = s.heads * d, kw = s.kv_heads * d;
   const T scale = T(1.0 / std::sqrt(double(d)));
@@ -93,15 +94,142 @@ void local_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs
   }
 }
 
-template void local_attention_forward<float>(float*, float*, const float*, const float*,
-                                             const float*, const AttentionShape&);
-template void local_attention_forward<double>(double*, double*, const double*, const double*,
-                                              const double*, const AttentionShape&);
-template void local_attention_backward<float>(float*, float*, float*, const float*, const float*,
-                                              const float*, const float*, const float*,
-                                              const AttentionShape&);
-template void local_attention_backward<double>(double*, double*, double*, const double*,
-                                               const double*, const double*, const double*,
-                                               const double*, const AttentionShape&);
+namespace {
+
+// Softmax over row[0 .. last] in place; row[last+1 .. end) is set to 0.
+template <class T>
+void causal_softmax_row(T* row, int64_t last, int64_t end) {
+  T mx = row[0];
+#pragma omp simd reduction(max : mx)
+  for (int64_t j = 0; j <= last; ++j) mx = std::max(mx, row[j]);
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j <= last; ++j) {
+    const T e = fast_exp(row[j] - mx);
+    row[j] = e;
+    sum += e;
+  }
+  const T inv = T(1) / sum;
+#pragma omp simd
+  for (int64_t j = 0; j <= last; ++j) row[j] *= inv;
+  std::fill(row + last + 1, row + end, T(0));
+}
+
+}  // namespace
+
+template <class T>
+void attention_head_forward(T* out, T* probs, const T* q, const T* k, const T* v, int64_t n,
+                            int64_t p0, int64_t d, int64_t ldq, int64_t ldk, T* scratch) {
+  const int64_t ctx = p0 + n;
+  const T scale = T(1.0 / std::sqrt(double(d)));
+  for (int64_t i0 = 0; i0 < n; i0 += kAttentionBlock) {
+    const int64_t i1 = std::min(n, i0 + kAttentionBlock), m = i1 - i0, e = p0 + i1;
+    T* P = probs ? probs + i0 * ctx : scratch;
+    // Only keys 0 .. e-1 are visible to any query of this block.
+    gemm<T>(false, true, m, e, d, scale, q + i0 * ldq, ldq, k, ldk, T(0), P, ctx);
+    for (int64_t ii = 0; ii < m; ++ii) causal_softmax_row(P + ii * ctx, p0 + i0 + ii, e);
+    gemm<T>(false, false, m, d, e, T(1), P, ctx, v, ldk, T(0), out + i0 * ldq, ldq);
+  }
+}
+
+template <class T>
+void attention_head_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, const T* q,
+                             const T* k, const T* v, int64_t n, int64_t d, int64_t ldq,
+                             int64_t ldk, T* scratch) {
+  const T scale = T(1.0 / std::sqrt(double(d)));
+  T* dS = scratch;  // [n, n]; row i holds columns 0 .. (end of i's block) - 1
+  for (int64_t i0 = 0; i0 < n; i0 += kAttentionBlock) {
+    const int64_t i1 = std::min(n, i0 + kAttentionBlock), m = i1 - i0, e = i1;
+    // dP = dO V^T, then dS = P * (dP - rowsum(P * dP)) * scale
+    gemm<T>(false, true, m, e, d, T(1), dout + i0 * ldq, ldq, v, ldk, T(0), dS + i0 * n, n);
+    for (int64_t ii = 0; ii < m; ++ii) {
+      const int64_t i = i0 + ii;
+      T* row = dS + i * n;
+      const T* prow = probs + i * n;
+      T dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t j = 0; j <= i; ++j) dot += prow[j] * row[j];
+#pragma omp simd
+      for (int64_t j = 0; j <= i; ++j) row[j] = prow[j] * (row[j] - dot) * scale;
+      std::fill(row + i + 1, row + e, T(0));
+    }
+    // dQ = dS K  (scale already folded into dS)
+    gemm<T>(false, false, m, d, e, T(1), dS + i0 * n, n, k, ldk, T(0), dq + i0 * ldq, ldq);
+  }
+  // Key block j0..j1 is seen by queries j0 .. n-1 only: dK += dS^T Q, dV += P^T dO over them.
+  for (int64_t j0 = 0; j0 < n; j0 += kAttentionBlock) {
+    const int64_t j1 = std::min(n, j0 + kAttentionBlock), mk = j1 - j0, rows = n - j0;
+    gemm<T>(true, false, mk, d, rows, T(1), dS + j0 * n + j0, n, q + j0 * ldq, ldq, T(1),
+            dk + j0 * ldk, ldk);
+    gemm<T>(true, false, mk, d, rows, T(1), probs + j0 * n + j0, n, dout + j0 * ldq, ldq, T(1),
+            dv + j0 * ldk, ldk);
+  }
+}
+
+template <class T>
+void local_attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
+                             const AttentionShape& s) {
+  const int64_t n = s.n, ctx = s.ctx(), d = s.head_dim, G = s.heads / s.kv_heads;
+  const int64_t qw = s.heads * d, kw = s.kv_heads * d;
+#pragma omp parallel
+  {
+    std::vector<T> scratch(probs ? 0 : size_t(kAttentionBlock * ctx));
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t b = 0; b < s.batch; ++b)
+      for (int64_t h = 0; h < s.heads; ++h) {
+        const int64_t g = h / G;
+        attention_head_forward(out + b * n * qw + h * d,
+                               probs ? probs + ((b * s.heads + h) * n) * ctx : nullptr,
+                               q + b * n * qw + h * d, k + b * s.cap * kw + g * d,
+                               v + b * s.cap * kw + g * d, n, s.p0, d, qw, kw, scratch.data());
+      }
+  }
+}
+
+template <class T>
+void local_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, const T* q,
+                              const T* k, const T* v, const AttentionShape& s) {
+  if (s.p0 != 0 || s.cap != s.n) throw Error("local_attention_backward needs a whole segment");
+  const int64_t n = s.n, d = s.head_dim, G = s.heads / s.kv_heads;
+  const int64_t qw = s.heads * d, kw = s.kv_heads * d;
+#pragma omp parallel
+  {
+    std::vector<T> scratch(size_t(n * n));
+    // Parallel over (b, kv head): the G query heads sharing a kv head accumulate into it.
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t b = 0; b < s.batch; ++b)
+      for (int64_t g = 0; g < s.kv_heads; ++g) {
+        T* dkg = dk + b * n * kw + g * d;
+        T* dvg = dv + b * n * kw + g * d;
+        for (int64_t i = 0; i < n; ++i) {
+          std::fill(dkg + i * kw, dkg + i * kw + d, T(0));
+          std::fill(dvg + i * kw, dvg + i * kw + d, T(0));
+        }
+        for (int64_t h = g * G; h < (g + 1) * G; ++h)
+          attention_head_backward(dq + b * n * qw + h * d, dkg, dvg, dout + b * n * qw + h * d,
+                                  probs + ((b * s.heads + h) * n) * n, q + b * n * qw + h * d,
+                                  k + b * n * kw + g * d, v + b * n * kw + g * d, n, d, qw, kw,
+                                  scratch.data());
+      }
+  }
+}
+
+#define INFINI_INSTANTIATE(T)                                                                   \
+  template void local_attention_forward<T>(T*, T*, const T*, const T*, const T*,                \
+                                           const AttentionShape&);                              \
+  template void local_attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, \
+                                            const T*, const AttentionShape&);                   \
+  template void local_attention_forward_reference<T>(T*, T*, const T*, const T*, const T*,      \
+                                                     const AttentionShape&);                    \
+  template void local_attention_backward_reference<T>(T*, T*, T*, const T*, const T*,           \
+                                                      const T*, const T*, const T*,             \
+                                                      const AttentionShape&);                   \
+  template void attention_head_forward<T>(T*, T*, const T*, const T*, const T*, int64_t,        \
+                                          int64_t, int64_t, int64_t, int64_t, T*);              \
+  template void attention_head_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,  \
+                                           const T*, int64_t, int64_t, int64_t, int64_t, T*);
+INFINI_INSTANTIATE(float)
+INFINI_INSTANTIATE(double)
+#undef INFINI_INSTANTIATE
 
 }  // namespace infini::ops

@@ -6,6 +6,7 @@
 //   k, v   : [B * cap, Hkv * d]  row b*cap + j is key/value at local position j; rows
 //                                j < p0 + n must be filled (a decode cache has p0 > 0).
 //   probs  : [B, H, n, p0 + n]   softmax probabilities, saved for backward (may be null).
+//                                Only the causal part (key <= query) is defined.
 // Scale is 1/sqrt(d); q and k are expected to carry RoPE already.
 #pragma once
 #include <cstdint>
@@ -25,5 +26,33 @@ void local_attention_forward(T* out, T* probs, const T* q, const T* k, const T* 
 template <class T>
 void local_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, const T* q,
                               const T* k, const T* v, const AttentionShape& s);
+
+// The plain versions: full n x ctx products, then the causal mask. The fast path above is
+// tested against them.
+template <class T>
+void local_attention_forward_reference(T* out, T* probs, const T* q, const T* k, const T* v,
+                                       const AttentionShape& s);
+template <class T>
+void local_attention_backward_reference(T* dq, T* dk, T* dv, const T* dout, const T* probs,
+                                        const T* q, const T* k, const T* v,
+                                        const AttentionShape& s);
+
+// ---- Single-threaded kernels for one query head (the model's fast path runs them from its
+// own parallel region). Query blocks of kAttentionBlock rows only multiply the keys they can
+// see, so the masked half of QK^T and PV is skipped. Row strides: ldq for q, out, dout, dq;
+// ldk for k, v, dk, dv.
+constexpr int64_t kAttentionBlock = 64;
+
+// out (=) for the n queries at positions p0 .. p0+n-1 against keys 0 .. p0+n-1.
+// probs: [n, p0+n] or null; scratch: kAttentionBlock * (p0+n) values, used when probs is null.
+template <class T>
+void attention_head_forward(T* out, T* probs, const T* q, const T* k, const T* v, int64_t n,
+                            int64_t p0, int64_t d, int64_t ldq, int64_t ldk, T* scratch);
+
+// Whole segment (p0 == 0). dq (=); dk, dv (+=). scratch: n * n values.
+template <class T>
+void attention_head_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, const T* q,
+                             const T* k, const T* v, int64_t n, int64_t d, int64_t ldq,
+                             int64_t ldk, T* scratch);
 
 }  // namespace infini::ops

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "ops/fastmath.hpp"
+
 namespace infini::ops {
 
 template <class T>
@@ -19,14 +21,16 @@ double cross_entropy(const T* logits, const int32_t* targets, int64_t rows, int6
       continue;
     }
     const T mx = *std::max_element(l, l + vocab);
-    double sum = 0;
-    for (int64_t j = 0; j < vocab; ++j) sum += std::exp(double(l[j] - mx));
+    double sum = 0;  // in double: the vocabulary can be large
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < vocab; ++j) sum += double(fast_exp(l[j] - mx));
     const double lse = double(mx) + std::log(sum);
-    total += lse - double(l[t]);
+    const T lt = l[t];  // read before dl (which may alias l) is written
+    total += lse - double(lt);
     if (dl) {
-      const double inv = 1.0 / sum;
-      for (int64_t j = 0; j < vocab; ++j)
-        dl[j] = T(std::exp(double(l[j] - mx)) * inv) * scale;
+      const T inv = T(1.0 / sum) * scale;
+#pragma omp simd
+      for (int64_t j = 0; j < vocab; ++j) dl[j] = fast_exp(l[j] - mx) * inv;
       dl[t] -= scale;
     }
   }

@@ -41,4 +41,29 @@ template <class T>
 void memory_update_backward(T* dk, T* dv, T* dM, T* dz, const T* k, const T* v, const T* M,
                             const T* z, const MemoryShape& s, bool delta);
 
+// ---- Single-threaded kernels for one query head h (retrieve) or one kv head g (update) of one
+// sequence; the batched functions above run them in parallel. Mg [d, d] and zg [d] are that
+// head's state; q, out, sq, dq, dout have row stride ldq, k, v, dk, dv row stride ldk; den and
+// the n rows are this head's. Scratch sizes are in values.
+
+// out, sq, den (=).
+template <class T>
+void memory_retrieve_head(T* out, T* sq, T* den, const T* q, const T* Mg, const T* zg, int64_t n,
+                          int64_t d, int64_t ldq);
+// dq, dMg, dzg (+=). scratch: 2 * n * d + n.
+template <class T>
+void memory_retrieve_head_backward(T* dq, T* dMg, T* dzg, const T* dout, const T* out,
+                                   const T* sq, const T* den, const T* q, const T* Mg,
+                                   const T* zg, int64_t n, int64_t d, int64_t ldq, T* scratch);
+// In place on Mg, zg. scratch: 2 * n * d + n.
+template <class T>
+void memory_update_group(T* Mg, T* zg, const T* k, const T* v, int64_t n, int64_t d, int64_t ldk,
+                         bool delta, T* scratch);
+// dk, dv (+=); dMg, dzg in/out as in memory_update_backward. scratch: 4 * n * d + 2 * n + d * d + d.
+template <class T>
+void memory_update_group_backward(T* dk, T* dv, T* dMg, T* dzg, const T* k, const T* v,
+                                  const T* Mg, const T* zg, int64_t n, int64_t d, int64_t ldk,
+                                  bool delta, T* scratch);
+inline int64_t memory_scratch_size(int64_t n, int64_t d) { return 4 * n * d + 2 * n + d * d + d; }
+
 }  // namespace infini::ops

@@ -38,11 +38,33 @@ void rope_apply(T* x, int64_t rows, int64_t heads, const int32_t* positions,
   }
 }
 
+template <class T>
+void rope_apply_head(T* x, int64_t rows, int64_t ld, const int32_t* positions,
+                     const RopeTable<T>& table, bool inverse) {
+  const int64_t half = table.head_dim / 2;
+  const T sign = inverse ? T(-1) : T(1);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* c = table.cos.data() + int64_t(positions[r]) * half;
+    const T* s = table.sin.data() + int64_t(positions[r]) * half;
+    T* v = x + r * ld;
+#pragma omp simd
+    for (int64_t i = 0; i < half; ++i) {
+      const T a = v[i], b = v[i + half], sn = sign * s[i];
+      v[i] = a * c[i] - b * sn;
+      v[i + half] = b * c[i] + a * sn;
+    }
+  }
+}
+
 template struct RopeTable<float>;
 template struct RopeTable<double>;
 template void rope_apply<float>(float*, int64_t, int64_t, const int32_t*, const RopeTable<float>&,
                                 bool);
 template void rope_apply<double>(double*, int64_t, int64_t, const int32_t*,
                                  const RopeTable<double>&, bool);
+template void rope_apply_head<float>(float*, int64_t, int64_t, const int32_t*,
+                                     const RopeTable<float>&, bool);
+template void rope_apply_head<double>(double*, int64_t, int64_t, const int32_t*,
+                                      const RopeTable<double>&, bool);
 
 }  // namespace infini::ops

@@ -22,4 +22,9 @@ template <class T>
 void rope_apply(T* x, int64_t rows, int64_t heads, const int32_t* positions,
                 const RopeTable<T>& table, bool inverse);
 
+// The same for one head: rows of head_dim values at x, x + ld, x + 2 ld, ...
+template <class T>
+void rope_apply_head(T* x, int64_t rows, int64_t ld, const int32_t* positions,
+                     const RopeTable<T>& table, bool inverse);
+
 }  // namespace infini::ops

@@ -66,7 +66,7 @@ PasskeyGenerator::PasskeyGenerator(std::shared_ptr<const io::Tokenizer> tok, int
     worst_info = std::max(worst_info, int64_t(tok_->encode(info_text(k)).size()));
     max_answer_ = std::max(max_answer_, int64_t(tok_->encode(" " + k).size()));
   }
-  min_length_ = int64_t(head_->size()) + worst_info + int64_t(tail_->size());
+  min_length_ = int64_t(head_->size()) + worst_info + int64_t(tail_->size()) + max_answer_;
 }
 
 std::string PasskeyGenerator::random_key(std::mt19937_64& rng) const {
@@ -82,18 +82,18 @@ PasskeyPrompt PasskeyGenerator::make(int64_t length, double depth, const std::st
     throw Error("passkey: key '" + key + "' is not a string of digits");
   PasskeyPrompt p;
   p.key = key;
-  p.length = length;
   p.depth = depth;
   p.head = head_;
   p.filler = filler_;
   p.tail = tail_;
   p.info = tok_->encode(info_text(key));
   p.answer = tok_->encode(" " + key);
-  const int64_t fixed = int64_t(head_->size() + p.info.size() + tail_->size());
+  const int64_t fixed = int64_t(head_->size() + p.info.size() + tail_->size() + p.answer.size());
   if (length < fixed)
     throw Error("passkey: length " + std::to_string(length) + " is below the " +
-                std::to_string(fixed) + " tokens the prompt needs without filler");
+                std::to_string(fixed) + " tokens a sample needs without filler");
   const int64_t filler = length - fixed;
+  p.length = length - int64_t(p.answer.size());
   p.n_pre = std::llround(depth * double(filler));
   p.n_suf = filler - p.n_pre;
   p.info_begin = int64_t(head_->size()) + p.n_pre;
@@ -104,7 +104,7 @@ PasskeyPrompt PasskeyGenerator::make(int64_t length, double depth, const std::st
 
 PasskeySource::PasskeySource(std::shared_ptr<const PasskeyGenerator> gen, PasskeySourceOptions o)
     : gen_(std::move(gen)), opts_(o) {
-  const int64_t need = gen_->min_length() + gen_->max_answer_tokens();
+  const int64_t need = gen_->min_length();
   if (opts_.min_len < need)
     throw Error("passkey: --min-len " + std::to_string(opts_.min_len) +
                 " is below the shortest sample (" + std::to_string(need) + " tokens)");
@@ -131,14 +131,12 @@ void PasskeySource::next(int64_t batch, int64_t /*seq_len*/, train::Batch& out) 
   if (opts_.loss_on_answer) out.loss_mask.assign(size_t(batch * T), 0);
   std::uniform_real_distribution<double> unit(0.0, 1.0);
   for (int64_t b = 0; b < batch; ++b) {
-    // The prompt takes what the answer leaves, so every row has T tokens.
     const std::string key = gen_->random_key(rng);
-    const std::vector<int32_t> answer = gen_->tokenizer().encode(" " + key);
-    const int64_t A = int64_t(answer.size()), P = T - A;
-    const PasskeyPrompt p = gen_->make(P, unit(rng), key);
+    const PasskeyPrompt p = gen_->make(T, unit(rng), key);
+    const int64_t P = p.length;
     int32_t* row = out.tokens.data() + b * T;
     p.tokens(0, P, row);
-    std::copy(answer.begin(), answer.end(), row + P);
+    std::copy(p.answer.begin(), p.answer.end(), row + P);
     // Position t predicts token t+1: the answer tokens are predicted from P-1 .. T-2.
     if (opts_.loss_on_answer)
       for (int64_t t = P - 1; t < T - 1; ++t) out.loss_mask[size_t(b * T + t)] = 1;

@@ -11,9 +11,11 @@
 //   answer  = enc(" " + K)                      (not part of the prompt; the target)
 //
 // The filler stream is enc(FILLER + " ") repeated: the filler text joined by single spaces,
-// cut at a token boundary. The prompt LENGTH counts prompt tokens (head through tail, without
-// the answer); n_pre + n_suf = length - |head| - |info| - |tail|, n_pre = round(depth *
-// (n_pre + n_suf)). Building from token pieces makes lengths exact for any tokenizer; for a
+// cut at a token boundary. The LENGTH of a sample counts every token of prompt + answer, so a
+// model answering a 1M-token sample has seen exactly 1M tokens when it emits the last digit;
+// n_pre + n_suf = length - |head| - |info| - |tail| - |answer|, n_pre = round(depth *
+// (n_pre + n_suf)). (Counting the answer also keeps the question in the answer's segment when
+// the length is a multiple of the segment length, as every length of the usual grid is.) Building from token pieces makes lengths exact for any tokenizer; for a
 // BPE tokenizer the ids can differ slightly from tokenizing the decoded text in one go (only
 // at the joins), and the model sees exactly these ids.
 //
@@ -43,7 +45,7 @@ inline constexpr const char* kPasskeyQuestion = "What is the pass key? The pass 
 // One prompt, described by its pieces; the tokens are produced on demand.
 struct PasskeyPrompt {
   std::string key;                  // the passkey digits, e.g. "40213"
-  int64_t length = 0;               // prompt tokens (the answer excluded)
+  int64_t length = 0;               // prompt tokens: the sample's length minus the answer's
   double depth = 0;                 // the requested depth
   int64_t n_pre = 0, n_suf = 0;     // filler tokens before / after the info line
   int64_t info_begin = 0;           // index of the info line's first token
@@ -51,6 +53,7 @@ struct PasskeyPrompt {
   std::vector<int32_t> info, answer;
 
   int64_t info_end() const { return info_begin + int64_t(info.size()); }
+  int64_t total_length() const { return length + int64_t(answer.size()); }  // as requested
   // Writes prompt tokens [start, start + count) into out; throws when out of range.
   void tokens(int64_t start, int64_t count, int32_t* out) const;
   std::vector<int32_t> all_tokens() const;  // the whole prompt (small lengths only)
@@ -61,15 +64,16 @@ class PasskeyGenerator {
   // digits: length of the passkey (1 .. 18); keys are uniform over [10^(digits-1), 10^digits).
   PasskeyGenerator(std::shared_ptr<const io::Tokenizer> tok, int digits = 5);
 
-  // The shortest prompt this generator can build (no filler), over all keys of its digit count.
+  // The shortest sample (prompt + answer, no filler) this generator can build for keys of its
+  // digit count (exact for the byte tokenizer; the worst of 64 keys for a BPE tokenizer).
   int64_t min_length() const { return min_length_; }
   int digits() const { return digits_; }
   const io::Tokenizer& tokenizer() const { return *tok_; }
   // Largest number of answer tokens over keys of this digit count (for sizing sequences).
   int64_t max_answer_tokens() const { return max_answer_; }
 
-  // A prompt of exactly `length` tokens with the info line at `depth` in [0, 1].
-  // Throws infini::Error naming the length when it is below what the key needs.
+  // A sample of exactly `length` tokens (prompt + answer) with the info line at `depth` in
+  // [0, 1]. Throws infini::Error naming the length when it is below what the key needs.
   PasskeyPrompt make(int64_t length, double depth, const std::string& key) const;
   std::string random_key(std::mt19937_64& rng) const;
 
@@ -80,8 +84,8 @@ class PasskeyGenerator {
   int64_t min_length_ = 0, max_answer_ = 0;
 };
 
-// Training data for `infini passkey train`: each batch is `batch` prompts of one length
-// followed by their answers. The length (prompt + answer) is drawn uniformly from
+// Training data for `infini passkey train`: each batch is `batch` samples (prompt + answer) of
+// one length. The length is drawn uniformly from
 // [min_len, cur_max], where cur_max grows linearly from min_len to max_len over the first
 // curriculum_steps batches (0: always max_len); depths uniform in [0, 1]; keys random.
 // loss_on_answer: the loss mask keeps only the predictions of the answer tokens.

@@ -112,6 +112,7 @@ std::string xml_escape(const std::string& s) {
 PasskeyTrial score_answer(const std::string& key, const std::string& decoded) {
   PasskeyTrial t;
   t.key = key;
+  t.text = decoded;
   t.predicted = leading_digits(decoded, nullptr);
   t.exact = t.predicted == key;
   int64_t ok = 0;
@@ -164,7 +165,7 @@ PasskeyEvalResult evaluate_passkey(const model::Model<float>& m, const PasskeyGe
     if (!(d >= 0 && d <= 1)) throw Error("passkey eval: depth " + std::to_string(d) + " is outside [0, 1]");
   for (int64_t L : o.lengths)
     if (L < gen.min_length())
-      throw Error("passkey eval: length " + std::to_string(L) + " is below the shortest prompt (" +
+      throw Error("passkey eval: length " + std::to_string(L) + " is below the shortest sample (" +
                   std::to_string(gen.min_length()) + " tokens)");
   const model::ModelConfig& c = m.config;
   const int64_t N = c.segment_length;
@@ -186,7 +187,9 @@ PasskeyEvalResult evaluate_passkey(const model::Model<float>& m, const PasskeyGe
       }
     std::vector<std::string> decoded(prompts.size());
     // Whole segments before the last token's segment run batched; the rest per prompt.
-    const int64_t full = (L - 1) / N;
+    int64_t shortest = prompts[0].length;  // prompts differ when keys tokenize differently
+    for (const auto& p : prompts) shortest = std::min(shortest, p.length);
+    const int64_t full = (shortest - 1) / N;
     const int64_t per_batch =
         std::max<int64_t>(1, std::min<int64_t>(int64_t(prompts.size()), o.max_batch_rows / N));
     for (int64_t b0 = 0; b0 < int64_t(prompts.size()); b0 += per_batch) {
@@ -232,10 +235,12 @@ nlohmann::json PasskeyEvalResult::to_json() const {
   nlohmann::json results = nlohmann::json::array(), lens = nlohmann::json::array();
   for (const auto& c : cells) {
     nlohmann::json keys = nlohmann::json::array(), preds = nlohmann::json::array();
+    nlohmann::json outs = nlohmann::json::array();
     int64_t correct = 0;
     for (const auto& t : c.trials) {
       keys.push_back(t.key);
       preds.push_back(t.predicted);
+      outs.push_back(t.text);
       correct += t.exact;
     }
     results.push_back({{"length", c.length},
@@ -245,7 +250,8 @@ nlohmann::json PasskeyEvalResult::to_json() const {
                        {"trials", c.trials.size()},
                        {"correct", correct},
                        {"keys", keys},
-                       {"predictions", preds}});
+                       {"predictions", preds},
+                       {"outputs", outs}});
   }
   for (const auto& s : per_length)
     lens.push_back({{"length", s.length},

@@ -16,7 +16,7 @@
 namespace infini::tasks {
 
 struct PasskeyEvalOptions {
-  std::vector<int64_t> lengths;  // prompt tokens
+  std::vector<int64_t> lengths;  // sample tokens (prompt + answer)
   std::vector<double> depths;    // in [0, 1]
   int64_t trials = 1;            // keys per cell
   uint64_t seed = 0;             // keys of cell (length i, depth j, trial t) depend on all four
@@ -27,6 +27,7 @@ struct PasskeyEvalOptions {
 
 struct PasskeyTrial {
   std::string key, predicted;  // predicted: the digits decoded (may be shorter or longer)
+  std::string text;            // the decoded answer as generated
   bool exact = false;
   double digit_accuracy = 0;   // fraction of the key's digits predicted at their position
 };
@@ -50,7 +51,7 @@ struct PasskeyEvalResult {
   std::vector<PasskeyCell> cells;  // lengths outer, depths inner, in the order given
   std::vector<PasskeyLengthStats> per_length;
   // {"results": [{length, depth, accuracy, digit_accuracy, trials, correct, keys,
-  //  predictions}], "lengths": [{length, prompts, seconds, seconds_per_prompt, tokens_per_s,
+  //  predictions, outputs}], "lengths": [{length, prompts, seconds, seconds_per_prompt, tokens_per_s,
   //  peak_rss_mb}], "accuracy", "digit_accuracy"}
   nlohmann::json to_json() const;
   std::string markdown() const;  // the grid (rows: lengths, columns: depths) and per-length stats

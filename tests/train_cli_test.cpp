@@ -1,0 +1,298 @@
+// `infini train` through the built binary, as a user or an outside check runs it: the loss
+// goes down, interrupted-and-resumed runs equal uninterrupted ones bit for bit (--stop-at and
+// SIGTERM), the token cache is reused and invalidated, a non-finite run keeps its last good
+// checkpoint, and bad flags fail with one line and a small exit code.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fcntl.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "io/text.hpp"
+
+extern char** environ;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string io_read(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+struct Result {
+  int code;
+  std::string err;
+};
+
+// Same thread count for every run (bit-identical resumes need it); sleeping OpenMP waits keep
+// the tests fast on a loaded 2-core machine.
+void fix_threads() {
+  setenv("OMP_NUM_THREADS", "2", 1);
+  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+}
+
+Result run(const std::string& args) {
+  fix_threads();
+  const fs::path errf = fs::temp_directory_path() / ("infini_train_cli_err_" + std::to_string(getpid()));
+  const std::string cmd = std::string(INFINI_BINARY) + " " + args + " >/dev/null 2>" + errf.string();
+  const int status = std::system(cmd.c_str());
+  Result r{WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), io_read(errf)};
+  fs::remove(errf);
+  return r;
+}
+
+struct Env {
+  fs::path dir;
+  explicit Env(const std::string& name) {
+    dir = fs::temp_directory_path() / ("infini_train_cli_" + name + "_" + std::to_string(getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir / "data");
+    std::ofstream(dir / "tiny.json") << R"({"model_type": "llama", "vocab_size": 258,
+      "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+      "num_attention_heads": 2, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+      "rope_theta": 10000.0, "tie_word_embeddings": false,
+      "infini": {"segment_length": 8, "memory_update": "delta", "use_memory": true}})";
+    static const char* words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat. ", "and ", "dog "};
+    for (int d = 0; d < 3; ++d) {
+      std::mt19937_64 g(uint64_t(d));
+      std::string s;
+      while (s.size() < 3000) s += words[g() % 8];
+      std::ofstream(dir / "data" / ("doc" + std::string(1, char('a' + d)) + ".txt")) << s;
+    }
+  }
+  ~Env() { fs::remove_all(dir); }
+  std::string base(const std::string& out) const {
+    return "train --config " + (dir / "tiny.json").string() + " --data " + (dir / "data").string() +
+           " --out " + (dir / out).string() +
+           " --seq-len 32 --batch 4 --lr 1e-2 --gate-lr 5e-2 --warmup 2 --val-fraction 0.34"
+           " --val-tokens 400 --log-every 1 --seed 3";
+  }
+};
+
+struct Line {
+  int64_t step;
+  double loss;
+};
+
+std::vector<Line> metrics(const fs::path& out) {
+  std::vector<Line> v;
+  std::ifstream f(out / "metrics.jsonl");
+  std::string s;
+  while (std::getline(f, s)) {
+    const auto j = nlohmann::json::parse(s);
+    v.push_back({j["step"].get<int64_t>(), j["loss"].get<double>()});
+  }
+  return v;
+}
+
+void expect_same_losses(const std::vector<Line>& a, const std::vector<Line>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].step, b[i].step);
+    EXPECT_EQ(a[i].loss, b[i].loss) << "step " << a[i].step;  // exact, not near
+  }
+}
+
+}  // namespace
+
+TEST(TrainCli, HelpDocumentsEveryFlag) {
+  fix_threads();
+  const std::string cmd = std::string(INFINI_BINARY) + " train --help";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  EXPECT_EQ(pclose(p), 0);
+  for (const char* f : {"--config", "--model", "--data", "--out", "--seq-len", "--batch", "--steps",
+                        "--lr", "--gate-lr", "--warmup", "--schedule", "--weight-decay",
+                        "--grad-clip", "--grad-accum", "--save-every", "--eval-every", "--seed",
+                        "--resume", "--bptt-segments", "--val-fraction", "--val-tokens", "--keep"})
+    EXPECT_NE(out.find(std::string(f) + " "), std::string::npos) << f;
+}
+
+TEST(TrainCli, ShortRunLowersTheLossAndLeavesAFinalModel) {
+  Env e("lowers");
+  const Result r = run(e.base("run") + " --steps 40 --save-every 20 --eval-every 20");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto m = metrics(e.dir / "run");
+  ASSERT_EQ(m.size(), 40u);
+  EXPECT_GT(m.front().loss, 5.0);
+  EXPECT_LT(m.back().loss, m.front().loss - 2.0);
+  EXPECT_NE(r.err.find("eval at step 40"), std::string::npos) << r.err;
+  for (const char* f : {"final/config.json", "final/model.safetensors", "loss.svg", "latest",
+                        "checkpoints/step-00000040/optimizer.safetensors",
+                        "checkpoints/step-00000040/trainer.json"})
+    EXPECT_TRUE(fs::exists(e.dir / "run" / f)) << f;
+  // The final model evaluates with the standard command.
+  EXPECT_EQ(run("eval --model " + (e.dir / "run/final").string() + " --data " +
+                (e.dir / "data/doca.txt").string()).code, 0);
+  // Starting again into the same --out without --resume is refused.
+  const Result again = run(e.base("run") + " --steps 40");
+  EXPECT_NE(again.code, 0);
+  EXPECT_NE(again.err.find("--resume"), std::string::npos) << again.err;
+}
+
+TEST(TrainCli, StopAndResumeEqualsAnUninterruptedRunBitForBit) {
+  Env e("resume");
+  const std::string common = " --steps 6 --save-every 3 --grad-accum 2 --eval-every 3";
+  ASSERT_EQ(run(e.base("full") + common).code, 0);
+  Result r = run(e.base("split") + common + " --stop-at 3");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(fs::exists(e.dir / "split/final"));
+  // Only --out and --resume: every other flag comes from the checkpoint.
+  r = run("train --out " + (e.dir / "split").string() + " --resume");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("resumed from"), std::string::npos) << r.err;
+  expect_same_losses(metrics(e.dir / "full"), metrics(e.dir / "split"));
+  for (const char* f : {"final/model.safetensors", "checkpoints/step-00000006/model.safetensors",
+                        "checkpoints/step-00000006/optimizer.safetensors"}) {
+    const std::string a = io_read(e.dir / "full" / f), b = io_read(e.dir / "split" / f);
+    EXPECT_FALSE(a.empty()) << f;
+    EXPECT_TRUE(a == b) << f << " differs";
+  }
+  // A resumed run must repeat the settings it gives.
+  r = run("train --out " + (e.dir / "split").string() + " --resume --lr 0.5");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("--lr"), std::string::npos) << r.err;
+}
+
+TEST(TrainCli, SigtermSavesACheckpointAndResumesExactly) {
+  Env e("sigterm");
+  fix_threads();
+  // A long schedule; the run is stopped by the signal, not by --steps.
+  const std::string args = e.base("sig") + " --steps 100000 --save-every 0 --eval-every 0";
+  std::vector<std::string> argv_s = {INFINI_BINARY};
+  {
+    std::istringstream in(args);
+    std::string w;
+    while (in >> w) argv_s.push_back(w);
+  }
+  std::vector<char*> argv;
+  for (auto& s : argv_s) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  const std::string log = (e.dir / "sig.log").string();
+  posix_spawn_file_actions_addopen(&fa, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = 0;
+  ASSERT_EQ(posix_spawn(&pid, INFINI_BINARY, &fa, nullptr, argv.data(), environ), 0);
+  posix_spawn_file_actions_destroy(&fa);
+  // Wait for a few steps, then ask it to stop.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (metrics(e.dir / "sig").size() < 3 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_EQ(kill(pid, SIGTERM), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << io_read(log);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << io_read(log);
+  EXPECT_NE(io_read(log).find("interrupted at step"), std::string::npos) << io_read(log);
+  const int64_t k = int64_t(metrics(e.dir / "sig").size());
+  ASSERT_GE(k, 3);
+  ASSERT_TRUE(fs::exists(e.dir / "sig/checkpoints" / ("step-" + std::string(8 - std::to_string(k).size(), '0') + std::to_string(k))));
+  // Resume for 2 more steps; compare with an uninterrupted run to the same step.
+  const std::string stop = " --stop-at " + std::to_string(k + 2);
+  Result r = run("train --out " + (e.dir / "sig").string() + " --resume" + stop);
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run(e.base("ref") + " --steps 100000 --save-every 0 --eval-every 0" + stop);
+  ASSERT_EQ(r.code, 0) << r.err;
+  expect_same_losses(metrics(e.dir / "ref"), metrics(e.dir / "sig"));
+  const std::string name = "step-" + std::string(8 - std::to_string(k + 2).size(), '0') + std::to_string(k + 2);
+  EXPECT_TRUE(io_read(e.dir / "ref/checkpoints" / name / "model.safetensors") ==
+              io_read(e.dir / "sig/checkpoints" / name / "model.safetensors"));
+}
+
+TEST(TrainCli, TokenCacheIsReusedAndInvalidatedByAChangedInput) {
+  Env e("cache");
+  const std::string cache = (e.dir / "shared.bin").string();
+  Result r = run(e.base("a") + " --steps 1 --token-cache " + cache);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("token cache: tokenized"), std::string::npos) << r.err;
+  const auto mtime = fs::last_write_time(cache);
+  r = run(e.base("b") + " --steps 1 --token-cache " + cache);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("token cache: reused"), std::string::npos) << r.err;
+  EXPECT_EQ(fs::last_write_time(cache), mtime);  // not rewritten
+  std::ofstream(e.dir / "data/docb.txt", std::ios::app) << " and a new sentence.";
+  r = run(e.base("c") + " --steps 1 --token-cache " + cache);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("token cache: tokenized"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("inputs or tokenizer changed"), std::string::npos) << r.err;
+}
+
+TEST(TrainCli, HugeLearningRateStopsAndKeepsTheLastGoodCheckpoint) {
+  Env e("nonfinite");
+  // Healthy for 2 steps (checkpoint), then an lr far too large: Adam moves every weight by
+  // about lr per step, and the loss or the weights overflow within a few steps.
+  ASSERT_EQ(run(e.base("nf") + " --steps 30 --schedule constant --stop-at 2 --save-every 2").code, 0);
+  const std::string good = io_read(e.dir / "nf/checkpoints/step-00000002/model.safetensors");
+  // Same run, resumed with a broken setting is refused...
+  Result r = run("train --out " + (e.dir / "nf").string() + " --resume --lr 10");
+  EXPECT_NE(r.code, 0);
+  // ...so start a fresh run whose lr explodes.
+  r = run(e.base("boom") + " --steps 30 --schedule constant --lr 10 --gate-lr 100 --grad-clip 0"
+          " --init-std 3 --save-every 1");
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("non-finite"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("last good checkpoint"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n') >= 1, true);
+  EXPECT_FALSE(fs::exists(e.dir / "boom/final"));
+  // Every checkpoint it left loads (load_model rejects non-finite weights).
+  for (const auto& c : fs::directory_iterator(e.dir / "boom/checkpoints"))
+    EXPECT_EQ(run("eval --model " + c.path().string() + " --data " + (e.dir / "data/doca.txt").string()).code, 0)
+        << c.path();
+  EXPECT_EQ(io_read(e.dir / "nf/checkpoints/step-00000002/model.safetensors"), good);
+}
+
+TEST(TrainCli, BadFlagsFailWithOneLineAndASmallExitCode) {
+  Env e("flags");
+  const std::string cfg = (e.dir / "tiny.json").string(), data = (e.dir / "data").string();
+  const std::string ok = "train --config " + cfg + " --data " + data + " --out " + (e.dir / "o").string();
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {ok + " --seq-len 0", "--seq-len"},
+      {ok + " --seq-len 1", "--seq-len"},
+      {ok + " --lr -1", "--lr"},
+      {ok + " --lr 1e9", "--lr"},
+      {ok + " --batch 0", "--batch"},
+      {ok + " --batch 3 --grad-accum 2", "--grad-accum"},
+      {ok + " --steps 0", "--steps"},
+      {ok + " --steps 10 --warmup 10", "--warmup"},
+      {ok + " --schedule linear", "--schedule"},
+      {ok + " --weight-decay -0.1", "--weight-decay"},
+      {ok + " --grad-clip -1", "--grad-clip"},
+      {ok + " --val-fraction 1.5", "--val-fraction"},
+      {ok + " --bptt-segments -1", "--bptt-segments"},
+      {ok + " --steps abc", "--steps"},
+      {ok + " --seq-len 100000", "--seq-len"},
+      {ok + " --model " + e.dir.string(), "--config"},
+      {"train --config " + cfg + " --out " + (e.dir / "o").string(), "--data"},
+      {"train --data " + data + " --out " + (e.dir / "o").string(), "--config"},
+      {"train --config " + cfg + " --data " + (e.dir / "nope").string() + " --out " + (e.dir / "o").string(), "nope"},
+      {"train --out " + (e.dir / "none").string() + " --resume", "--resume"},
+  };
+  for (const auto& [args, word] : cases) {
+    const Result r = run(args);
+    EXPECT_GT(r.code, 0) << args;
+    EXPECT_LT(r.code, 128) << args;
+    EXPECT_NE(r.err.find(word), std::string::npos) << args << "\n" << r.err;
+    // One line of reason (CLI11 may add a "Run with --help" hint line).
+    const std::string first = r.err.substr(0, r.err.find('\n'));
+    EXPECT_FALSE(first.empty()) << args;
+    EXPECT_LE(std::count(r.err.begin(), r.err.end(), '\n'), 2) << args << "\n" << r.err;
+  }
+}
