@@ -226,7 +226,8 @@ async function main() {
       const r = rng(Number(process.env.INFINI_TOKENIZER_FUZZ_SEED || 1));
       const atoms = [" ", "  ", "\n", "\r\n", "\t", "a", "b", "Z", "é", "e\u0301", "ß", "İ", "1", "23", "'s", "'LL", "!",
         ".", ",", "-", "漢", "字", "😀", "👍🏽", "\u2581", "Ġ", "\u00a0", "\u0085", "\u200b", "<s>", "</s>", "<|im_start|>",
-        "<|im_end|>", "<unk>", "<0x0A>", "hello", " world", "ing", "<mask>", "[SW]", " rs", "café", "\u0000", "\ufffd"];
+        "<|im_end|>", "<unk>", "<0x0A>", "hello", " world", "ing", "<mask>", "[SW]", " rs", "café", "\u0000", "\ufffd",
+        "\u180e", "\u3000", "\u0301", "ſ", "ǅ", "Σ", "①", "ﬁ", "<sp norm>", "hello world", "Hello", "don't", "I'M", "x<mask>"];
       const texts2 = [];
       for (let k = 0; k < fuzz; ++k) {
         const n = Math.floor(r() * 30);

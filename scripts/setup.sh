@@ -2,7 +2,9 @@
 # Installs the Debian 12 packages infini needs to build, test and benchmark.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libopenblas-openmp-dev nlohmann-json3-dev libcli11-dev
-      libpcre2-dev libicu-dev libgtest-dev libgmock-dev googletest libbenchmark-dev)
+      libpcre2-dev libicu-dev libgtest-dev libgmock-dev googletest libbenchmark-dev
+      libopenmpi-dev openmpi-bin)
+pkgs+=(clang libclang-rt-14-dev libomp-dev)  # scripts/fuzz.sh: libFuzzer, clang's OpenMP
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

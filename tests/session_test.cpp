@@ -19,6 +19,8 @@
 #include "model/bptt.hpp"
 #include "ops/cross_entropy.hpp"
 
+#include <nlohmann/json.hpp>
+
 using namespace infini;
 using namespace infini::infer;
 using model::MemoryUpdate;
@@ -426,9 +428,11 @@ TEST(Text, Utf8AndSplitPoints) {
   EXPECT_EQ(utf8_complete_len("\xE2\x82"), 0u);          // € cut after two of three bytes
   EXPECT_EQ(utf8_complete_len("x\xF0\x9F\x98\x80"), 5u);  // emoji complete
   EXPECT_EQ(utf8_complete_len("x\xF0\x9F\x98"), 1u);
-  EXPECT_EQ(safe_split_point("hello big  world"), 9u);   // before the last whitespace run
+  EXPECT_EQ(safe_split_point("hello big  world"), 10u);  // before the space that joins "world"
+  EXPECT_EQ(safe_split_point("a.\n\nb"), 4u);             // after a run ending in a line break
+  EXPECT_EQ(safe_split_point("ends with space "), 9u);   // a run at the end may go on
   EXPECT_EQ(safe_split_point("nospace\xE2\x82"), 7u);    // no space: last whole character
-  EXPECT_EQ(safe_split_point("   lead"), 7u);            // the only run is at the start
+  EXPECT_EQ(safe_split_point("  lead"), 1u);
 }
 
 TEST(Text, ChunkedReadingIsLosslessAndBounded) {
@@ -505,4 +509,58 @@ TEST(Session, LongFeedKeepsOnlyTheCurrentSegment) {
   EXPECT_EQ(a.k.size(), size_t(cfg.num_layers * 3 * cfg.kv_width()));
   EXPECT_EQ(s.position(), 50 * cfg.segment_length + 3);
   EXPECT_EQ(s.segment_position(), 3);
+}
+
+namespace {
+
+const std::string kSrc = INFINI_SOURCE_DIR;
+
+// The texts of tests/data/tokenizers/texts.json that are plain strings.
+std::vector<std::string> tokenizer_texts() {
+  std::ifstream f(kSrc + "/tests/data/tokenizers/texts.json");
+  const auto j = nlohmann::json::parse(f);
+  std::vector<std::string> out;
+  for (const auto& e : j)
+    if (e.is_string()) out.push_back(e.get<std::string>());
+  return out;
+}
+
+}  // namespace
+
+TEST(Text, TokenStreamMatchesWholeDecodeWithRealTokenizers) {
+  // Byte-level BPE (Qwen3: tokens that split UTF-8 characters) and SentencePiece-style BPE
+  // (Llama 2: a decoder that drops the leading space of the text).
+  const auto texts = tokenizer_texts();
+  ASSERT_GT(texts.size(), 5u);
+  for (const char* name : {"qwen3", "llama2"}) {
+    const auto tok = io::load_hf_tokenizer(kSrc + "/tests/data/tokenizers/" + name + "/tokenizer.json");
+    for (const auto& text : texts) {
+      const std::vector<int32_t> ids = tok->encode(text);
+      TokenTextStream ts(*tok);
+      std::string joined;
+      for (int32_t id : ids) {
+        const std::string out = ts.push(id);
+        EXPECT_EQ(utf8_complete_len(out), out.size()) << name;
+        joined += out;
+      }
+      joined += ts.flush();
+      EXPECT_EQ(joined, tok->decode(ids)) << name << ": " << text;
+    }
+  }
+}
+
+TEST(Text, ChunkedTokenizationIsExactForByteLevelBpe) {
+  // Cutting at safe_split_point gives the tokens of the whole text with a GPT-2-style
+  // pre-tokenizer (Qwen3), on text with spaces, runs of spaces, tabs and blank lines.
+  const auto tok = io::load_hf_tokenizer(kSrc + "/tests/data/tokenizers/qwen3/tokenizer.json");
+  std::string text;
+  for (const auto& t : tokenizer_texts())
+    if (t.find(' ') != std::string::npos) text += t + "\n\n";
+  std::vector<int32_t> chunked;
+  auto r = TextChunkReader::from_string(text, 97);
+  for (std::string piece; r.next(piece);) {
+    const auto ids = tok->encode(piece);
+    chunked.insert(chunked.end(), ids.begin(), ids.end());
+  }
+  EXPECT_EQ(chunked, tok->encode(text));
 }

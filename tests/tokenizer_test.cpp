@@ -343,6 +343,55 @@ TEST(HfTokenizer, MalformedFilesThrowError) {
   EXPECT_THROW(infini::io::load_hf_tokenizer("/nonexistent/tokenizer.json"), infini::Error);
 }
 
+// Replaces one random node of j (at any depth) with a random JSON value.
+void mutate(json& j, std::mt19937& rng) {
+  json* node = &j;
+  while ((node->is_object() || node->is_array()) && !node->empty() && rng() % 3 != 0) {
+    auto it = node->begin();
+    std::advance(it, static_cast<long>(rng() % node->size()));
+    node = &*it;
+  }
+  static const json kValues[] = {nullptr, -1, 0, 1, 4000000000LL, 1e300, "", "x", " ", "\u2581",
+                                 "(", json::array(), json::object(), true, "Sequence", "BPE",
+                                 json::array({"a", "b"}), json::object({{"Regex", "[("}})};
+  *node = kValues[rng() % std::size(kValues)];
+}
+
+TEST(HfTokenizer, MutatedFilesThrowErrorOrWork) {
+  const json base = json::parse(R"({
+    "added_tokens": [{"id": 5, "content": "<s>", "special": true, "normalized": false},
+                     {"id": 6, "content": "ab", "single_word": true, "lstrip": true, "rstrip": true}],
+    "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Prepend", "prepend": "_"},
+                   {"type": "Replace", "pattern": {"String": " "}, "content": "_"}]},
+    "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "\\s+|\\p{L}+"}, "behavior": "Isolated", "invert": false},
+        {"type": "Metaspace", "replacement": "_", "prepend_scheme": "first", "split": true},
+        {"type": "ByteLevel", "add_prefix_space": true, "use_regex": true}]},
+    "decoder": {"type": "Sequence", "decoders": [{"type": "ByteLevel"}, {"type": "ByteFallback"},
+                {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 1},
+                {"type": "Metaspace", "replacement": "_"}]},
+    "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2, "<unk>": 3, "<0x41>": 4},
+              "merges": ["a b"], "unk_token": "<unk>", "byte_fallback": true, "fuse_unk": true}
+  })");
+  ASSERT_NO_THROW(HfTokenizer::from_json(base, "base"));
+  std::mt19937 rng(7);
+  int loaded = 0;
+  for (int k = 0; k < 3000; ++k) {
+    json j = base;
+    for (int m = 1 + static_cast<int>(rng() % 3); m > 0; --m) mutate(j, rng);
+    try {
+      const auto tok = HfTokenizer::from_json(j, "mutant");
+      ++loaded;
+      const auto ids = tok->encode("ab a<s>Ab \xff ba\n");
+      (void)tok->decode(ids);
+      (void)tok->decode({0, 1, 2, 3, 4, 5, 6, 7, -1});
+    } catch (const infini::Error&) {
+      // expected for most mutants
+    }
+  }
+  EXPECT_GT(loaded, 0);
+}
+
 TEST(HfTokenizer, TruncatedRealFileThrowsError) {
   const std::string text = read(kSrc + "/" + tokenizer_path("llama2"));
   for (size_t cut : {size_t{10}, text.size() / 3, text.size() - 2}) {

@@ -19,6 +19,7 @@
 #include "model/model.hpp"
 #include "train/checkpoint.hpp"
 #include "train/data.hpp"
+#include "train/distributed.hpp"
 #include "train/trainer.hpp"
 
 namespace infini::cli {
@@ -90,9 +91,13 @@ std::string tokenizer_identity(const std::string& tokenizer_json) {
   return "hf:" + train::hex64(train::fnv1a(tokenizer_json.data(), tokenizer_json.size()));
 }
 
-void run_train(Opts& o, std::vector<Tracked>& tracked, CLI::Option* steps_opt) {
+void run_train(Opts& o, std::vector<Tracked>& tracked, CLI::Option* steps_opt,
+               train::Distributed& dist) {
   namespace tr = infini::train;
-  std::FILE* log = stderr;
+  // Under MPI only rank 0 talks; the others' log lines go nowhere.
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> quiet(
+      dist.rank() == 0 ? nullptr : std::fopen("/dev/null", "w"), &std::fclose);
+  std::FILE* log = quiet ? quiet.get() : stderr;
   model::Model<float> m;
   std::string tokenizer_json;  // contents; empty for the byte tokenizer
   std::unique_ptr<io::Tokenizer> tok;
@@ -154,6 +159,20 @@ void run_train(Opts& o, std::vector<Tracked>& tracked, CLI::Option* steps_opt) {
       tok = io::load_tokenizer_for_model(o.model);
     }
   }
+  // Data parallel: every rank must train the same run (collective checks, fail on all ranks).
+  {
+    nlohmann::json rec;
+    for (auto& t : tracked) rec[t.opt->get_name()] = t.get();
+    rec["--steps"] = o.steps;
+    rec["--stop-at"] = o.stop_at;
+    rec["--resume"] = o.resume;
+    dist.check_same(tr::hash_text(rec.dump()), "the training flags");
+    dist.check_same(tr::hash_text(model::config_to_json(m.config).dump()), "the model config");
+  }
+  if (o.batch % (int64_t(dist.world()) * o.grad_accum) != 0)
+    throw Error("--batch " + std::to_string(o.batch) + " (the global batch) must be a multiple "
+                "of " + std::to_string(dist.world()) + " MPI processes x --grad-accum " +
+                std::to_string(o.grad_accum));
   if (tok->vocab_size() > m.config.vocab_size)
     throw Error("the tokenizer has " + std::to_string(tok->vocab_size()) +
                 " ids but the model's vocab_size is " + std::to_string(m.config.vocab_size));
@@ -177,13 +196,19 @@ void run_train(Opts& o, std::vector<Tracked>& tracked, CLI::Option* steps_opt) {
   dopt.val_paths = o.val_data;
   dopt.val_fraction = o.val_fraction;
   dopt.cache_path = o.token_cache.empty() ? (fs::path(o.out) / "tokens.bin").string() : o.token_cache;
+  // Only rank 0 writes into --out; other ranks tokenize in memory (no race on the cache).
+  if (dist.rank() != 0) dopt.cache_path.clear();
   dopt.tokenizer_id = tokenizer_identity(tokenizer_json);
-  std::error_code ec;
-  fs::create_directories(o.out, ec);
-  if (!fs::is_directory(o.out)) throw Error("cannot create --out " + o.out);
+  if (dist.rank() == 0) {
+    std::error_code ec;
+    fs::create_directories(o.out, ec);
+    if (!fs::is_directory(o.out)) throw Error("cannot create --out " + o.out);
+  }
   std::string data_log;
   tr::Corpus corpus = tr::load_corpus(*tok, dopt, &data_log);
   std::fputs(data_log.c_str(), log);
+  dist.check_same(tr::hash_text(corpus.fingerprint),
+                  "the training data (--data/--val-data files, their contents or the tokenizer)");
   tr::WindowSource source(corpus.train, eos, o.seq_len, o.seed, corpus.fingerprint);
   std::fprintf(log,
                "data: %zu train documents (%lld tokens, %lld windows of %lld per epoch), %zu "
@@ -213,20 +238,39 @@ void run_train(Opts& o, std::vector<Tracked>& tracked, CLI::Option* steps_opt) {
   to.keep = o.keep;
   to.log_every = o.log_every;
   to.val_tokens = o.val_tokens;
-  to.progress_bar = ::isatty(::fileno(log)) != 0;
+  to.progress_bar = dist.rank() == 0 && ::isatty(::fileno(log)) != 0;
+  to.rank = dist.rank();
+  to.world = dist.world();
   for (auto& t : tracked) to.run_record[t.opt->get_name()] = t.get();
   to.run_record["--steps"] = o.steps;
 
   auto groups = tr::model_param_groups(m.layout, o.lr, o.gate_lr, o.weight_decay);
   tr::FullModelTrainable trainable(std::move(m), tokenizer_json);
-  tr::Trainer trainer(trainable, std::move(groups), source, std::move(corpus.val), to);
+  // A stop signal ends the run only once every rank has seen it, at the same step.
+  std::atomic<bool> agreed_stop{false};
+  tr::TrainHooks hooks;
+  if (dist.world() > 1) {
+    hooks.after_step_gradient = [&dist](tr::StepGradient& sg) { dist.allreduce_gradient(sg); };
+    hooks.on_step = [&](const nlohmann::json&) { agreed_stop = dist.any(g_stop.load()); };
+  }
+  tr::Trainer trainer(trainable, std::move(groups), source, std::move(corpus.val), to, hooks);
   if (resume_dir) {
     trainer.resume_from(*resume_dir);
     std::fprintf(log, "resumed from %s (step %lld)\n", resume_dir->c_str(),
                  (long long)trainer.step());
   }
+  if (dist.world() > 1) {
+    const uint64_t wh = tr::fnv1a(trainable.params(), size_t(trainable.size()) * sizeof(float),
+                                  uint64_t(trainer.step()) + 0x9e3779b97f4a7c15ULL);
+    dist.check_same(wh, "the starting weights (or the --resume checkpoint's step)");
+    std::fprintf(log, "mpi: %d processes, %lld sequences each per step\n", dist.world(),
+                 (long long)(o.batch / dist.world()));
+  }
   SignalGuard guard;
-  const auto outcome = trainer.run(&g_stop, log);
+  const auto outcome = trainer.run(dist.world() > 1 ? &agreed_stop : &g_stop, log);
+  if (dist.world() > 1)
+    std::fprintf(log, "mpi: gradient all-reduce took %.3f s in all on rank 0\n",
+                 dist.comm_seconds());
   switch (outcome) {
     case tr::Trainer::Outcome::Finished:
       std::fprintf(log, "done: %lld steps; model in %s\n", (long long)trainer.step(),
@@ -411,7 +455,19 @@ void register_train(CLI::App& app) {
                   "0: run to --steps)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
-  cmd->callback([o, tracked, steps_opt] { run_train(*o, *tracked, steps_opt); });
+  cmd->callback([o, tracked, steps_opt] {
+    train::Distributed dist;  // MPI, when launched by mpirun (docs/distributed.md)
+    try {
+      run_train(*o, *tracked, steps_opt, dist);
+    } catch (const train::CollectiveError&) {
+      throw;  // every rank throws it at the same point: a normal exit on all ranks
+    } catch (const train::NonFiniteError&) {
+      throw;  // so does this: every rank holds the same gradient and weights
+    } catch (const std::exception& e) {
+      dist.abort_on_error(e.what());  // this rank alone: abort all ranks instead of a hang
+      throw;
+    }
+  });
 }
 
 }  // namespace infini::cli

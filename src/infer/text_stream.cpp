@@ -24,11 +24,15 @@ size_t utf8_complete_len(std::string_view s) {
 
 size_t safe_split_point(std::string_view s) {
   auto space = [](char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r' || c == '\f' || c == '\v'; };
-  size_t i = s.size();
-  while (i > 0 && !space(s[i - 1])) --i;  // i: just after the last whitespace byte
-  if (i > 0) {
-    while (i > 0 && space(s[i - 1])) --i;  // back to the start of that run
-    if (i > 0) return i;
+  // The last whitespace run that is followed by a non-space inside the buffer (a run touching
+  // the end may continue in the next read). GPT-2-style pre-tokenizers give the run's last
+  // space or tab to the word after it, and a run ending in a line break stays whole: cutting
+  // before that last character, or after the line break, gives the same pieces as the whole.
+  for (size_t j = s.size(); j-- > 1;) {
+    if (space(s[j]) || !space(s[j - 1])) continue;
+    const size_t cut = (s[j - 1] == '\n' || s[j - 1] == '\r') ? j : j - 1;
+    if (cut > 0) return cut;
+    break;
   }
   const size_t u = utf8_complete_len(s);
   return u > 0 ? u : s.size();

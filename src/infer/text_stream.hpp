@@ -15,10 +15,11 @@ namespace infini::infer {
 // Length of s without a trailing incomplete UTF-8 sequence (invalid bytes count as complete).
 size_t utf8_complete_len(std::string_view s);
 
-// Where to cut a buffer of text so that tokenizing the two sides separately changes as little
-// as possible: before the last run of whitespace (a BPE pre-tokenizer attaches a space to the
-// word that follows it), else after the last complete UTF-8 character. Returns 0 only for
-// an empty buffer.
+// Where to cut a buffer of text so that tokenizing the two sides separately gives what
+// tokenizing it whole gives, as far as a whitespace-splitting pre-tokenizer goes: at the last
+// whitespace run followed by a word, before the run's last character (a space or tab joins the
+// next word) or, when the run ends in a line break, after it. Without such a run, after the
+// last complete UTF-8 character. Returns 0 only for an empty buffer.
 size_t safe_split_point(std::string_view s);
 
 // Reads text in pieces of at most chunk_bytes, each cut at safe_split_point; memory use is

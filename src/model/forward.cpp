@@ -212,6 +212,18 @@ inline std::pair<int64_t, int64_t> share(int64_t total, int t, int nt) {
   return {total * t / nt, total * (t + 1) / nt};
 }
 
+// Threads for one chunk: a barrier costs microseconds (milliseconds on a busy machine), so tiny
+// chunks (tests, short prompts) run on one thread.
+template <class T>
+int chunk_threads(const ForwardContext<T>& ctx, const ModelConfig& c, int64_t rows) {
+  if (ctx.threads > 0) return ctx.threads;
+  const double D = double(c.hidden_size);
+  const double flops = 2.0 * double(rows) * double(c.num_layers) *
+                       (D * double(2 * c.q_width() + 2 * c.kv_width()) +
+                        3.0 * D * double(c.intermediate_size));
+  return flops < 2e7 ? 1 : omp_get_max_threads();
+}
+
 template <class T>
 void grow(std::vector<T>& v, int64_t n) {
   if (int64_t(v.size()) < n) v.resize(size_t(n));
@@ -258,7 +270,7 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
   resize(acts.rstd_final, r);
   resize(acts.f, r * D);
   if (compute_logits) resize(acts.logits, r * V);
-  const int max_threads = omp_get_max_threads();
+  const int max_threads = chunk_threads(ctx, c, r);
   W.thread.resize(size_t(max_threads));
   for (auto& s : W.thread) grow(s, ops::memory_scratch_size(ctxlen, d));
 
@@ -444,7 +456,7 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
   for (auto* v : {&W.dk, &W.dv}) resize(*v, r * kw);
   for (auto* v : {&W.dhmid, &W.dgate, &W.dup}) resize(*v, r * F);
   resize(W.dbeta, L * B * H);
-  const int max_threads = omp_get_max_threads();
+  const int max_threads = chunk_threads(ctx, c, r);
   W.thread.resize(size_t(max_threads));
   for (auto& s : W.thread) grow(s, std::max(n * n, ops::memory_scratch_size(n, d)));
 

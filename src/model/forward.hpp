@@ -70,6 +70,8 @@ struct ForwardContext {
   // true: the plain layer code (one op after another, each parallel on its own, full-matrix
   // attention). It is what the fused fast path is tested against; single-token decode uses it.
   bool reference = false;
+  // Threads of the fast path; 0: OpenMP's count, or one for chunks too small to share.
+  int threads = 0;
   explicit ForwardContext(const ModelConfig& c)
       : rope(c.head_dim, c.segment_length, c.rope_theta) {}
 };

@@ -13,11 +13,11 @@ namespace infini::ops {
 
 template <class T>
 void local_attention_forward_reference(T* out, T* probs, const T* q, const T* k, const T* v,
-                             const AttentionShape& s) {
+                                       const AttentionShape& s) {
   const int64_t n = s.n, ctx = s.ctx(), d = s.head_dim, G = s.heads / s.kv_heads;
   const int64_t qw = s.heads * d, kw = s.kv_heads * d;
   const T scale = T(1.0 / std::sqrt(double(d)));
-#pragma omp parallel
+#pragma omp parallel if (s.batch * s.heads * n * ctx * d > 65536)
   {
     std::vector<T> local(probs ? 0 : size_t(n * ctx));
 #pragma omp for collapse(2) schedule(static)
@@ -49,13 +49,15 @@ void local_attention_forward_reference(T* out, T* probs, const T* q, const T* k,
 }
 
 template <class T>
-void local_attention_backward_reference(T* dq, T* dk, T* dv, const T* dout, const T* probs, const T* q,
-                              const T* k, const T* v, const AttentionShape& s) {
-  if (s.p0 != 0 || s.cap != s.n) throw Error("local_attention_backward_reference needs a whole segment");
+void local_attention_backward_reference(T* dq, T* dk, T* dv, const T* dout, const T* probs,
+                                        const T* q, const T* k, const T* v,
+                                        const AttentionShape& s) {
+  if (s.p0 != 0 || s.cap != s.n)
+    throw Error("local_attention_backward_reference needs a whole segment");
   const int64_t n = s.n, d = s.head_dim, G = s.heads / s.kv_heads;
   const int64_t qw = s.heads * d, kw = s.kv_heads * d;
   const T scale = T(1.0 / std::sqrt(double(d)));
-#pragma omp parallel
+#pragma omp parallel if (s.batch * s.heads * n * n * d > 65536)
   {
     std::vector<T> ds(size_t(n * n));
     // Parallel over (b, kv head): the G query heads sharing a kv head accumulate into it.
@@ -171,7 +173,7 @@ void local_attention_forward(T* out, T* probs, const T* q, const T* k, const T* 
                              const AttentionShape& s) {
   const int64_t n = s.n, ctx = s.ctx(), d = s.head_dim, G = s.heads / s.kv_heads;
   const int64_t qw = s.heads * d, kw = s.kv_heads * d;
-#pragma omp parallel
+#pragma omp parallel if (s.batch * s.heads * n * ctx * d > 65536)
   {
     std::vector<T> scratch(probs ? 0 : size_t(kAttentionBlock * ctx));
 #pragma omp for collapse(2) schedule(static)
@@ -192,7 +194,7 @@ void local_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs
   if (s.p0 != 0 || s.cap != s.n) throw Error("local_attention_backward needs a whole segment");
   const int64_t n = s.n, d = s.head_dim, G = s.heads / s.kv_heads;
   const int64_t qw = s.heads * d, kw = s.kv_heads * d;
-#pragma omp parallel
+#pragma omp parallel if (s.batch * s.heads * n * n * d > 65536)
   {
     std::vector<T> scratch(size_t(n * n));
     // Parallel over (b, kv head): the G query heads sharing a kv head accumulate into it.

@@ -11,7 +11,7 @@ template <class T>
 double cross_entropy(const T* logits, const int32_t* targets, int64_t rows, int64_t vocab,
                      T* dlogits, T scale) {
   double total = 0;
-#pragma omp parallel for schedule(static) reduction(+ : total)
+#pragma omp parallel for schedule(static) reduction(+ : total) if (rows * vocab > 32768)
   for (int64_t r = 0; r < rows; ++r) {
     const T* l = logits + r * vocab;
     T* dl = dlogits ? dlogits + r * vocab : nullptr;

@@ -101,9 +101,13 @@ void memory_update_group(T* Mg, T* zg, const T* k, const T* v, int64_t n, int64_
   } else {
     gemm<T>(true, false, d, d, n, T(1), sk, d, v, ldk, T(1), Mg, d);
   }
-  for (int64_t t = 0; t < n; ++t)
-#pragma omp simd
-    for (int64_t j = 0; j < d; ++j) zg[j] += sk[t * d + j];
+  // Sum the segment in double and add it to z once, as the gemm adds to M: one float rounding
+  // per segment instead of one per token (docs/hardening.md, tests/memory_stability_test.cpp).
+  for (int64_t j = 0; j < d; ++j) {
+    double acc = 0;
+    for (int64_t t = 0; t < n; ++t) acc += double(sk[t * d + j]);
+    zg[j] += T(acc);
+  }
 }
 
 template <class T>
@@ -168,7 +172,8 @@ template <class T>
 void memory_retrieve_forward(T* out, T* sq, T* den, const T* q, const T* M, const T* z,
                              const MemoryShape& s) {
   const int64_t n = s.n, d = s.head_dim, G = s.heads / s.kv_heads, qw = s.heads * d;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) \
+    if (s.batch * s.heads * n * d * d > 65536)
   for (int64_t b = 0; b < s.batch; ++b)
     for (int64_t h = 0; h < s.heads; ++h) {
       const int64_t g = h / G, off = b * n * qw + h * d;
@@ -183,7 +188,7 @@ void memory_retrieve_backward(T* dq, T* dM, T* dz, const T* dout, const T* out, 
                               const T* den, const T* q, const T* M, const T* z,
                               const MemoryShape& s) {
   const int64_t n = s.n, d = s.head_dim, G = s.heads / s.kv_heads, qw = s.heads * d;
-#pragma omp parallel
+#pragma omp parallel if (s.batch * s.heads * n * d * d > 65536)
   {
     std::vector<T> scratch(size_t(memory_scratch_size(n, d)));
     // Parallel over (b, kv head): the G query heads of a group all add into dM_g, dz_g.
@@ -204,7 +209,7 @@ void memory_retrieve_backward(T* dq, T* dM, T* dz, const T* dout, const T* out, 
 template <class T>
 void memory_update_forward(T* M, T* z, const T* k, const T* v, const MemoryShape& s, bool delta) {
   const int64_t n = s.n, d = s.head_dim, kw = s.kv_heads * d;
-#pragma omp parallel
+#pragma omp parallel if (s.batch * s.kv_heads * n * d * d > 65536)
   {
     std::vector<T> scratch(size_t(memory_scratch_size(n, d)));
 #pragma omp for collapse(2) schedule(static)
@@ -220,7 +225,7 @@ template <class T>
 void memory_update_backward(T* dk, T* dv, T* dM, T* dz, const T* k, const T* v, const T* M,
                             const T* z, const MemoryShape& s, bool delta) {
   const int64_t n = s.n, d = s.head_dim, kw = s.kv_heads * d;
-#pragma omp parallel
+#pragma omp parallel if (s.batch * s.kv_heads * n * d * d > 65536)
   {
     std::vector<T> scratch(size_t(memory_scratch_size(n, d)));
 #pragma omp for collapse(2) schedule(static)

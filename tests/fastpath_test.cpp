@@ -1,0 +1,241 @@
+// The fast paths against the plain reference code they replace: causal-block attention against
+// the full-matrix version, and the fused multi-threaded layer code (ForwardContext::reference
+// false) against the op-by-op one, at several thread counts, in double and in float.
+#include <gtest/gtest.h>
+
+#include "model/bptt.hpp"
+#include "ops/attention.hpp"
+#include "ops/fastmath.hpp"
+#include "util/gradcheck.hpp"
+
+using namespace infini;
+using namespace infini::model;
+using namespace infini::testing;
+
+namespace {
+
+double max_abs(const std::vector<double>& v) {
+  double m = 0;
+  for (double x : v) m = std::max(m, std::abs(x));
+  return m;
+}
+
+}  // namespace
+
+TEST(FastMath, ExpWithinTwoUlpAndSaturates) {
+  double worst = 0;
+  for (float x = -87.0f; x < 88.0f; x += 0.01f) {
+    const double want = std::exp(double(x));
+    worst = std::max(worst, std::abs(double(ops::fast_exp(x)) - want) / want);
+  }
+  EXPECT_LT(worst, 2.5e-7);
+  EXPECT_EQ(ops::fast_exp(0.0f), 1.0f);
+  EXPECT_GT(ops::fast_exp(-1000.0f), 0.0f);
+  EXPECT_LT(ops::fast_exp(-1000.0f), 2e-38f);
+  EXPECT_TRUE(std::isnan(ops::fast_exp(std::nanf(""))));
+  EXPECT_NEAR(ops::fast_elu1(-0.5f), std::exp(-0.5f), 1e-7);
+  EXPECT_EQ(ops::fast_elu1(2.0f), 3.0f);
+}
+
+struct AttnShape {
+  int64_t B, n, p0, H, Hkv, d;
+};
+
+class FastAttention : public ::testing::TestWithParam<AttnShape> {};
+
+TEST_P(FastAttention, MatchesReferenceForwardAndBackward) {
+  const auto c = GetParam();
+  const int64_t ctx = c.p0 + c.n, qw = c.H * c.d, kw = c.Hkv * c.d;
+  const ops::AttentionShape s{c.B, c.n, c.p0, ctx, c.H, c.Hkv, c.d};
+  auto q = random_vec(c.B * c.n * qw, 1), k = random_vec(c.B * ctx * kw, 2);
+  auto v = random_vec(c.B * ctx * kw, 3), dout = random_vec(c.B * c.n * qw, 4);
+  std::vector<double> out(q.size()), ref(q.size());
+  std::vector<double> probs(c.B * c.H * c.n * ctx), probs_ref(probs.size());
+  ops::local_attention_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), s);
+  ops::local_attention_forward_reference(ref.data(), probs_ref.data(), q.data(), k.data(),
+                                         v.data(), s);
+  EXPECT_LT(rel_err(out, ref), 1e-13);
+  // Without saved probabilities (decode) the result is the same.
+  std::vector<double> out2(q.size());
+  ops::local_attention_forward(out2.data(), (double*)nullptr, q.data(), k.data(), v.data(), s);
+  EXPECT_LT(rel_err(out2, ref), 1e-13);
+  // The causal part of the saved probabilities matches.
+  for (int64_t bh = 0; bh < c.B * c.H; ++bh)
+    for (int64_t i = 0; i < c.n; ++i)
+      for (int64_t j = 0; j <= c.p0 + i; ++j) {
+        const size_t at = size_t((bh * c.n + i) * ctx + j);
+        ASSERT_NEAR(probs[at], probs_ref[at], 1e-14);
+      }
+  if (c.p0 != 0) return;  // the backward is for whole segments
+  std::vector<double> dq(q.size()), dk(k.size()), dv(v.size());
+  std::vector<double> dq_r(q.size()), dk_r(k.size()), dv_r(v.size());
+  ops::local_attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), probs.data(),
+                                q.data(), k.data(), v.data(), s);
+  ops::local_attention_backward_reference(dq_r.data(), dk_r.data(), dv_r.data(), dout.data(),
+                                          probs_ref.data(), q.data(), k.data(), v.data(), s);
+  EXPECT_LT(rel_err(dq, dq_r), 1e-12);
+  EXPECT_LT(rel_err(dk, dk_r), 1e-12);
+  EXPECT_LT(rel_err(dv, dv_r), 1e-12);
+  EXPECT_GT(max_abs(dk), 1e-3);  // the comparison is not between zeros
+}
+
+// n not a multiple of the 64-row block, several blocks, GQA and MQA, a cached prefix.
+INSTANTIATE_TEST_SUITE_P(Shapes, FastAttention,
+                         ::testing::Values(AttnShape{2, 150, 0, 4, 2, 8},
+                                           AttnShape{1, 64, 0, 2, 2, 16},
+                                           AttnShape{1, 130, 0, 3, 1, 4},
+                                           AttnShape{1, 70, 60, 2, 1, 8},
+                                           AttnShape{2, 5, 0, 2, 2, 4}));
+
+namespace {
+
+struct ModelCase {
+  const char* name;
+  MemoryUpdate rule;
+  bool use_memory, bias;
+  int64_t heads, kv_heads, head_dim, seg, T, B;
+};
+
+ModelConfig make_config(const ModelCase& c) {
+  ModelConfig cfg;
+  cfg.model_type = c.bias ? "qwen2" : "llama";
+  cfg.vocab_size = 37;
+  cfg.hidden_size = 24;
+  cfg.intermediate_size = 40;
+  cfg.num_layers = 2;
+  cfg.num_heads = c.heads;
+  cfg.num_kv_heads = c.kv_heads;
+  cfg.head_dim = c.head_dim;
+  cfg.rms_norm_eps = 1e-5;
+  cfg.rope_theta = 1000.0;
+  cfg.attention_bias = c.bias;
+  cfg.segment_length = c.seg;
+  cfg.memory_update = c.rule;
+  cfg.use_memory = c.use_memory;
+  return cfg;
+}
+
+Model<double> random_model(const ModelConfig& cfg, uint64_t seed) {
+  Model<double> m = cast_model<double>(init_model(cfg, {seed, 0.3, 0.0}));
+  auto noise = random_vec(size_t(m.layout.total), seed + 1, 0.3);
+  for (const auto& p : m.layout.params)
+    if (p.kind != ParamKind::Matrix && p.kind != ParamKind::Embedding)
+      for (int64_t i = 0; i < p.numel; ++i)
+        m.weights[size_t(p.offset + i)] += noise[size_t(p.offset + i)];
+  return m;
+}
+
+std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 g(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = int32_t(g() % uint64_t(vocab));
+  return t;
+}
+
+// Segments longer than one attention block, a short last segment, batches of 2.
+const ModelCase kModelCases[] = {
+    {"delta_mha", MemoryUpdate::Delta, true, false, 2, 2, 12, 80, 190, 2},
+    {"linear_gqa_bias", MemoryUpdate::Linear, true, true, 4, 2, 6, 70, 150, 2},
+    {"delta_mqa", MemoryUpdate::Delta, true, false, 3, 1, 8, 66, 140, 1},
+    {"local_only", MemoryUpdate::Linear, false, false, 2, 2, 12, 80, 130, 2},
+};
+
+class FastModel : public ::testing::TestWithParam<ModelCase> {};
+
+}  // namespace
+
+TEST_P(FastModel, LossAndGradientsMatchReferenceAtAnyThreadCount) {
+  const ModelCase c = GetParam();
+  const ModelConfig cfg = make_config(c);
+  const Model<double> m = random_model(cfg, 3);
+  const auto tokens = random_tokens(c.B * c.T, cfg.vocab_size, 4);
+  ForwardContext<double> ref_ctx(cfg);
+  ref_ctx.reference = true;
+  SequenceWorkspace<double> ws;
+  std::vector<double> g_ref(size_t(m.layout.total), 0.0);
+  MemoryState<double> st_ref = MemoryState<double>::zeros(cfg, c.B);
+  const double l_ref =
+      sequence_loss<double>(m, ref_ctx, tokens.data(), c.B, c.T, g_ref.data(), {}, ws, &st_ref)
+          .loss_sum;
+  ASSERT_GT(max_abs(g_ref), 1e-4);
+  std::vector<double> first;
+  for (int threads : {1, 2, 3}) {
+    ForwardContext<double> ctx(cfg);
+    ctx.threads = threads;
+    for (int rep = 0; rep < 2; ++rep) {
+      std::vector<double> g(size_t(m.layout.total), 0.0);
+      MemoryState<double> st = MemoryState<double>::zeros(cfg, c.B);
+      const double l =
+          sequence_loss<double>(m, ctx, tokens.data(), c.B, c.T, g.data(), {}, ws, &st).loss_sum;
+      EXPECT_NEAR(l, l_ref, 1e-11 * std::abs(l_ref)) << threads;
+      EXPECT_LT(rel_err(g, g_ref), 1e-10) << threads;
+      for (const auto& p : m.layout.params) {  // every tensor, not just the largest
+        std::vector<double> a(g.begin() + p.offset, g.begin() + p.offset + p.numel);
+        std::vector<double> b(g_ref.begin() + p.offset, g_ref.begin() + p.offset + p.numel);
+        EXPECT_LT(rel_err(a, b, 1e-12), 1e-9) << threads << " " << p.name;
+      }
+      for (size_t i = 0; i < st.M.size(); ++i) ASSERT_NEAR(st.M[i], st_ref.M[i], 1e-10);
+      // Each gradient is written by one task: the same threads give the same bits.
+      if (threads == 2 && rep == 0) first = g;
+      if (threads == 2 && rep == 1) {
+        EXPECT_EQ(g, first);
+      }
+    }
+  }
+}
+
+TEST_P(FastModel, FloatFastPathMatchesDoubleReference) {
+  const ModelCase c = GetParam();
+  const ModelConfig cfg = make_config(c);
+  const Model<double> md = random_model(cfg, 5);
+  const Model<float> mf = cast_model<float>(md);
+  const auto tokens = random_tokens(c.B * c.T, cfg.vocab_size, 6);
+  ForwardContext<double> cd(cfg);
+  cd.reference = true;
+  ForwardContext<float> cf(cfg);
+  cf.threads = 2;
+  SequenceWorkspace<double> wd;
+  SequenceWorkspace<float> wf;
+  std::vector<double> gd(size_t(md.layout.total), 0.0);
+  std::vector<float> gf(size_t(md.layout.total), 0.0f);
+  const double ld = sequence_loss<double>(md, cd, tokens.data(), c.B, c.T, gd.data(), {}, wd).mean();
+  const double lf = sequence_loss<float>(mf, cf, tokens.data(), c.B, c.T, gf.data(), {}, wf).mean();
+  EXPECT_NEAR(lf, ld, 1e-5 * std::abs(ld));
+  std::vector<double> gfd(gf.begin(), gf.end());
+  EXPECT_LT(rel_err(gfd, gd), 1e-4);
+}
+
+TEST_P(FastModel, ChunkedPrefillThroughTheCacheMatchesWholeSegments) {
+  // Chunks of 7 tokens through the streaming cache (fast path, p0 > 0) give the logits and
+  // the memory of whole-segment forwards.
+  const ModelCase c = GetParam();
+  const ModelConfig cfg = make_config(c);
+  const Model<double> m = random_model(cfg, 7);
+  const auto tokens = random_tokens(c.T, cfg.vocab_size, 8);
+  ForwardContext<double> ctx(cfg);
+  ctx.threads = 2;
+  MemoryState<double> whole = MemoryState<double>::zeros(cfg, 1);
+  SegmentActs<double> acts;
+  std::vector<double> want;
+  for (int64_t s = 0; s * c.seg < c.T; ++s) {
+    const int64_t n = std::min(c.seg, c.T - s * c.seg);
+    forward_chunk(m, ctx, tokens.data() + s * c.seg, 1, n, whole, acts);
+    want.insert(want.end(), acts.logits.begin(), acts.logits.end());
+  }
+  MemoryState<double> streamed = MemoryState<double>::zeros(cfg, 1);
+  KVCache<double> cache = KVCache<double>::make(cfg);
+  std::vector<double> got;
+  for (int64_t t = 0; t < c.T;) {
+    // Chunks never cross a segment boundary.
+    const int64_t n = std::min<int64_t>({7, c.T - t, c.seg - cache.pos});
+    forward_chunk(m, ctx, tokens.data() + t, 1, n, streamed, acts, &cache);
+    got.insert(got.end(), acts.logits.begin(), acts.logits.end());
+    t += n;
+  }
+  fold_cache_into_memory(m, cache, streamed);
+  EXPECT_LT(rel_err(got, want), 1e-11);
+  for (size_t i = 0; i < whole.M.size(); ++i) ASSERT_NEAR(streamed.M[i], whole.M[i], 1e-10);
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, FastModel, ::testing::ValuesIn(kModelCases),
+                         [](const auto& info) { return std::string(info.param.name); });
