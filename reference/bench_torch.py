@@ -68,19 +68,19 @@ def main():
     tokens = args.batch * args.seq_len
     train_step()  # warm-up
     sync()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         loss = train_step()
     sync()
-    t_train = time.perf_counter() - t0
+    t_train, c_train = time.perf_counter() - t0, time.process_time() - c0
 
     eval_step()  # warm-up
     sync()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         eval_step()
     sync()
-    t_eval = time.perf_counter() - t0
+    t_eval, c_eval = time.perf_counter() - t0, time.process_time() - c0
 
     res = {
         "train_tokens_per_s": tokens * args.steps / t_train,
@@ -94,6 +94,9 @@ def main():
         "steps": args.steps,
         "segment_length": cfg.segment_length,
         "final_loss": loss,
+        # CPU seconds of all threads per step: insensitive to other load on the machine.
+        "train_cpu_s_per_step": c_train / args.steps,
+        "eval_cpu_s_per_step": c_eval / args.steps,
     }
     if args.json:
         print(json.dumps(res))

@@ -198,8 +198,10 @@ TEST_P(FastModel, FloatFastPathMatchesDoubleReference) {
   SequenceWorkspace<float> wf;
   std::vector<double> gd(size_t(md.layout.total), 0.0);
   std::vector<float> gf(size_t(md.layout.total), 0.0f);
-  const double ld = sequence_loss<double>(md, cd, tokens.data(), c.B, c.T, gd.data(), {}, wd).mean();
-  const double lf = sequence_loss<float>(mf, cf, tokens.data(), c.B, c.T, gf.data(), {}, wf).mean();
+  const double ld =
+      sequence_loss<double>(md, cd, tokens.data(), c.B, c.T, gd.data(), {}, wd).mean();
+  const double lf =
+      sequence_loss<float>(mf, cf, tokens.data(), c.B, c.T, gf.data(), {}, wf).mean();
   EXPECT_NEAR(lf, ld, 1e-5 * std::abs(ld));
   std::vector<double> gfd(gf.begin(), gf.end());
   EXPECT_LT(rel_err(gfd, gd), 1e-4);

@@ -56,9 +56,9 @@ TEST(LossMask, GradientMatchesFiniteDifferencesOfTheMaskedLoss) {
     // Only a few answer positions count, some in later segments (so the gradient must flow
     // back through the memory to reach earlier segments' weights use).
     std::vector<uint8_t> mask(size_t(B * T), 0);
-    mask[5] = mask[6] = 1;           // sequence 0, segment 1 and 2
-    mask[size_t(T + 7)] = 1;         // sequence 1, its last position: predicts nothing
-    mask[size_t(T + 4)] = 1;         // sequence 1, segment 1
+    mask[5] = mask[6] = 1;    // sequence 0, segment 1 and 2
+    mask[size_t(T + 7)] = 1;  // sequence 1, its last position: predicts nothing
+    mask[size_t(T + 4)] = 1;  // sequence 1, segment 1
     SequenceOptions opts;
     opts.loss_mask = mask.data();
     ForwardContext<double> ctx(cfg);

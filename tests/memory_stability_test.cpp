@@ -150,18 +150,19 @@ TEST(MemoryStability, LinearRepeatedTokenMillionTokens) {
   EXPECT_LT(s.logit, 1e-3);
 }
 
-// Large weights (init std 4): sigma(k) reaches tens, z reaches ~1e7-1e8, far from float max.
-TEST(MemoryStability, LinearLargeWeightsMillionTokens) {
+// Large weights (init std 4): sigma(k) reaches tens and |M| 1e8 after 2^20 tokens, still far
+// from float max. Half the tokens keep the test quick (std::exp dominates in float64).
+TEST(MemoryStability, LinearLargeWeightsHalfMillionTokens) {
   const ModelConfig cfg = tiny_config(MemoryUpdate::Linear);
-  const Stats s = stream(cfg, 4.0, random_tokens(kTokens, 2));
+  const Stats s = stream(cfg, 4.0, random_tokens(kTokens / 2, 2));
   report("linear large weights", s);
-  EXPECT_LT(s.z_max, z_bound(cfg, 4.0, kTokens));
+  EXPECT_LT(s.z_max, z_bound(cfg, 4.0, kTokens / 2));
   EXPECT_LT(s.z_rel, 1e-4);
   EXPECT_LT(s.M_rel, 1e-4);
 }
 
-// Delta rule: the update subtracts what memory already returns, so M stays bounded; z still
-// grows linearly.
+// Delta rule: the update subtracts what memory already returns, but that read is normalised by
+// sigma(k) z, so M still grows about as fast as z (linearly in tokens).
 TEST(MemoryStability, DeltaRandomMillionTokens) {
   const ModelConfig cfg = tiny_config(MemoryUpdate::Delta);
   const Stats s = stream(cfg, 0.5, random_tokens(kTokens, 3));

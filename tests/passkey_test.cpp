@@ -46,6 +46,12 @@ void check_prompt(const PasskeyGenerator& gen, const PasskeyPrompt& p, int64_t L
             std::string::npos)
       << info;
   EXPECT_EQ(gen.tokenizer().decode(p.answer), " " + p.key);
+  // The recall span decodes to the key (BPE may merge a neighbouring character into it).
+  ASSERT_GT(p.recall_end, p.recall_begin);
+  const std::string recall = gen.tokenizer().decode(
+      std::vector<int32_t>(all.begin() + p.recall_begin, all.begin() + p.recall_end));
+  EXPECT_NE(recall.find(p.key), std::string::npos) << recall;
+  EXPECT_LE(recall.size(), p.key.size() + 2) << recall;
 }
 
 void check_many(const PasskeyGenerator& gen) {
@@ -144,10 +150,22 @@ TEST(PasskeySource, BatchesHaveTheAnswerMaskedAndAreReproducible) {
   s1.next(2, 0, b1);
   s3.next(2, 0, b2);
   EXPECT_EQ(b1.tokens, b2.tokens);
-  o.loss_on_answer = false;
+  o.loss = PasskeyLoss::All;
   PasskeySource all(gen, o);
   all.next(1, 0, b1);
   EXPECT_TRUE(b1.loss_mask.empty());
+  // recall: the answer and the key's second copy in the info line, 6 + 5 predictions.
+  o.loss = PasskeyLoss::Recall;
+  PasskeySource recall(gen, o);
+  recall.next(2, 0, b1);
+  for (int64_t r = 0; r < 2; ++r) {
+    std::string targets;
+    for (int64_t t = 0; t + 1 < b1.seq_len; ++t)
+      if (b1.loss_mask[size_t(r * b1.seq_len + t)]) targets.push_back(char(b1.tokens[size_t(r * b1.seq_len + t + 1)]));
+    ASSERT_EQ(targets.size(), 11u) << targets;
+    EXPECT_EQ(targets.substr(0, 5), targets.substr(6)) << targets;  // the same key twice
+    EXPECT_EQ(targets[5], ' ');
+  }
   EXPECT_NE(PasskeySource(gen, o).fingerprint(), s2.fingerprint());
 }
 

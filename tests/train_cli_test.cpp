@@ -2,13 +2,12 @@
 // goes down, interrupted-and-resumed runs equal uninterrupted ones bit for bit (--stop-at and
 // SIGTERM), the token cache is reused and invalidated, a non-finite run keeps its last good
 // checkpoint, and bad flags fail with one line and a small exit code.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <fcntl.h>
 
 #include <algorithm>
 #include <chrono>
@@ -47,8 +46,10 @@ void fix_threads() {
 
 Result run(const std::string& args) {
   fix_threads();
-  const fs::path errf = fs::temp_directory_path() / ("infini_train_cli_err_" + std::to_string(getpid()));
-  const std::string cmd = std::string(INFINI_BINARY) + " " + args + " >/dev/null 2>" + errf.string();
+  const fs::path errf =
+      fs::temp_directory_path() / ("infini_train_cli_err_" + std::to_string(getpid()));
+  const std::string cmd =
+      std::string(INFINI_BINARY) + " " + args + " >/dev/null 2>" + errf.string();
   const int status = std::system(cmd.c_str());
   Result r{WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), io_read(errf)};
   fs::remove(errf);
@@ -93,7 +94,8 @@ std::vector<Line> metrics(const fs::path& out) {
   std::ifstream f(out / "metrics.jsonl");
   std::string s;
   while (std::getline(f, s)) {
-    const auto j = nlohmann::json::parse(s);
+    const auto j = nlohmann::json::parse(s, nullptr, false);
+    if (j.is_discarded()) continue;  // a line being appended while we poll
     v.push_back({j["step"].get<int64_t>(), j["loss"].get<double>()});
   }
   return v;
@@ -118,10 +120,12 @@ TEST(TrainCli, HelpDocumentsEveryFlag) {
   size_t n;
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   EXPECT_EQ(pclose(p), 0);
-  for (const char* f : {"--config", "--model", "--data", "--out", "--seq-len", "--batch", "--steps",
-                        "--lr", "--gate-lr", "--warmup", "--schedule", "--weight-decay",
-                        "--grad-clip", "--grad-accum", "--save-every", "--eval-every", "--seed",
-                        "--resume", "--bptt-segments", "--val-fraction", "--val-tokens", "--keep"})
+  for (const char* f :
+       {"--config",     "--model",        "--data",      "--out",           "--seq-len",
+        "--batch",      "--steps",        "--lr",        "--gate-lr",       "--warmup",
+        "--schedule",   "--weight-decay", "--grad-clip", "--grad-accum",    "--save-every",
+        "--eval-every", "--seed",         "--resume",    "--bptt-segments", "--val-fraction",
+        "--val-tokens", "--keep"})
     EXPECT_NE(out.find(std::string(f) + " "), std::string::npos) << f;
 }
 
@@ -140,7 +144,15 @@ TEST(TrainCli, ShortRunLowersTheLossAndLeavesAFinalModel) {
     EXPECT_TRUE(fs::exists(e.dir / "run" / f)) << f;
   // The final model evaluates with the standard command.
   EXPECT_EQ(run("eval --model " + (e.dir / "run/final").string() + " --data " +
-                (e.dir / "data/doca.txt").string()).code, 0);
+                (e.dir / "data/doca.txt").string())
+                .code,
+            0);
+  // Continual pre-training from the trained model starts where it ended, not from scratch.
+  const Result cont = run("train --model " + (e.dir / "run/final").string() + " --data " +
+                          (e.dir / "data").string() + " --out " + (e.dir / "cont").string() +
+                          " --seq-len 32 --batch 4 --steps 2 --eval-every 0");
+  ASSERT_EQ(cont.code, 0) << cont.err;
+  EXPECT_LT(metrics(e.dir / "cont").front().loss, m.front().loss - 1.5);
   // Starting again into the same --out without --resume is refused.
   const Result again = run(e.base("run") + " --steps 40");
   EXPECT_NE(again.code, 0);
@@ -204,7 +216,9 @@ TEST(TrainCli, SigtermSavesACheckpointAndResumesExactly) {
   EXPECT_NE(io_read(log).find("interrupted at step"), std::string::npos) << io_read(log);
   const int64_t k = int64_t(metrics(e.dir / "sig").size());
   ASSERT_GE(k, 3);
-  ASSERT_TRUE(fs::exists(e.dir / "sig/checkpoints" / ("step-" + std::string(8 - std::to_string(k).size(), '0') + std::to_string(k))));
+  ASSERT_TRUE(
+      fs::exists(e.dir / "sig/checkpoints" /
+                 ("step-" + std::string(8 - std::to_string(k).size(), '0') + std::to_string(k))));
   // Resume for 2 more steps; compare with an uninterrupted run to the same step.
   const std::string stop = " --stop-at " + std::to_string(k + 2);
   Result r = run("train --out " + (e.dir / "sig").string() + " --resume" + stop);
@@ -212,7 +226,8 @@ TEST(TrainCli, SigtermSavesACheckpointAndResumesExactly) {
   r = run(e.base("ref") + " --steps 100000 --save-every 0 --eval-every 0" + stop);
   ASSERT_EQ(r.code, 0) << r.err;
   expect_same_losses(metrics(e.dir / "ref"), metrics(e.dir / "sig"));
-  const std::string name = "step-" + std::string(8 - std::to_string(k + 2).size(), '0') + std::to_string(k + 2);
+  const std::string name =
+      "step-" + std::string(8 - std::to_string(k + 2).size(), '0') + std::to_string(k + 2);
   EXPECT_TRUE(io_read(e.dir / "ref/checkpoints" / name / "model.safetensors") ==
               io_read(e.dir / "sig/checkpoints" / name / "model.safetensors"));
 }
@@ -258,8 +273,8 @@ TEST(TrainCli, HugeLearningRateStopsAndKeepsTheLastGoodCheckpoint) {
   EXPECT_NE(r.err.find(last), std::string::npos) << r.err;
   ASSERT_TRUE(fs::exists(e.dir / "boom/checkpoints"));
   for (const auto& c : fs::directory_iterator(e.dir / "boom/checkpoints")) {
-    const Result ev = run("eval --model " + c.path().string() + " --data " +
-                          (e.dir / "data/doca.txt").string());
+    const Result ev =
+        run("eval --model " + c.path().string() + " --data " + (e.dir / "data/doca.txt").string());
     EXPECT_EQ(ev.code, 0) << c.path() << "\n" << ev.err;
   }
   // Resuming with the same settings fails the same way, without touching the checkpoint.
@@ -268,10 +283,38 @@ TEST(TrainCli, HugeLearningRateStopsAndKeepsTheLastGoodCheckpoint) {
   EXPECT_EQ(io_read(e.dir / "boom/checkpoints" / last / "model.safetensors"), before);
 }
 
+TEST(TrainCli, HuggingFaceTokenizerIsUsedCopiedAndKeptOnResume) {
+  Env e("hf");
+  const fs::path tj = fs::path(INFINI_SOURCE_DIR) / "tests/data/tokenizers/llama2/tokenizer.json";
+  if (!fs::exists(tj)) GTEST_SKIP() << "no " << tj;
+  auto cfg = nlohmann::json::parse(io_read(e.dir / "tiny.json"));
+  cfg["vocab_size"] = 32000;  // the llama2 tokenizer's ids
+  std::ofstream(e.dir / "tiny32k.json") << cfg.dump();
+  const std::string args = "train --config " + (e.dir / "tiny32k.json").string() + " --tokenizer " +
+                           tj.string() + " --data " + (e.dir / "data").string() + " --out " +
+                           (e.dir / "hf").string() +
+                           " --seq-len 32 --batch 2 --steps 3 --eval-every 0";
+  Result r = run(args + " --stop-at 1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run("train --out " + (e.dir / "hf").string() + " --resume");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("token cache: reused"), std::string::npos) << r.err;  // same tokenizer
+  EXPECT_TRUE(io_read(e.dir / "hf/final/tokenizer.json") == io_read(tj));
+  const auto m = metrics(e.dir / "hf");
+  ASSERT_EQ(m.size(), 3u);
+  EXPECT_GT(m[0].loss, 9.0);  // about ln(32000): the model predicts llama2 token ids
+  // The byte-tokenizer default would not fit: a 258-id model cannot take these ids.
+  r = run("train --config " + (e.dir / "tiny.json").string() + " --tokenizer " + tj.string() +
+          " --data " + (e.dir / "data").string() + " --out " + (e.dir / "hf2").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("vocab_size"), std::string::npos) << r.err;
+}
+
 TEST(TrainCli, BadFlagsFailWithOneLineAndASmallExitCode) {
   Env e("flags");
   const std::string cfg = (e.dir / "tiny.json").string(), data = (e.dir / "data").string();
-  const std::string ok = "train --config " + cfg + " --data " + data + " --out " + (e.dir / "o").string();
+  const std::string ok =
+      "train --config " + cfg + " --data " + data + " --out " + (e.dir / "o").string();
   const std::vector<std::pair<std::string, std::string>> cases = {
       {ok + " --seq-len 0", "--seq-len"},
       {ok + " --seq-len 1", "--seq-len"},
@@ -291,7 +334,9 @@ TEST(TrainCli, BadFlagsFailWithOneLineAndASmallExitCode) {
       {ok + " --model " + e.dir.string(), "--config"},
       {"train --config " + cfg + " --out " + (e.dir / "o").string(), "--data"},
       {"train --data " + data + " --out " + (e.dir / "o").string(), "--config"},
-      {"train --config " + cfg + " --data " + (e.dir / "nope").string() + " --out " + (e.dir / "o").string(), "nope"},
+      {"train --config " + cfg + " --data " + (e.dir / "nope").string() + " --out " +
+           (e.dir / "o").string(),
+       "nope"},
       {"train --out " + (e.dir / "none").string() + " --resume", "--resume"},
   };
   for (const auto& [args, word] : cases) {

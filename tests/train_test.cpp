@@ -2,6 +2,7 @@
 // clipping, the token cache and split, the window source, evaluation, checkpoints, and the
 // trainer's gradient seams (accumulation, data-parallel shards, hooks, non-finite guard).
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 #include <filesystem>
@@ -26,7 +27,8 @@ namespace fs = std::filesystem;
 namespace {
 
 fs::path temp_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / ("infini_train_" + name + "_" + std::to_string(getpid()));
+  fs::path d =
+      fs::temp_directory_path() / ("infini_train_" + name + "_" + std::to_string(getpid()));
   fs::remove_all(d);
   fs::create_directories(d);
   return d;
@@ -74,10 +76,10 @@ Document doc_of(const std::string& name, const std::string& text) {
 
 TEST(Schedule, WarmupThenCosineOrConstant) {
   Schedule s{ScheduleKind::Cosine, 10, 110, 0.1};
-  EXPECT_DOUBLE_EQ(s.factor(0), 0.1);   // (0+1)/10
+  EXPECT_DOUBLE_EQ(s.factor(0), 0.1);  // (0+1)/10
   EXPECT_DOUBLE_EQ(s.factor(4), 0.5);
   EXPECT_DOUBLE_EQ(s.factor(9), 1.0);
-  EXPECT_DOUBLE_EQ(s.factor(10), 1.0);  // cosine starts at its peak
+  EXPECT_DOUBLE_EQ(s.factor(10), 1.0);     // cosine starts at its peak
   EXPECT_NEAR(s.factor(60), 0.55, 1e-12);  // half way: (1 + 0.1) / 2
   EXPECT_NEAR(s.factor(110), 0.1, 1e-12);
   for (int64_t t = 11; t < 110; ++t) EXPECT_LT(s.factor(t), s.factor(t - 1));
@@ -92,9 +94,8 @@ TEST(Schedule, WarmupThenCosineOrConstant) {
 
 TEST(AdamW, MatchesAReferenceWithGroupsAndFrozenEntries) {
   // 7 entries: [0,3) decayed lr 0.1 wd 0.5; [3,5) lr 0.1 no decay; [5] lr 1.0; [6] frozen.
-  std::vector<ParamGroup> groups = {{"mat", {{0, 3}}, 0.1, 0.5},
-                                    {"norm", {{3, 2}}, 0.1, 0.0},
-                                    {"gate", {{5, 1}}, 1.0, 0.0}};
+  std::vector<ParamGroup> groups = {
+      {"mat", {{0, 3}}, 0.1, 0.5}, {"norm", {{3, 2}}, 0.1, 0.0}, {"gate", {{5, 1}}, 1.0, 0.0}};
   AdamWOptions o{0.9, 0.95, 1e-8};
   AdamW opt(7, groups, o);
   std::vector<float> p = {0.5f, -1.0f, 2.0f, 1.0f, -0.25f, 0.0f, 3.0f};
@@ -113,14 +114,15 @@ TEST(AdamW, MatchesAReferenceWithGroupsAndFrozenEntries) {
       m[i] = 0.9 * m[i] + 0.1 * grad[i];
       v[i] = 0.95 * v[i] + 0.05 * double(grad[i]) * grad[i];
       ref[i] *= 1 - lr * wd_of[i];
-      ref[i] -= lr * (m[i] / (1 - std::pow(0.9, t))) / (std::sqrt(v[i] / (1 - std::pow(0.95, t))) + 1e-8);
+      ref[i] -=
+          lr * (m[i] / (1 - std::pow(0.9, t))) / (std::sqrt(v[i] / (1 - std::pow(0.95, t))) + 1e-8);
     }
     for (int i = 0; i < 7; ++i) EXPECT_NEAR(p[i], ref[i], 1e-5) << "step " << t << " entry " << i;
   }
   EXPECT_EQ(p[6], 3.0f);  // in no group: frozen
   EXPECT_EQ(opt.steps_taken(), 5);
   EXPECT_THROW(AdamW(4, {{"a", {{0, 3}}, 0.1, 0}, {"b", {{2, 2}}, 0.1, 0}}), Error);  // overlap
-  EXPECT_THROW(AdamW(4, {{"a", {{2, 3}}, 0.1, 0}}), Error);                        // outside
+  EXPECT_THROW(AdamW(4, {{"a", {{2, 3}}, 0.1, 0}}), Error);                           // outside
 }
 
 TEST(AdamW, ModelGroupsGiveGatesTheirOwnLrAndNoDecayToNormsBiasesGates) {
@@ -135,8 +137,10 @@ TEST(AdamW, ModelGroupsGiveGatesTheirOwnLrAndNoDecayToNormsBiasesGates) {
     opt.step(m.weights.data(), zero.data(), 1.0);
     for (const auto& p : m.layout.params)
       for (int64_t i = 0; i < p.numel; ++i) {
-        const float before = m0.weights[size_t(p.offset + i)], after = m.weights[size_t(p.offset + i)];
-        const bool decays = p.kind == model::ParamKind::Matrix || p.kind == model::ParamKind::Embedding;
+        const float before = m0.weights[size_t(p.offset + i)],
+                    after = m.weights[size_t(p.offset + i)];
+        const bool decays =
+            p.kind == model::ParamKind::Matrix || p.kind == model::ParamKind::Embedding;
         if (decays)
           ASSERT_FLOAT_EQ(after, before * float(1 - 0.01 * 0.2)) << p.name;
         else
@@ -303,7 +307,8 @@ TEST(Data, SplitHoldsOutWholeDocumentsOrTheTailOfASingleOne) {
 }
 
 TEST(Data, WindowSourceIsDeterministicResumableAndSeparatesDocuments) {
-  std::vector<Document> docs = {doc_of("a", std::string(50, 'a')), doc_of("b", std::string(37, 'b'))};
+  std::vector<Document> docs = {doc_of("a", std::string(50, 'a')),
+                                doc_of("b", std::string(37, 'b'))};
   WindowSource s1(docs, 257, 10, 7, "fp"), s2(docs, 257, 10, 7, "fp"), s3(docs, 257, 10, 8, "fp");
   EXPECT_EQ(s1.stream_tokens(), 89);
   Batch b1, b2, b3;
@@ -322,8 +327,12 @@ TEST(Data, WindowSourceIsDeterministicResumableAndSeparatesDocuments) {
     for (int r = 0; r < 3; ++r)
       for (int t = 1; t < 10; ++t) {
         const int32_t prev = b1.tokens[size_t(r * 10 + t - 1)], cur = b1.tokens[size_t(r * 10 + t)];
-        if (prev == 'a') { EXPECT_TRUE(cur == 'a' || cur == 257); }
-        if (cur == 'b') { EXPECT_TRUE(prev == 'b' || prev == 257); }
+        if (prev == 'a') {
+          EXPECT_TRUE(cur == 'a' || cur == 257);
+        }
+        if (cur == 'b') {
+          EXPECT_TRUE(prev == 'b' || prev == 257);
+        }
       }
   }
   EXPECT_NE(all1, all3);  // the seed changes the order
@@ -390,12 +399,13 @@ TEST(Checkpoint, CommitIsAtomicKeepsTheNewestAndIgnoresPartialWrites) {
   EXPECT_EQ(*find_latest_checkpoint(out.string()), (out / "checkpoints/step-00000012").string());
 
   // A writer that dies half way leaves neither a step directory nor a new pointer.
-  EXPECT_THROW(commit_checkpoint(out.string(), 15,
-                                 [](const std::string& dir) {
-                                   write(fs::path(dir) / "data", "half");
-                                   throw Error("disk full");
-                                 },
-                                 2),
+  EXPECT_THROW(commit_checkpoint(
+                   out.string(), 15,
+                   [](const std::string& dir) {
+                     write(fs::path(dir) / "data", "half");
+                     throw Error("disk full");
+                   },
+                   2),
                Error);
   EXPECT_FALSE(fs::exists(out / "checkpoints/step-00000015"));
   EXPECT_EQ(*find_latest_checkpoint(out.string()), (out / "checkpoints/step-00000012").string());
@@ -414,13 +424,16 @@ TEST(Checkpoint, CommitIsAtomicKeepsTheNewestAndIgnoresPartialWrites) {
 }
 
 TEST(Metrics, SvgHasBothCurvesAndLabelledAxes) {
-  const std::string svg = loss_curve_svg({{1, 5.0}, {2, 4.0}, {3, 3.5}}, {{2, 4.2}, {3, 3.9}}, "t<1>");
+  const std::string svg =
+      loss_curve_svg({{1, 5.0}, {2, 4.0}, {3, 3.5}}, {{2, 4.2}, {3, 3.9}}, "t<1>");
   EXPECT_EQ(svg.rfind("<svg", 0), 0u);
   EXPECT_NE(svg.find(">step</text>"), std::string::npos);
   EXPECT_NE(svg.find("loss (nats per token)"), std::string::npos);
   EXPECT_NE(svg.find("t&lt;1&gt;"), std::string::npos);
   size_t polylines = 0;
-  for (size_t at = svg.find("<polyline"); at != std::string::npos; at = svg.find("<polyline", at + 1)) ++polylines;
+  for (size_t at = svg.find("<polyline"); at != std::string::npos;
+       at = svg.find("<polyline", at + 1))
+    ++polylines;
   EXPECT_EQ(polylines, 2u);
   EXPECT_NE(svg.find("<circle"), std::string::npos);
 }
@@ -475,7 +488,8 @@ TEST(Trainer, ShortRunLowersTheLossAndWritesAModel) {
   while (std::getline(in, line)) {
     const auto j = nlohmann::json::parse(line);
     ++lines;
-    for (const char* k : {"step", "loss", "lr", "tokens_per_s", "grad_norm"}) EXPECT_TRUE(j.contains(k)) << k;
+    for (const char* k : {"step", "loss", "lr", "tokens_per_s", "grad_norm"})
+      EXPECT_TRUE(j.contains(k)) << k;
     if (j.contains("val_loss")) {
       ++evals;
       EXPECT_TRUE(j.contains("val_ppl"));
@@ -563,6 +577,8 @@ TEST(Trainer, NonFiniteGradientStopsWithoutSavingAndKeepsTheLastGoodCheckpoint) 
 }
 
 TEST(Trainer, InterruptFlagEndsWithACheckpointThatResumesExactly) {
+  // Bit-exactness is promised for a fixed thread count of at most 2 (docs/training.md).
+  omp_set_num_threads(std::min(2, omp_get_max_threads()));
   Fixture f("interrupt");
   const auto m0 = model::init_model(tiny_config(), {4, 0.1, 0.0});
   auto groups = model_param_groups(m0.layout, 1e-2, 1e-1, 0.1);

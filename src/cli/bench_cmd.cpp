@@ -3,17 +3,19 @@
 // SGEMM throughput measured on the spot.
 //
 // Model FLOPs are the useful FLOPs of the model, counted analytically (docs/benchmarks.md):
-//   forward  = 2 * P_mm * tokens                       (P_mm: weights used in matmuls, incl. lm_head)
-//            + 4 * d * H * B * sum_segments n(n+1)/2   (causal QK^T and PV, only the unmasked half)
-//            + 2 * d^2 * tokens * (H + Hkv * u)       (memory read; update, u = 1 linear, 2 delta)
-//   training = 3 * forward                              (backward = 2 * forward)
+//   forward  = 2 P_mm tokens                        P_mm: weights of all matmuls, lm_head too
+//            + L 4 d H B sum_segments n(n+1)/2      causal QK^T and PV, the unmasked half only
+//            + L 2 d^2 tokens (H + u Hkv)           memory read + update (u = 1 linear, 2 delta)
+//   training = 3 forward                            (backward = 2 forward)
 // The recomputation of each segment's forward during BPTT is not counted: it is work the
 // implementation chooses to do, not work the model needs.
 #include <cblas.h>
+#include <time.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <random>
@@ -25,6 +27,7 @@
 #include "cli/common.hpp"
 #include "core/error.hpp"
 #include "model/bptt.hpp"
+#include "ops/gemm.hpp"
 #include "train/optimizer.hpp"
 
 extern "C" void openblas_set_num_threads(int);
@@ -32,6 +35,13 @@ extern "C" void openblas_set_num_threads(int);
 namespace infini::cli {
 
 namespace {
+
+// CPU seconds used by every thread of this process so far.
+double process_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -95,7 +105,8 @@ void register_bench(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   CLI::App* cmd = app.add_subcommand(
-      "bench", "Tokens/s and model-FLOP utilisation of training, eval and prefill on random tokens");
+      "bench",
+      "Tokens/s and model-FLOP utilisation of training, eval and prefill on random tokens");
   cmd->add_option("--config", o->config, "config.json with the model's shape, or a model directory")
       ->required();
   cmd->add_option("--seq-len", o->seq_len, "Tokens per sequence (T)")
@@ -114,7 +125,8 @@ void register_bench(CLI::App& app) {
                   "Threads for OpenMP and OpenBLAS (0: OMP_NUM_THREADS or all cores)")
       ->capture_default_str()
       ->check(CLI::Range(0, 4096));
-  cmd->add_option("--seed", o->seed, "Seed of the random weights and tokens")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Seed of the random weights and tokens")
+      ->capture_default_str();
   cmd->add_flag("--no-sgemm", o->no_sgemm, "Skip the SGEMM reference measurement");
   cmd->add_flag("--json", o->json, "Print one JSON object instead of text");
   cmd->callback([o] {
@@ -145,7 +157,8 @@ void register_bench(CLI::App& app) {
     double last_loss = 0;
     auto train_step = [&] {
       std::fill(grads.begin(), grads.end(), 0.0f);
-      last_loss = model::sequence_loss<float>(m, ctx, ids.data(), B, T, grads.data(), {}, ws).mean();
+      last_loss =
+          model::sequence_loss<float>(m, ctx, ids.data(), B, T, grads.data(), {}, ws).mean();
       opt.step(m.weights.data(), grads.data(), 1.0);
     };
     auto eval_step = [&] {
@@ -163,22 +176,26 @@ void register_bench(CLI::App& app) {
         seg.resize(size_t(B * n));
         for (int64_t b = 0; b < B; ++b)
           std::copy_n(ids.data() + b * T + s * N, n, seg.data() + b * n);
-        model::forward_chunk<float>(m, ctx, seg.data(), B, n, state, pacts, nullptr, (s + 1) * N >= T);
+        model::forward_chunk<float>(m, ctx, seg.data(), B, n, state, pacts, nullptr,
+                                    (s + 1) * N >= T);
       }
     };
+    // Median wall seconds and median CPU seconds (all threads) of one step.
     auto timed = [&](auto&& step) {
       for (int64_t i = 0; i < o->warmup; ++i) step();
-      std::vector<double> secs;
+      std::vector<double> secs, cpu;
       for (int64_t i = 0; i < o->steps; ++i) {
+        const double c0 = process_cpu_seconds();
         Stopwatch sw;
         step();
         secs.push_back(sw.seconds());
+        cpu.push_back(process_cpu_seconds() - c0);
       }
-      return median(secs);
+      return std::pair{median(secs), median(cpu)};
     };
-    const double t_train = timed(train_step);
-    const double t_eval = timed(eval_step);
-    const double t_prefill = timed(prefill_step);
+    const auto [t_train, c_train] = timed(train_step);
+    const auto [t_eval, c_eval] = timed(eval_step);
+    const auto [t_prefill, c_prefill] = timed(prefill_step);
 
     double sgemm = 0, sgemm_sq = 0, sgemm_tall = 0;
     if (!o->no_sgemm) {
@@ -204,6 +221,11 @@ void register_bench(CLI::App& app) {
                         {"train_step_s", t_train},
                         {"eval_step_s", t_eval},
                         {"prefill_step_s", t_prefill},
+                        {"train_cpu_s_per_step", c_train},
+                        {"eval_cpu_s_per_step", c_eval},
+                        {"prefill_cpu_s_per_step", c_prefill},
+                        // CPU time over wall time x threads: well below 1 on a busy machine.
+                        {"train_cpu_share", c_train / (t_train * threads)},
                         {"model_gflop_per_train_step", 3 * f.forward / 1e9},
                         {"model_gflop_per_eval_step", f.forward / 1e9},
                         {"train_gflops", train_gflops},
@@ -216,6 +238,10 @@ void register_bench(CLI::App& app) {
                         {"eval_mfu", util(eval_gflops)},
                         {"prefill_mfu", util(prefill_gflops)},
                         {"final_loss", last_loss},
+                        {"blas_core", ops::blas_core_name()},
+                        {"omp_wait_policy", std::getenv("OMP_WAIT_POLICY")
+                                                ? std::getenv("OMP_WAIT_POLICY")
+                                                : "default"},
                         {"peak_rss_mb", peak_rss_mb()}};
     if (o->json) {
       std::printf("%s\n", j.dump().c_str());
@@ -224,19 +250,21 @@ void register_bench(CLI::App& app) {
     std::printf("infini bench (%d threads): B=%lld T=%lld N=%lld, median of %lld steps\n",
                 threads, (long long)B, (long long)T, (long long)cfg.segment_length,
                 (long long)o->steps);
-    std::printf("  train   %9.1f tokens/s  %7.1f GFLOP/s  MFU %5.1f%%  (%.3f s/step, loss %.4f)\n",
+    std::printf("  train   %9.1f tokens/s  %7.1f GFLOP/s  MFU %5.1f%%  (%.3f s/step, %.3f CPU s, "
+                "loss %.4f)\n",
                 double(tokens) / t_train, train_gflops, 100 * util(train_gflops), t_train,
-                last_loss);
+                c_train, last_loss);
     std::printf("  eval    %9.1f tokens/s  %7.1f GFLOP/s  MFU %5.1f%%\n", double(tokens) / t_eval,
                 eval_gflops, 100 * util(eval_gflops));
     std::printf("  prefill %9.1f tokens/s  %7.1f GFLOP/s  MFU %5.1f%%\n",
                 double(tokens) / t_prefill, prefill_gflops, 100 * util(prefill_gflops));
-    std::printf("  model FLOPs/step: train %.2f G (matmul %.1f%%, attention %.1f%%, memory %.1f%%)\n",
+    std::printf("  model FLOPs/step: train %.2f G (matmul %.1f%%, attention %.1f%%, "
+                "memory %.1f%%)\n",
                 3 * f.forward / 1e9, 100 * f.matmul / f.forward, 100 * f.attention / f.forward,
                 100 * f.memory / f.forward);
     if (sgemm > 0)
-      std::printf("  SGEMM %.1f GFLOP/s (1024^3 %.1f, 4096x1024x1024 %.1f)\n", sgemm, sgemm_sq,
-                  sgemm_tall);
+      std::printf("  SGEMM %.1f GFLOP/s (1024^3 %.1f, 4096x1024x1024 %.1f), OpenBLAS %s kernels\n",
+                  sgemm, sgemm_sq, sgemm_tall, ops::blas_core_name().c_str());
   });
 }
 

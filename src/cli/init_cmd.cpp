@@ -1,8 +1,10 @@
 // infini init: a new randomly initialised model directory.
+#include <cmath>
 #include <cstdio>
 #include <memory>
 
 #include "cli/commands.hpp"
+#include "core/error.hpp"
 #include "model/model.hpp"
 
 namespace infini::cli {
@@ -19,7 +21,14 @@ void register_init(CLI::App& app) {
       ->required()
       ->check(CLI::ExistingFile);
   cmd->add_option("--out", o->out, "Output model directory (created if needed)")->required();
-  cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Random seed")
+      ->capture_default_str()
+      ->check(CLI::Validator(
+          [](std::string& s) {  // CLI11 would wrap "-1" into 2^64 - 1 silently
+            return s.find('-') == std::string::npos ? std::string()
+                                                    : "must be a non-negative integer";
+          },
+          ""));
   cmd->add_option("--gate-init", o->gate_init,
                   "Initial value of every memory gate beta (sigmoid(beta) weights memory)")
       ->capture_default_str()
@@ -28,6 +37,9 @@ void register_init(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(0.0, 10.0));
   cmd->callback([o] {
+    // CLI::Range lets NaN through (every comparison with NaN is false).
+    if (!std::isfinite(o->gate_init)) throw Error("--gate-init must be a finite number");
+    if (!std::isfinite(o->init_std)) throw Error("--init-std must be a finite number");
     model::InitOptions io;
     io.seed = o->seed;
     io.gate_init = o->gate_init;

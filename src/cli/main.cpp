@@ -1,11 +1,22 @@
 // infini: the command-line front end. Only this file decides to exit.
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 
 #include "cli/commands.hpp"
 #include "core/error.hpp"
 
 int main(int argc, char** argv) {
+  // libgomp reads OMP_WAIT_POLICY once, when it loads. By default a waiting thread spins for
+  // milliseconds, which on a busy shared machine costs more than the work (training measured
+  // 1.5x slower, docs/benchmarks.md); passive waiting costs microseconds per barrier on an idle
+  // one. Unless the user chose, restart once with passive waiting (on failure, carry on).
+  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT")) {
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    execv("/proc/self/exe", argv);
+  }
   CLI::App app{"infini: Infini-attention transformers (compressive memory across segments)"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Print help for every subcommand");

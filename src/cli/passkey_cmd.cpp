@@ -198,7 +198,7 @@ void run_passkey_train(TrainOpts& o) {
   so.max_len = o.max_len;
   so.curriculum_steps = o.curriculum;
   so.len_multiple = o.len_multiple;
-  so.loss_on_answer = o.loss == "answer";
+  so.loss = tasks::parse_passkey_loss(o.loss);
   so.seed = o.seed;
   tasks::PasskeySource source(gen, so);
 
@@ -329,8 +329,10 @@ void register_passkey_train(CLI::App& parent) {
   cmd->add_option("--len-multiple", o->len_multiple,
                   "Round each drawn length down to a multiple of this (e.g. the segment length)")
       ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 24));
-  cmd->add_option("--loss", o->loss, "Loss on the answer tokens only, or on all tokens")
-      ->capture_default_str()->check(CLI::IsMember({"answer", "all"}));
+  cmd->add_option("--loss", o->loss,
+                  "Which predictions count: answer (the answer tokens), recall (the answer and "
+                  "the key's second copy in the info line) or all (every token)")
+      ->capture_default_str()->check(CLI::IsMember({"answer", "recall", "all"}));
   cmd->add_option("--digits", o->digits, "Digits of the passkey")
       ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(18)));
   cmd->add_option("--lora-rank", o->lora_rank,

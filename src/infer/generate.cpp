@@ -1,5 +1,7 @@
 #include "infer/generate.hpp"
 
+#include <time.h>
+
 #include <algorithm>
 #include <chrono>
 
@@ -13,9 +15,15 @@ double now_s() {
 
 }  // namespace
 
+double process_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+
 FeedStats feed_text(Session& s, const io::Tokenizer& tok, TextChunkReader& reader) {
   FeedStats st;
-  const double t0 = now_s();
+  const double t0 = now_s(), c0 = process_cpu_seconds();
   std::string piece;
   while (reader.next(piece)) {
     const std::vector<int32_t> ids = tok.encode(piece);
@@ -26,6 +34,7 @@ FeedStats feed_text(Session& s, const io::Tokenizer& tok, TextChunkReader& reade
   }
   st.bytes = reader.bytes_read();
   st.seconds = now_s() - t0;
+  st.cpu_seconds = process_cpu_seconds() - c0;
   return st;
 }
 
@@ -34,7 +43,7 @@ GenerateResult generate(Session& s, const io::Tokenizer& tok, Sampler& sampler,
                         const std::function<void(std::string_view)>& emit) {
   GenerateResult r;
   r.stop_reason = "length";
-  const double t0 = now_s();
+  const double t0 = now_s(), c0 = process_cpu_seconds();
   const int64_t allowed = std::min<int64_t>(s.config().vocab_size, tok.vocab_size());
   const int32_t eos = o.ignore_eos ? -1 : tok.eos_id();
   TokenTextStream text(tok);
@@ -64,6 +73,7 @@ GenerateResult generate(Session& s, const io::Tokenizer& tok, Sampler& sampler,
     if (stop.stopped()) r.stop_reason = "stop";
   }
   r.seconds = now_s() - t0;
+  r.cpu_seconds = process_cpu_seconds() - c0;
   return r;
 }
 

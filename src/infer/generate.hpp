@@ -19,6 +19,7 @@ struct FeedStats {
   uint64_t bytes = 0;
   double seconds = 0;        // wall time: reading, tokenizing and the model
   double model_seconds = 0;  // Session::feed only
+  double cpu_seconds = 0;    // CPU time of the process (all threads) over the same span
 };
 
 // Tokenizes the reader's pieces one at a time and feeds each to the session: memory stays
@@ -39,7 +40,12 @@ struct GenerateResult {
   int64_t new_tokens = 0;      // tokens sampled, <eos> included
   std::string stop_reason;     // "eos", "stop" or "length"
   double seconds = 0;          // sampling, model and detokenizing
+  double cpu_seconds = 0;      // CPU time of the process (all threads) over the same span
 };
+
+// CPU time used by this process so far, all threads (CLOCK_PROCESS_CPUTIME_ID). Unlike wall
+// time it barely moves when other programs compete for the cores.
+double process_cpu_seconds();
 
 // Samples up to max_new_tokens tokens starting from the session's current logits and passes
 // text to `emit` as soon as it is complete UTF-8 and cannot be part of a stop string.

@@ -116,9 +116,10 @@ std::string TokenTextStream::push(int32_t id) {
   // A decoder that never settles must not make us hold ids forever.
   if ((partial || !extends) && pending < 8) return {};
   std::string out = all.size() > before.size() ? all.substr(before.size()) : std::string();
-  // Keep only the last token as context for the next one.
-  ids_.erase(ids_.begin(), ids_.end() - 1);
-  read_ = 1;
+  // The tokens just emitted become the context of the next ones. All of them, not only the
+  // last: a byte-fallback decoder turns an incomplete group of byte tokens into U+FFFD.
+  ids_.erase(ids_.begin(), ids_.begin() + ptrdiff_t(read_));
+  read_ = ids_.size();
   return out;
 }
 
@@ -127,8 +128,8 @@ std::string TokenTextStream::flush() {
   const std::vector<int32_t> context(ids_.begin(), ids_.begin() + ptrdiff_t(read_));
   const std::string before = read_ ? tok_.decode(context) : std::string();
   const std::string all = tok_.decode(ids_);
-  ids_.erase(ids_.begin(), ids_.end() - 1);
-  read_ = 1;
+  ids_.erase(ids_.begin(), ids_.begin() + ptrdiff_t(read_));
+  read_ = ids_.size();
   if (all.size() < before.size() || all.compare(0, before.size(), before) != 0) return all;
   return all.substr(before.size());
 }

@@ -52,8 +52,9 @@ class TextChunkReader {
 
 // Turns generated token ids into text as they arrive. Emits text only when the decoded
 // window ends on a complete UTF-8 character (byte-level tokens split characters), and decodes
-// each token with its predecessor as context so that decoders which drop a leading space
-// (SentencePiece) do not drop it mid-text. Holds only a few ids at any time.
+// new tokens after the tokens of the last emitted piece, as context, so that decoders which
+// drop a leading space (SentencePiece) do not drop it mid-text and byte-fallback groups stay
+// whole (the approach of Hugging Face's DecodeStream). Holds only a few ids at any time.
 class TokenTextStream {
  public:
   explicit TokenTextStream(const io::Tokenizer& tok) : tok_(tok) {}

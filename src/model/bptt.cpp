@@ -40,7 +40,8 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
   if (opts.loss_mask) {
     result.predicted = 0;
     for (int64_t b = 0; b < batch; ++b)
-      for (int64_t t = 0; t + 1 < T_len; ++t) result.predicted += opts.loss_mask[b * T_len + t] != 0;
+      for (int64_t t = 0; t + 1 < T_len; ++t)
+        result.predicted += opts.loss_mask[b * T_len + t] != 0;
   }
   const T scale = T(opts.grad_scale != 0 ? opts.grad_scale
                                          : (result.predicted ? 1.0 / double(result.predicted) : 0));

@@ -1,7 +1,10 @@
 #include "model/config.hpp"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 #include "core/error.hpp"
 
@@ -52,6 +55,19 @@ bool get_bool(const json& j, const char* key, const std::string& src, bool fallb
   if (!v) return fallback;
   if (!v->is_boolean()) throw Error(src + ": key '" + key + "' must be true or false");
   return v->get<bool>();
+}
+
+// True when v nests containers deeper than `limit`; iterative, as v may come from any file.
+bool nests_deeper_than(const json& v, int limit) {
+  std::vector<std::pair<const json*, int>> stack{{&v, 0}};
+  while (!stack.empty()) {
+    const auto [p, depth] = stack.back();
+    stack.pop_back();
+    if (!p->is_structured()) continue;
+    if (depth >= limit) return true;
+    for (const json& child : *p) stack.emplace_back(&child, depth + 1);
+  }
+  return false;
 }
 
 const char* kKnownKeys[] = {"model_type",          "vocab_size",        "hidden_size",
@@ -108,7 +124,15 @@ ModelConfig config_from_json(const json& j, const std::string& src) {
   for (auto it = j.begin(); it != j.end(); ++it) {
     bool known = false;
     for (const char* k : kKnownKeys) known = known || it.key() == k;
-    if (!known) c.extra[it.key()] = it.value();
+    if (known) continue;
+    // Copying a json value recurses: a deeply nested unknown key would overflow the stack.
+    if (nests_deeper_than(it.value(), 64)) {
+      std::string key = it.key().substr(0, 100);
+      for (char& ch : key)
+        if (static_cast<unsigned char>(ch) < 0x20) ch = '?';  // keep the message on one line
+      throw Error(src + ": key '" + key + "' nests too deeply");
+    }
+    c.extra[it.key()] = it.value();
   }
   validate_config(c, src);
   return c;
@@ -169,6 +193,8 @@ json config_to_json(const ModelConfig& c) {
 }
 
 ModelConfig load_config(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) throw Error(path + " is a directory, not a file");
   std::ifstream f(path, std::ios::binary);
   if (!f) throw Error("cannot open config file " + path);
   std::stringstream ss;

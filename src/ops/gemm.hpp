@@ -2,12 +2,16 @@
 // float and double go to OpenBLAS; gemm_reference is the plain loop the fast path is tested against.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace infini::ops {
 
 template <class T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
           int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc);
+
+// The OpenBLAS kernel set in use ("Haswell", "Cooperlake", ...; OPENBLAS_CORETYPE forces one).
+std::string blas_core_name();
 
 template <class T>
 void gemm_reference(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha,

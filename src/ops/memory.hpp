@@ -59,7 +59,8 @@ void memory_retrieve_head_backward(T* dq, T* dMg, T* dzg, const T* dout, const T
 template <class T>
 void memory_update_group(T* Mg, T* zg, const T* k, const T* v, int64_t n, int64_t d, int64_t ldk,
                          bool delta, T* scratch);
-// dk, dv (+=); dMg, dzg in/out as in memory_update_backward. scratch: 4 * n * d + 2 * n + d * d + d.
+// dk, dv (+=); dMg, dzg in/out as in memory_update_backward.
+// scratch: memory_scratch_size(n, d) = 4 n d + 2 n + d^2 + d.
 template <class T>
 void memory_update_group_backward(T* dk, T* dv, T* dMg, T* dzg, const T* k, const T* v,
                                   const T* Mg, const T* zg, int64_t n, int64_t d, int64_t ldk,

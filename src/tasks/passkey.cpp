@@ -97,10 +97,41 @@ PasskeyPrompt PasskeyGenerator::make(int64_t length, double depth, const std::st
   p.n_pre = std::llround(depth * double(filler));
   p.n_suf = filler - p.n_pre;
   p.info_begin = int64_t(head_->size()) + p.n_pre;
+  // The second key spans these characters of the info text; find the tokens that cover them.
+  const std::string text = info_text(key);
+  const size_t c0 = text.find("Remember it. ") + std::string("Remember it. ").size();
+  const size_t c1 = c0 + key.size();
+  p.recall_begin = p.recall_end = -1;
+  size_t done = 0;  // characters decoded before token i
+  for (size_t i = 0; i < p.info.size(); ++i) {
+    const size_t upto = tok_->decode(std::vector<int32_t>(p.info.begin(), p.info.begin() + long(i) + 1)).size();
+    if (upto > c0 && done < c1) {
+      if (p.recall_begin < 0) p.recall_begin = p.info_begin + int64_t(i);
+      p.recall_end = p.info_begin + int64_t(i) + 1;
+    }
+    done = upto;
+  }
+  if (p.recall_begin < 0) p.recall_begin = p.recall_end = p.info_begin;
   return p;
 }
 
 // ---------------------------------------------------------------------------------------
+
+PasskeyLoss parse_passkey_loss(const std::string& s) {
+  if (s == "all") return PasskeyLoss::All;
+  if (s == "answer") return PasskeyLoss::Answer;
+  if (s == "recall") return PasskeyLoss::Recall;
+  throw Error("--loss must be answer, recall or all, got '" + s + "'");
+}
+
+const char* passkey_loss_name(PasskeyLoss l) {
+  switch (l) {
+    case PasskeyLoss::All: return "all";
+    case PasskeyLoss::Answer: return "answer";
+    case PasskeyLoss::Recall: return "recall";
+  }
+  return "?";
+}
 
 PasskeySource::PasskeySource(std::shared_ptr<const PasskeyGenerator> gen, PasskeySourceOptions o)
     : gen_(std::move(gen)), opts_(o) {
@@ -128,7 +159,7 @@ void PasskeySource::next(int64_t batch, int64_t /*seq_len*/, train::Batch& out) 
   out.seq_len = T;
   out.tokens.assign(size_t(batch * T), 0);
   out.loss_mask.clear();
-  if (opts_.loss_on_answer) out.loss_mask.assign(size_t(batch * T), 0);
+  if (opts_.loss != PasskeyLoss::All) out.loss_mask.assign(size_t(batch * T), 0);
   std::uniform_real_distribution<double> unit(0.0, 1.0);
   for (int64_t b = 0; b < batch; ++b) {
     const std::string key = gen_->random_key(rng);
@@ -138,8 +169,11 @@ void PasskeySource::next(int64_t batch, int64_t /*seq_len*/, train::Batch& out) 
     p.tokens(0, P, row);
     std::copy(p.answer.begin(), p.answer.end(), row + P);
     // Position t predicts token t+1: the answer tokens are predicted from P-1 .. T-2.
-    if (opts_.loss_on_answer)
+    if (opts_.loss != PasskeyLoss::All)
       for (int64_t t = P - 1; t < T - 1; ++t) out.loss_mask[size_t(b * T + t)] = 1;
+    if (opts_.loss == PasskeyLoss::Recall)
+      for (int64_t t = p.recall_begin - 1; t < p.recall_end - 1; ++t)
+        if (t >= 0) out.loss_mask[size_t(b * T + t)] = 1;
   }
 }
 
@@ -156,7 +190,7 @@ std::string PasskeySource::fingerprint() const {
          ",min=" + std::to_string(opts_.min_len) + ",max=" + std::to_string(opts_.max_len) +
          ",curriculum=" + std::to_string(opts_.curriculum_steps) +
          ",multiple=" + std::to_string(opts_.len_multiple) +
-         ",loss=" + (opts_.loss_on_answer ? "answer" : "all") +
+         ",loss=" + passkey_loss_name(opts_.loss) +
          ",seed=" + std::to_string(opts_.seed) + ")";
 }
 

@@ -49,6 +49,10 @@ struct PasskeyPrompt {
   double depth = 0;                 // the requested depth
   int64_t n_pre = 0, n_suf = 0;     // filler tokens before / after the info line
   int64_t info_begin = 0;           // index of the info line's first token
+  // Tokens [recall_begin, recall_end) of the prompt spell the key's second occurrence in the
+  // info line ("Remember it. K is ..."): predictable from the first one, locally or from
+  // memory when a segment boundary falls between them.
+  int64_t recall_begin = 0, recall_end = 0;
   std::shared_ptr<const std::vector<int32_t>> head, filler, tail;  // shared by all prompts
   std::vector<int32_t> info, answer;
 
@@ -88,12 +92,22 @@ class PasskeyGenerator {
 // one length. The length is drawn uniformly from
 // [min_len, cur_max], where cur_max grows linearly from min_len to max_len over the first
 // curriculum_steps batches (0: always max_len); depths uniform in [0, 1]; keys random.
-// loss_on_answer: the loss mask keeps only the predictions of the answer tokens.
+// loss: which predictions count (the loss mask).
+enum class PasskeyLoss {
+  All,     // every token
+  Answer,  // the answer tokens only
+  Recall,  // the answer and the key's second occurrence in the info line (twice the digit
+           // targets; the second copy is often in the first copy's segment, an easy lesson in
+           // content-based lookup that the memory path shares q and k with)
+};
+PasskeyLoss parse_passkey_loss(const std::string& s);  // "all" | "answer" | "recall"
+const char* passkey_loss_name(PasskeyLoss l);
+
 struct PasskeySourceOptions {
   int64_t min_len = 256, max_len = 2048;
   int64_t curriculum_steps = 0;
   int64_t len_multiple = 1;  // lengths are rounded down to a multiple of this (>= min_len)
-  bool loss_on_answer = true;
+  PasskeyLoss loss = PasskeyLoss::Answer;
   uint64_t seed = 0;
 };
 

@@ -105,8 +105,9 @@ std::string commit_checkpoint(const std::string& out, int64_t step,
     fs::remove_all(old, ec);
   } else {
     fs::rename(tmp, final_dir, ec);
-    if (ec) throw Error("cannot rename " + tmp.string() + " to " + final_dir.string() + ": " +
-                        ec.message());
+    if (ec)
+      throw Error("cannot rename " + tmp.string() + " to " + final_dir.string() + ": " +
+                  ec.message());
   }
   fsync_path(root.string());
   model::write_file_atomic((fs::path(out) / "latest").string(), "checkpoints/" + name + "\n");

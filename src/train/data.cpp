@@ -81,8 +81,8 @@ std::vector<std::string> list_input_files(const std::vector<std::string>& paths)
       out.push_back(p);
     } else if (fs::is_directory(p, ec)) {
       std::vector<std::string> found;
-      auto it = fs::recursive_directory_iterator(
-          p, fs::directory_options::skip_permission_denied, ec);
+      auto it =
+          fs::recursive_directory_iterator(p, fs::directory_options::skip_permission_denied, ec);
       if (ec) throw Error("cannot list data directory " + p + ": " + ec.message());
       for (; it != fs::recursive_directory_iterator(); it.increment(ec)) {
         if (ec) throw Error("cannot list data directory " + p + ": " + ec.message());
@@ -148,8 +148,8 @@ bool load_token_cache(const std::string& path, const std::string& fingerprint,
   std::memcpy(&version, bytes.data() + 8, 4);
   std::memcpy(&hlen, bytes.data() + 16, 8);
   if (version != kCacheVersion) {
-    why = "cache version " + std::to_string(version) + ", expected " +
-          std::to_string(kCacheVersion);
+    why =
+        "cache version " + std::to_string(version) + ", expected " + std::to_string(kCacheVersion);
     return false;
   }
   if (hlen > bytes.size() - fixed) {
@@ -227,7 +227,8 @@ Corpus load_corpus(const io::Tokenizer& tok, const DataOptions& opts, std::strin
 
   std::vector<CachedDoc> docs;
   std::string why = "caching disabled";
-  if (!opts.cache_path.empty() && load_token_cache(opts.cache_path, corpus.fingerprint, docs, why)) {
+  if (!opts.cache_path.empty() &&
+      load_token_cache(opts.cache_path, corpus.fingerprint, docs, why)) {
     corpus.from_cache = true;
     if (log)
       *log += "token cache: reused " + opts.cache_path + " (" + std::to_string(docs.size()) +
@@ -308,9 +309,9 @@ void WindowSource::start_epoch(int64_t epoch) {
 }
 
 void WindowSource::next(int64_t batch, int64_t seq_len, Batch& out) {
-  if (seq_len != seq_len_) throw Error("WindowSource: built for --seq-len " +
-                                       std::to_string(seq_len_) + ", asked for " +
-                                       std::to_string(seq_len));
+  if (seq_len != seq_len_)
+    throw Error("WindowSource: built for --seq-len " + std::to_string(seq_len_) + ", asked for " +
+                std::to_string(seq_len));
   out.batch = batch;
   out.seq_len = seq_len;
   out.tokens.resize(size_t(batch * seq_len));

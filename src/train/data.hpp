@@ -22,7 +22,7 @@ namespace infini::train {
 
 struct Batch {
   int64_t batch = 0, seq_len = 0;
-  std::vector<int32_t> tokens;     // [batch, seq_len], row-major
+  std::vector<int32_t> tokens;  // [batch, seq_len], row-major
   // Empty (every prediction counts) or [batch, seq_len]: position t's prediction of token t+1
   // counts only when loss_mask[b*seq_len + t] != 0 (model::SequenceOptions::loss_mask).
   std::vector<uint8_t> loss_mask;
@@ -51,8 +51,8 @@ struct Document {
 
 struct Corpus {
   std::vector<Document> train, val;
-  std::string fingerprint;      // hex FNV-1a of the inputs' bytes, their names and the tokenizer
-  bool from_cache = false;      // true when the token cache was valid and reused
+  std::string fingerprint;  // hex FNV-1a of the inputs' bytes, their names and the tokenizer
+  bool from_cache = false;  // true when the token cache was valid and reused
   int64_t train_tokens() const;
   int64_t val_tokens() const;
 };
@@ -64,8 +64,8 @@ struct DataOptions {
   // sorted list, are held out; when that rounds to 0 (e.g. one document) the last
   // val_fraction of the last document's tokens is held out instead. 0 disables validation.
   double val_fraction = 0.05;
-  std::string cache_path;     // binary token cache; empty disables caching
-  std::string tokenizer_id;   // identifies the tokenizer (e.g. "byte", or a hash of tokenizer.json)
+  std::string cache_path;    // binary token cache; empty disables caching
+  std::string tokenizer_id;  // identifies the tokenizer (e.g. "byte", or a hash of tokenizer.json)
 };
 
 // Lists the files of `paths` (directories recursively, hidden entries skipped, sorted).
@@ -73,8 +73,7 @@ std::vector<std::string> list_input_files(const std::vector<std::string>& paths)
 
 // Reads, tokenizes (or loads from the cache when its fingerprint matches), and splits.
 // `log` (may be null) receives one line per notable event ("token cache: reused ...").
-Corpus load_corpus(const io::Tokenizer& tok, const DataOptions& opts,
-                   std::string* log = nullptr);
+Corpus load_corpus(const io::Tokenizer& tok, const DataOptions& opts, std::string* log = nullptr);
 
 // The binary token cache: magic "INFTOKC1", u32 version, u32 0, u64 header length, a JSON
 // header (fingerprint, documents with their roles and lengths), int32 tokens, u64 FNV-1a of

@@ -20,8 +20,8 @@ DocumentLoss document_loss(const model::Model<float>& m, const model::ForwardCon
     for (int64_t i = 0; i < len; ++i)
       targets[size_t(i)] = start + i + 1 < n ? tokens[start + i + 1] : -1;
     model::forward_chunk(m, ctx, tokens + start, 1, len, state, acts);
-    const double l = ops::cross_entropy<float>(acts.logits.data(), targets.data(), len, V,
-                                               nullptr, 0.0f);
+    const double l =
+        ops::cross_entropy<float>(acts.logits.data(), targets.data(), len, V, nullptr, 0.0f);
     const int64_t cnt = std::min(len, n - 1 - start);
     r.segment_loss.push_back(l);
     r.segment_count.push_back(cnt);

@@ -17,8 +17,8 @@ namespace infini::train {
 struct DocumentLoss {
   double loss_sum = 0;
   int64_t predicted = 0;
-  std::vector<double> segment_loss;      // summed loss of the predictions made in segment s
-  std::vector<int64_t> segment_count;    // predictions made in segment s
+  std::vector<double> segment_loss;    // summed loss of the predictions made in segment s
+  std::vector<int64_t> segment_count;  // predictions made in segment s
 };
 DocumentLoss document_loss(const model::Model<float>& m, const model::ForwardContext<float>& ctx,
                            const int32_t* tokens, int64_t n, model::SegmentActs<float>& acts);

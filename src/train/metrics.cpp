@@ -33,7 +33,8 @@ MetricsLog::MetricsLog(std::string path, int64_t keep_through_step) : path_(std:
 
 void MetricsLog::remember(const nlohmann::json& j) {
   const int64_t step = j.value("step", int64_t(0));
-  if (j.contains("loss") && j["loss"].is_number()) train_.push_back({step, j["loss"].get<double>()});
+  if (j.contains("loss") && j["loss"].is_number())
+    train_.push_back({step, j["loss"].get<double>()});
   if (j.contains("val_loss") && j["val_loss"].is_number())
     val_.push_back({step, j["val_loss"].get<double>()});
 }
@@ -72,8 +73,8 @@ std::string fmt(double v) {
 
 }  // namespace
 
-std::string loss_curve_svg(const std::vector<CurvePoint>& train,
-                           const std::vector<CurvePoint>& val, const std::string& title) {
+std::string loss_curve_svg(const std::vector<CurvePoint>& train, const std::vector<CurvePoint>& val,
+                           const std::string& title) {
   const double W = 760, H = 440, ml = 70, mr = 20, mt = 40, mb = 55;
   double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
   for (const auto* series : {&train, &val})
@@ -98,27 +99,29 @@ std::string loss_curve_svg(const std::vector<CurvePoint>& train,
     << "\" viewBox=\"0 0 " << W << ' ' << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
     << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
   std::string esc;
-  for (char c : title) esc += c == '<' ? "&lt;" : c == '>' ? "&gt;" : c == '&' ? "&amp;" : std::string(1, c);
+  for (char c : title)
+    esc += c == '<' ? "&lt;" : c == '>' ? "&gt;" : c == '&' ? "&amp;" : std::string(1, c);
   o << "<text x=\"" << W / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">" << esc
     << "</text>\n";
   // Axes, ticks, grid.
   o << "<g stroke=\"#444\" fill=\"none\"><line x1=\"" << ml << "\" y1=\"" << H - mb << "\" x2=\""
-    << W - mr << "\" y2=\"" << H - mb << "\"/><line x1=\"" << ml << "\" y1=\"" << mt
-    << "\" x2=\"" << ml << "\" y2=\"" << H - mb << "\"/></g>\n";
+    << W - mr << "\" y2=\"" << H - mb << "\"/><line x1=\"" << ml << "\" y1=\"" << mt << "\" x2=\""
+    << ml << "\" y2=\"" << H - mb << "\"/></g>\n";
   for (double t : nice_ticks(x0, x1, 8)) {
     o << "<line x1=\"" << X(t) << "\" y1=\"" << H - mb << "\" x2=\"" << X(t) << "\" y2=\""
       << H - mb + 5 << "\" stroke=\"#444\"/><text x=\"" << X(t) << "\" y=\"" << H - mb + 18
       << "\" text-anchor=\"middle\">" << fmt(t) << "</text>\n";
   }
   for (double t : nice_ticks(y0, y1, 6)) {
-    o << "<line x1=\"" << ml - 5 << "\" y1=\"" << Y(t) << "\" x2=\"" << W - mr << "\" y2=\""
-      << Y(t) << "\" stroke=\"#ddd\"/><text x=\"" << ml - 8 << "\" y=\"" << Y(t) + 4
+    o << "<line x1=\"" << ml - 5 << "\" y1=\"" << Y(t) << "\" x2=\"" << W - mr << "\" y2=\"" << Y(t)
+      << "\" stroke=\"#ddd\"/><text x=\"" << ml - 8 << "\" y=\"" << Y(t) + 4
       << "\" text-anchor=\"end\">" << fmt(t) << "</text>\n";
   }
   o << "<text x=\"" << (ml + W - mr) / 2 << "\" y=\"" << H - 12
     << "\" text-anchor=\"middle\">step</text>\n"
-    << "<text x=\"16\" y=\"" << (mt + H - mb) / 2 << "\" text-anchor=\"middle\" transform=\"rotate(-90 16 "
-    << (mt + H - mb) / 2 << ")\">loss (nats per token)</text>\n";
+    << "<text x=\"16\" y=\"" << (mt + H - mb) / 2
+    << "\" text-anchor=\"middle\" transform=\"rotate(-90 16 " << (mt + H - mb) / 2
+    << ")\">loss (nats per token)</text>\n";
   auto polyline = [&](const std::vector<CurvePoint>& s, const char* color, double width) {
     o << "<polyline fill=\"none\" stroke=\"" << color << "\" stroke-width=\"" << width
       << "\" points=\"";

@@ -15,8 +15,9 @@ struct CurvePoint {
 
 class MetricsLog {
  public:
-  // Opens (creating) `path`; an empty path keeps the record in memory only. keep_through_step >= 0 keeps only the lines whose step is at
-  // most that (a resumed run drops what was logged after its checkpoint); -1 truncates the file.
+  // Opens (creating) `path`; an empty path keeps the record in memory only. keep_through_step >= 0
+  // keeps only the lines whose step is at most that (a resumed run drops what was logged after its
+  // checkpoint); -1 truncates the file.
   MetricsLog(std::string path, int64_t keep_through_step);
   // Appends one line and flushes it to the OS, so a crash loses at most the current step.
   void append(const nlohmann::json& line);
@@ -32,7 +33,7 @@ class MetricsLog {
 
 // A self-contained SVG of train loss (line) and validation loss (line with markers) against
 // step, with labelled axes and ticks. Empty series are allowed.
-std::string loss_curve_svg(const std::vector<CurvePoint>& train,
-                           const std::vector<CurvePoint>& val, const std::string& title);
+std::string loss_curve_svg(const std::vector<CurvePoint>& train, const std::vector<CurvePoint>& val,
+                           const std::string& title);
 
 }  // namespace infini::train

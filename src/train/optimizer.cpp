@@ -89,17 +89,16 @@ std::string AdamW::layout_signature() const {
   std::string s = "size=" + std::to_string(size_);
   for (const auto& g : groups_) {
     s += ";" + g.name + ":";
-    for (const auto& r : g.ranges) s += std::to_string(r.offset) + "+" + std::to_string(r.count) + ",";
+    for (const auto& r : g.ranges)
+      s += std::to_string(r.offset) + "+" + std::to_string(r.count) + ",";
   }
   return s;
 }
 
 void AdamW::save(const std::string& path) const {
-  io::write_safetensors(path,
-                        {{"exp_avg", {size_}, m_.data()}, {"exp_avg_sq", {size_}, v_.data()}},
-                        {{"format", "infini-adamw"},
-                         {"step", std::to_string(t_)},
-                         {"layout", layout_signature()}});
+  io::write_safetensors(
+      path, {{"exp_avg", {size_}, m_.data()}, {"exp_avg_sq", {size_}, v_.data()}},
+      {{"format", "infini-adamw"}, {"step", std::to_string(t_)}, {"layout", layout_signature()}});
 }
 
 void AdamW::load(const std::string& path) {

@@ -20,8 +20,7 @@ namespace fs = std::filesystem;
 namespace {
 
 double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 std::string duration_text(double s) {
@@ -93,7 +92,8 @@ nlohmann::json Trainer::resume_from(const std::string& dir) {
     throw Error(path + " is not a trainer state file");
   try {
     if (st.at("data_fingerprint").get<std::string>() != source_.fingerprint())
-      throw Error(path + ": the training data or its order differs from the checkpoint's "
+      throw Error(path +
+                  ": the training data or its order differs from the checkpoint's "
                   "(data files, tokenizer, --seq-len or --seed changed)");
     trainable_.restore(dir);
     opt_.load((fs::path(dir) / "optimizer.safetensors").string());
@@ -140,8 +140,8 @@ StepGradient Trainer::compute_gradient(const Batch& b, float* grad) {
     // grad_scale 0 would mean "1 / own count"; a batch with no prediction contributes nothing.
     so.grad_scale = global > 0 ? 1.0 / double(global) : 1e-30;
     so.loss_mask = b.loss_mask.empty() ? nullptr : b.loss_mask.data() + row * T;
-    const model::LossResult r = model::sequence_loss<float>(
-        m, ctx_, b.tokens.data() + row * T, micro, T, model_grad_.data(), so, ws_);
+    const model::LossResult r = model::sequence_loss<float>(m, ctx_, b.tokens.data() + row * T,
+                                                            micro, T, model_grad_.data(), so, ws_);
     sg.loss_sum += r.loss_sum;
     sg.predicted += r.predicted;
     if (hooks_.after_micro_batch)
@@ -197,9 +197,9 @@ std::string Trainer::save_checkpoint(std::FILE* log) {
 
 void Trainer::write_plot(const MetricsLog& metrics) const {
   if (opts_.rank != 0) return;
-  model::write_file_atomic((fs::path(opts_.out) / "loss.svg").string(),
-                           loss_curve_svg(metrics.train_loss(), metrics.val_loss(),
-                                          "infini train: " + opts_.out));
+  model::write_file_atomic(
+      (fs::path(opts_.out) / "loss.svg").string(),
+      loss_curve_svg(metrics.train_loss(), metrics.val_loss(), "infini train: " + opts_.out));
 }
 
 Trainer::Outcome Trainer::run(const std::atomic<bool>* interrupt, std::FILE* log) {
@@ -215,8 +215,10 @@ Trainer::Outcome Trainer::run(const std::atomic<bool>* interrupt, std::FILE* log
   const int64_t target = opts_.stop_at > 0 ? std::min(opts_.steps, opts_.stop_at) : opts_.steps;
   const int64_t first_step = step_;
   const double t_start = now_s();
+  bool bar_open = false;  // a progress bar is drawn and its line not yet ended
   auto finish_line = [&] {
-    if (opts_.progress_bar && log) std::fputc('\n', log);
+    if (bar_open && log) std::fputc('\n', log);
+    bar_open = false;
   };
 
   while (step_ < target) {
@@ -242,8 +244,7 @@ Trainer::Outcome Trainer::run(const std::atomic<bool>* interrupt, std::FILE* log
     opt_.step(trainable_.params(), sg.grad, factor);
     if (!all_finite(trainable_.params(), trainable_.size())) {
       finish_line();
-      throw NonFiniteError("the update made a weight non-finite (learning rate too high?)" +
-                           where);
+      throw NonFiniteError("the update made a weight non-finite (learning rate too high?)" + where);
     }
     ++step_;
     const int64_t step_tokens = opts_.batch * opts_.seq_len;
@@ -276,14 +277,15 @@ Trainer::Outcome Trainer::run(const std::atomic<bool>* interrupt, std::FILE* log
       char buf[256];
       std::snprintf(buf, sizeof buf,
                     "step %lld/%lld  loss %.4f  lr %.2e  grad_norm %.3f  %.0f tok/s  ETA %s",
-                    (long long)step_, (long long)opts_.steps, loss, line["lr"].get<double>(),
-                    norm, line["tokens_per_s"].get<double>(), eta.c_str());
+                    (long long)step_, (long long)opts_.steps, loss, line["lr"].get<double>(), norm,
+                    line["tokens_per_s"].get<double>(), eta.c_str());
       if (opts_.progress_bar) {
         const int width = 24;
         const int filled = int(double(width) * double(step_) / double(opts_.steps));
         std::string bar(size_t(filled), '#');
         bar.resize(size_t(width), '.');
         std::fprintf(log, "\r\033[K[%s] %s", bar.c_str(), buf);
+        bar_open = true;
       } else if (step_ % std::max<int64_t>(1, opts_.log_every) == 0 || step_ == target) {
         std::fprintf(log, "%s\n", buf);
       }

@@ -73,32 +73,32 @@ class FullModelTrainable final : public Trainable {
 };
 
 struct TrainOptions {
-  std::string out;             // run directory: checkpoints, metrics.jsonl, loss.svg, final/
-  int64_t steps = 1000;        // total optimizer steps; also the schedule's length
-  int64_t stop_at = 0;         // > 0: end after this step with a checkpoint, as if interrupted
-  int64_t batch = 8;           // global batch: sequences per optimizer step
-  int64_t seq_len = 2048;      // tokens per sequence
-  int64_t grad_accum = 1;      // micro-batches per step; (batch / world) % grad_accum == 0
-  int64_t bptt_segments = 0;   // 0: full BPTT through M and z; K: truncate every K segments
-  double grad_clip = 1.0;      // global-norm clip; 0 disables
+  std::string out;            // run directory: checkpoints, metrics.jsonl, loss.svg, final/
+  int64_t steps = 1000;       // total optimizer steps; also the schedule's length
+  int64_t stop_at = 0;        // > 0: end after this step with a checkpoint, as if interrupted
+  int64_t batch = 8;          // global batch: sequences per optimizer step
+  int64_t seq_len = 2048;     // tokens per sequence
+  int64_t grad_accum = 1;     // micro-batches per step; (batch / world) % grad_accum == 0
+  int64_t bptt_segments = 0;  // 0: full BPTT through M and z; K: truncate every K segments
+  double grad_clip = 1.0;     // global-norm clip; 0 disables
   Schedule schedule;
   AdamWOptions adam;
-  int64_t save_every = 0;      // checkpoint every N steps (0: only at the end / on interrupt)
-  int64_t eval_every = 0;      // validate every N steps and at the end (0: never)
-  int64_t keep = 3;            // checkpoints kept (older ones deleted after a new one is complete)
-  int64_t log_every = 10;      // a log line every N steps when not drawing a progress bar
-  int64_t val_tokens = 65536;  // validation reads at most this many tokens in all (<= 0: all)
-  bool progress_bar = false;   // redraw one status line on the log stream (a terminal)
-  nlohmann::json run_record;   // stored as "args" in trainer.json; the CLI checks it on resume
-  int64_t rank = 0, world = 1; // data parallel: this process's share of each global batch
+  int64_t save_every = 0;       // checkpoint every N steps (0: only at the end / on interrupt)
+  int64_t eval_every = 0;       // validate every N steps and at the end (0: never)
+  int64_t keep = 3;             // checkpoints kept (older ones deleted after a new one is complete)
+  int64_t log_every = 10;       // a log line every N steps when not drawing a progress bar
+  int64_t val_tokens = 65536;   // validation reads at most this many tokens in all (<= 0: all)
+  bool progress_bar = false;    // redraw one status line on the log stream (a terminal)
+  nlohmann::json run_record;    // stored as "args" in trainer.json; the CLI checks it on resume
+  int64_t rank = 0, world = 1;  // data parallel: this process's share of each global batch
 };
 
 struct StepGradient {
-  int64_t step = 0;        // 0-based index of the step this gradient is for
-  float* grad = nullptr;   // [size] in the Trainable's layout, d(mean loss over the global batch)
+  int64_t step = 0;       // 0-based index of the step this gradient is for
+  float* grad = nullptr;  // [size] in the Trainable's layout, d(mean loss over the global batch)
   int64_t size = 0;
-  double loss_sum = 0;     // summed loss of this process's rows
-  int64_t predicted = 0;   // predictions of this process's rows
+  double loss_sum = 0;    // summed loss of this process's rows
+  int64_t predicted = 0;  // predictions of this process's rows
 };
 
 struct TrainHooks {

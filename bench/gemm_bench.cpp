@@ -1,0 +1,73 @@
+// Matmul paths of the model: y = x W^T (forward), dx = dy W and dW += dy^T x (backward), at the
+// shapes of configs/bench_small.json and bench_medium.json (512 rows = one segment's tokens),
+// plus the square SGEMM the utilisation figures are measured against.
+#include "bench_util.hpp"
+#include "ops/gemm.hpp"
+
+using namespace infini;
+
+namespace {
+
+// Args: rows, in, out.
+void BM_LinearForward(benchmark::State& state) {
+  const int64_t r = state.range(0), in = state.range(1), out = state.range(2);
+  auto x = bench::random_floats(r * in, 1), w = bench::random_floats(out * in, 2);
+  std::vector<float> y(size_t(r * out));
+  for (auto _ : state) {
+    ops::linear_forward(y.data(), x.data(), w.data(), (const float*)nullptr, r, in, out);
+    benchmark::DoNotOptimize(y.data());
+  }
+  bench::set_flops(state, 2.0 * r * in * out);
+}
+
+void BM_LinearBackwardInput(benchmark::State& state) {
+  const int64_t r = state.range(0), in = state.range(1), out = state.range(2);
+  auto dy = bench::random_floats(r * out, 1), w = bench::random_floats(out * in, 2);
+  std::vector<float> dx(size_t(r * in));
+  for (auto _ : state) {
+    ops::linear_backward(dx.data(), (float*)nullptr, (float*)nullptr, dy.data(),
+                         (const float*)nullptr, w.data(), r, in, out, false);
+    benchmark::DoNotOptimize(dx.data());
+  }
+  bench::set_flops(state, 2.0 * r * in * out);
+}
+
+void BM_LinearBackwardWeight(benchmark::State& state) {
+  const int64_t r = state.range(0), in = state.range(1), out = state.range(2);
+  auto dy = bench::random_floats(r * out, 1), x = bench::random_floats(r * in, 2);
+  std::vector<float> dw(size_t(out * in));
+  for (auto _ : state) {
+    ops::linear_backward((float*)nullptr, dw.data(), (float*)nullptr, dy.data(), x.data(),
+                         (const float*)nullptr, r, in, out, false);
+    benchmark::DoNotOptimize(dw.data());
+  }
+  bench::set_flops(state, 2.0 * r * in * out);
+}
+
+// Args: m, n, k (row-major, no transposes).
+void BM_Sgemm(benchmark::State& state) {
+  const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
+  auto a = bench::random_floats(m * k, 1), b = bench::random_floats(k * n, 2);
+  std::vector<float> c(size_t(m * n));
+  for (auto _ : state) {
+    ops::gemm<float>(false, false, m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c.data(), n);
+    benchmark::DoNotOptimize(c.data());
+  }
+  bench::set_flops(state, 2.0 * m * n * k);
+}
+
+void LinearShapes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"rows", "in", "out"});
+  for (auto [in, out] : {std::pair{256, 256}, {256, 704}, {704, 256}, {256, 320},  // small
+                         {512, 512}, {512, 1408}, {1408, 512}, {512, 320}})        // medium
+    b->Args({512, in, out});
+}
+
+}  // namespace
+
+BENCHMARK(BM_LinearForward)->Apply(LinearShapes)->UseRealTime();
+BENCHMARK(BM_LinearBackwardInput)->Apply(LinearShapes)->UseRealTime();
+BENCHMARK(BM_LinearBackwardWeight)->Apply(LinearShapes)->UseRealTime();
+BENCHMARK(BM_Sgemm)->ArgNames({"m", "n", "k"})->Args({1024, 1024, 1024})->Args({4096, 1024, 1024})
+    ->UseRealTime();
+BENCHMARK_MAIN();
