@@ -111,7 +111,7 @@ def main():
     hdr = ("| config | T x B | threads | PyTorch env | PyTorch train tok/s | infini train tok/s | "
            "ratio | PyTorch eval tok/s | infini eval tok/s | ratio | infini prefill tok/s | "
            "infini train GFLOP/s | SGEMM GFLOP/s | train MFU | eval MFU | prefill MFU | "
-           "train CPU s/step PyTorch / infini | load |")
+           "train MFU per CPU s | train CPU s/step PyTorch / infini | load |")
     lines = [hdr, "|" + "---|" * (hdr.count("|") - 1)]
     for r in rows:
         i = r["infini"]
@@ -126,6 +126,7 @@ def main():
                 f"{i['prefill_tokens_per_s']:.1f} | {i['train_gflops']:.1f} | "
                 f"{i['sgemm_gflops']:.1f} | {100 * i['train_mfu']:.1f}% | "
                 f"{100 * i['eval_mfu']:.1f}% | {100 * i['prefill_mfu']:.1f}% | "
+                f"{100 * i['train_cpu_efficiency']:.1f}% | "
                 f"{tc:.2f} / {i['train_cpu_s_per_step']:.2f} | "
                 f"{r['load_before']}-{r['load_after']} |")
     if args.markdown:

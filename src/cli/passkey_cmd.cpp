@@ -117,7 +117,7 @@ struct TrainOpts {
   int64_t warmup = -1, save_every = 500, keep = 3, log_every = 10, eval_every = 250;
   int64_t eval_trials = 4, bptt_segments = 0, digits = 5, lora_rank = 0, stop_at = 0;
   double lr = 1e-3, gate_lr = 1e-1, weight_decay = 0.0, grad_clip = 1.0, min_lr_ratio = 0.1;
-  double init_std = 0.02, gate_init = 0.0, lora_alpha = 16.0;
+  double init_std = 0.02, gate_init = 0.0, lora_alpha = 16.0, end_fraction = 0.0;
   uint64_t seed = 0;
   bool resume = false;
 
@@ -133,7 +133,8 @@ struct TrainOpts {
             {"lr", lr},                 {"gate_lr", gate_lr},
             {"weight_decay", weight_decay}, {"grad_clip", grad_clip},
             {"min_lr_ratio", min_lr_ratio}, {"init_std", init_std},
-            {"gate_init", gate_init},   {"seed", seed}};
+            {"gate_init", gate_init},   {"seed", seed},
+            {"end_fraction", end_fraction}};
   }
 };
 
@@ -199,6 +200,7 @@ void run_passkey_train(TrainOpts& o) {
   so.curriculum_steps = o.curriculum;
   so.len_multiple = o.len_multiple;
   so.loss = tasks::parse_passkey_loss(o.loss);
+  so.end_fraction = o.end_fraction;
   so.seed = o.seed;
   tasks::PasskeySource source(gen, so);
 
@@ -335,6 +337,10 @@ void register_passkey_train(CLI::App& parent) {
       ->capture_default_str()->check(CLI::IsMember({"answer", "recall", "all"}));
   cmd->add_option("--digits", o->digits, "Digits of the passkey")
       ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(18)));
+  cmd->add_option("--end-fraction", o->end_fraction,
+                  "Share of samples with the passkey at depth 1, right before the question "
+                  "(the case local attention must solve; uniform depths rarely draw it)")
+      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--lora-rank", o->lora_rank,
                   "LoRA rank on q, k, v and o projections (0: full fine-tuning); the gates beta "
                   "are trained too")

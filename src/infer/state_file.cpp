@@ -45,7 +45,7 @@ class Writer {
     out_.append(b, sizeof(T));
   }
   void floats(std::span<const float> v) {
-    out_.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+    if (!v.empty()) out_.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
   }
   std::string& str() { return out_; }
 
@@ -65,6 +65,7 @@ class Reader {
   }
   std::vector<float> floats(int64_t n, const char* what) {
     std::vector<float> v(static_cast<size_t>(n));
+    if (n == 0) return v;  // memcpy into an empty vector's null data() is undefined
     std::memcpy(v.data(), b_.data() + at_, size_t(n) * sizeof(float));
     at_ += size_t(n) * sizeof(float);
     for (int64_t i = 0; i < n; ++i)

@@ -142,6 +142,8 @@ PasskeySource::PasskeySource(std::shared_ptr<const PasskeyGenerator> gen, Passke
   if (opts_.max_len < opts_.min_len)
     throw Error("passkey: --max-len must be >= --min-len");
   if (opts_.len_multiple < 1) opts_.len_multiple = 1;
+  if (!(opts_.end_fraction >= 0 && opts_.end_fraction <= 1))
+    throw Error("passkey: --end-fraction must be in [0, 1]");
 }
 
 void PasskeySource::next(int64_t batch, int64_t /*seq_len*/, train::Batch& out) {
@@ -163,7 +165,8 @@ void PasskeySource::next(int64_t batch, int64_t /*seq_len*/, train::Batch& out) 
   std::uniform_real_distribution<double> unit(0.0, 1.0);
   for (int64_t b = 0; b < batch; ++b) {
     const std::string key = gen_->random_key(rng);
-    const PasskeyPrompt p = gen_->make(T, unit(rng), key);
+    const double u = unit(rng), depth = unit(rng);
+    const PasskeyPrompt p = gen_->make(T, u < opts_.end_fraction ? 1.0 : depth, key);
     const int64_t P = p.length;
     int32_t* row = out.tokens.data() + b * T;
     p.tokens(0, P, row);
@@ -191,6 +194,7 @@ std::string PasskeySource::fingerprint() const {
          ",curriculum=" + std::to_string(opts_.curriculum_steps) +
          ",multiple=" + std::to_string(opts_.len_multiple) +
          ",loss=" + passkey_loss_name(opts_.loss) +
+         (opts_.end_fraction > 0 ? ",end=" + std::to_string(opts_.end_fraction) : std::string()) +
          ",seed=" + std::to_string(opts_.seed) + ")";
 }
 

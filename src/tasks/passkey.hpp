@@ -91,7 +91,8 @@ class PasskeyGenerator {
 // Training data for `infini passkey train`: each batch is `batch` samples (prompt + answer) of
 // one length. The length is drawn uniformly from
 // [min_len, cur_max], where cur_max grows linearly from min_len to max_len over the first
-// curriculum_steps batches (0: always max_len); depths uniform in [0, 1]; keys random.
+// curriculum_steps batches (0: always max_len); depths uniform in [0, 1] (or 1 for a share
+// end_fraction of the samples); keys random.
 // loss: which predictions count (the loss mask).
 enum class PasskeyLoss {
   All,     // every token
@@ -108,6 +109,10 @@ struct PasskeySourceOptions {
   int64_t curriculum_steps = 0;
   int64_t len_multiple = 1;  // lengths are rounded down to a multiple of this (>= min_len)
   PasskeyLoss loss = PasskeyLoss::Answer;
+  // Share of samples whose info line sits at depth 1 (just before the question, in the
+  // question's segment for short segments): the only case that local attention must solve
+  // alone, and one a uniform depth almost never draws.
+  double end_fraction = 0.0;
   uint64_t seed = 0;
 };
 
