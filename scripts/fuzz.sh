@@ -15,7 +15,7 @@ if ((${#targets[@]} == 0)); then
 fi
 
 cmake -S . -B build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Debug \
-  -DCMAKE_CXX_FLAGS="-O1 -g" -DINFINI_FUZZ=ON -DINFINI_NATIVE=OFF -DINFINI_BUILD_TESTS=OFF \
+  -DCMAKE_CXX_FLAGS="-O1" -DINFINI_FUZZ=ON -DINFINI_NATIVE=OFF -DINFINI_BUILD_TESTS=OFF \
   -DINFINI_BUILD_BENCH=OFF >/dev/null
 bins=()
 for t in "${targets[@]}"; do bins+=("${t}_fuzz"); done
