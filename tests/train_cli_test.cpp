@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -54,6 +55,34 @@ Result run(const std::string& args) {
   Result r{WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), io_read(errf)};
   fs::remove(errf);
   return r;
+}
+
+// Starts INFINI_BINARY with `args` (split at spaces) in the background, stderr to `log`.
+// Returns the child's pid, or -1.
+pid_t spawn(const std::string& args, const std::string& log) {
+  fix_threads();
+  std::vector<std::string> argv_s = {INFINI_BINARY};
+  {
+    std::istringstream in(args);
+    std::string w;
+    while (in >> w) argv_s.push_back(w);
+  }
+  std::vector<char*> argv;
+  for (auto& s : argv_s) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, INFINI_BINARY, &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  return rc == 0 ? pid : -1;
+}
+
+std::string step_name(int64_t step) {
+  const std::string n = std::to_string(step);
+  return "step-" + std::string(n.size() < 8 ? 8 - n.size() : 0, '0') + n;
 }
 
 struct Env {
@@ -188,22 +217,9 @@ TEST(TrainCli, SigtermSavesACheckpointAndResumesExactly) {
   fix_threads();
   // A long schedule; the run is stopped by the signal, not by --steps.
   const std::string args = e.base("sig") + " --steps 100000 --save-every 0 --eval-every 0";
-  std::vector<std::string> argv_s = {INFINI_BINARY};
-  {
-    std::istringstream in(args);
-    std::string w;
-    while (in >> w) argv_s.push_back(w);
-  }
-  std::vector<char*> argv;
-  for (auto& s : argv_s) argv.push_back(s.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
   const std::string log = (e.dir / "sig.log").string();
-  posix_spawn_file_actions_addopen(&fa, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = 0;
-  ASSERT_EQ(posix_spawn(&pid, INFINI_BINARY, &fa, nullptr, argv.data(), environ), 0);
-  posix_spawn_file_actions_destroy(&fa);
+  const pid_t pid = spawn(args, log);
+  ASSERT_GT(pid, 0);
   // Wait for a few steps, then ask it to stop.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   while (metrics(e.dir / "sig").size() < 3 && std::chrono::steady_clock::now() < deadline)
@@ -216,9 +232,7 @@ TEST(TrainCli, SigtermSavesACheckpointAndResumesExactly) {
   EXPECT_NE(io_read(log).find("interrupted at step"), std::string::npos) << io_read(log);
   const int64_t k = int64_t(metrics(e.dir / "sig").size());
   ASSERT_GE(k, 3);
-  ASSERT_TRUE(
-      fs::exists(e.dir / "sig/checkpoints" /
-                 ("step-" + std::string(8 - std::to_string(k).size(), '0') + std::to_string(k))));
+  ASSERT_TRUE(fs::exists(e.dir / "sig/checkpoints" / step_name(k)));
   // Resume for 2 more steps; compare with an uninterrupted run to the same step.
   const std::string stop = " --stop-at " + std::to_string(k + 2);
   Result r = run("train --out " + (e.dir / "sig").string() + " --resume" + stop);
@@ -226,10 +240,84 @@ TEST(TrainCli, SigtermSavesACheckpointAndResumesExactly) {
   r = run(e.base("ref") + " --steps 100000 --save-every 0 --eval-every 0" + stop);
   ASSERT_EQ(r.code, 0) << r.err;
   expect_same_losses(metrics(e.dir / "ref"), metrics(e.dir / "sig"));
-  const std::string name =
-      "step-" + std::string(8 - std::to_string(k + 2).size(), '0') + std::to_string(k + 2);
+  const std::string name = step_name(k + 2);
   EXPECT_TRUE(io_read(e.dir / "ref/checkpoints" / name / "model.safetensors") ==
               io_read(e.dir / "sig/checkpoints" / name / "model.safetensors"));
+}
+
+// Crash safety: SIGKILL at random moments (mid-step, mid-checkpoint-write, mid-metrics-append),
+// several times over. Every resume must start from the newest complete checkpoint, and the
+// run must end with the same weights, optimizer state and loss curve as an uninterrupted one.
+TEST(TrainCli, SigkillAtRandomMomentsThenResumeEqualsAnUninterruptedRun) {
+  Env e("sigkill");
+  const int64_t steps = 60;
+  // A checkpoint after every step, so that many kills land inside a checkpoint write.
+  const std::string flags = " --steps " + std::to_string(steps) +
+                            " --save-every 1 --keep 2 --eval-every 5 --grad-accum 2";
+  Result r = run(e.base("ref") + flags);
+  ASSERT_EQ(r.code, 0) << r.err;
+
+  const fs::path out = e.dir / "kill";
+  const std::string log = (e.dir / "kill.log").string();
+  std::mt19937_64 rng(20261202);  // fixed: a failure reproduces with the same kill times
+  int kills = 0, resumes = 0;
+  int64_t last_complete = 0;  // the newest step with a complete checkpoint seen so far
+  for (int round = 0; round < 40 && kills < 6; ++round) {
+    const bool have = fs::exists(out / "latest");
+    const std::string args = have ? "train --out " + out.string() + " --resume" : e.base("kill") + flags;
+    std::ofstream(log, std::ios::app) << "=== round " << round << ": " << args << "\n";
+    const pid_t pid = spawn(args, log);
+    ASSERT_GT(pid, 0);
+    // Kill after a random delay (the binary's start-up takes part of it).
+    const int delay_ms = 20 + int(rng() % 380);
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << io_read(log);
+      std::cout << "round " << round << " finished within " << delay_ms << " ms\n";
+      break;  // it finished before the kill
+    }
+    ASSERT_EQ(kill(pid, SIGKILL), 0);
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(status));
+    ++kills;
+    if (have) ++resumes;
+    std::cout << "kill " << kills << " after " << delay_ms << " ms: latest "
+              << (fs::exists(out / "latest") ? io_read(out / "latest") : "(none)\n");
+    // What the next resume must pick: `latest` names a complete checkpoint (each is renamed
+    // into place whole), and no later step has a complete one.
+    if (!fs::exists(out / "latest")) continue;  // killed before the first checkpoint
+    const std::string latest = io_read(out / "latest");
+    ASSERT_EQ(latest.rfind("checkpoints/step-", 0), 0u) << latest;
+    const int64_t step = std::stoll(latest.substr(17));
+    EXPECT_GE(step, last_complete) << "the newest checkpoint went backwards";
+    last_complete = step;
+    for (const char* f : {"model.safetensors", "optimizer.safetensors", "trainer.json"})
+      EXPECT_TRUE(fs::exists(out / "checkpoints" / step_name(step) / f)) << step << " " << f;
+    r = run("eval --model " + (out / "checkpoints" / step_name(step)).string() + " --data " +
+            (e.dir / "data/doca.txt").string());
+    EXPECT_EQ(r.code, 0) << "checkpoint " << step << " does not load: " << r.err;
+  }
+  EXPECT_GE(kills, 3) << "too few kills landed: " << io_read(log);
+  EXPECT_GE(resumes, 1) << io_read(log);
+  // Finish the run.
+  r = run(fs::exists(out / "latest") ? "train --out " + out.string() + " --resume"
+                                     : e.base("kill") + flags);
+  ASSERT_EQ(r.code, 0) << r.err;
+  if (last_complete > 0) {
+    EXPECT_NE(r.err.find("resumed from"), std::string::npos) << r.err;
+  }
+  expect_same_losses(metrics(e.dir / "ref"), metrics(out));
+  for (const std::string& f : std::vector<std::string>{"final/model.safetensors",
+                              "checkpoints/" + step_name(steps) + "/model.safetensors",
+                              "checkpoints/" + step_name(steps) + "/optimizer.safetensors"}) {
+    const std::string a = io_read(e.dir / "ref" / f), b = io_read(out / f);
+    EXPECT_FALSE(a.empty()) << f;
+    EXPECT_TRUE(a == b) << f << " differs from the uninterrupted run";
+  }
+  // No half-written checkpoint is left behind once a run has completed.
+  for (const auto& c : fs::directory_iterator(out / "checkpoints"))
+    EXPECT_NE(c.path().filename().string().rfind(".tmp", 0), 0u) << c.path();
 }
 
 TEST(TrainCli, TokenCacheIsReusedAndInvalidatedByAChangedInput) {
@@ -267,8 +355,7 @@ TEST(TrainCli, HugeLearningRateStopsAndKeepsTheLastGoodCheckpoint) {
   ASSERT_GE(steps.size(), 2u);  // it did train for a while
   // latest names the last step that completed, and every checkpoint left loads (load_model
   // rejects non-finite weights).
-  const std::string last = "step-" + std::string(8 - std::to_string(steps.size()).size(), '0') +
-                           std::to_string(steps.size());
+  const std::string last = step_name(int64_t(steps.size()));
   EXPECT_EQ(io_read(e.dir / "boom/latest"), "checkpoints/" + last + "\n");
   EXPECT_NE(r.err.find(last), std::string::npos) << r.err;
   ASSERT_TRUE(fs::exists(e.dir / "boom/checkpoints"));

@@ -101,9 +101,7 @@ namespace {
 // Softmax over row[0 .. last] in place; row[last+1 .. end) is set to 0.
 template <class T>
 void causal_softmax_row(T* row, int64_t last, int64_t end) {
-  T mx = row[0];
-#pragma omp simd reduction(max : mx)
-  for (int64_t j = 0; j <= last; ++j) mx = std::max(mx, row[j]);
+  const T mx = max_of(row, last + 1);
   T sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j <= last; ++j) {

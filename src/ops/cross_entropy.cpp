@@ -20,9 +20,7 @@ double cross_entropy(const T* logits, const int32_t* targets, int64_t rows, int6
       if (dl) std::fill(dl, dl + vocab, T(0));
       continue;
     }
-    T mx = l[0];
-#pragma omp simd reduction(max : mx)
-    for (int64_t j = 0; j < vocab; ++j) mx = std::max(mx, l[j]);
+    const T mx = max_of(l, vocab);
     double sum = 0;  // in double: the vocabulary can be large
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < vocab; ++j) sum += double(fast_exp(l[j] - mx));

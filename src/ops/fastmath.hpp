@@ -31,6 +31,24 @@ inline float fast_exp(float x) {
 }
 inline double fast_exp(double x) { return std::exp(x); }
 
+// max(x[0 .. n-1]), n >= 1. Sixteen running maxima, so that GCC vectorises it (it does not turn
+// an `omp simd` max reduction over floats into vector code without -ffast-math).
+template <class T>
+inline T max_of(const T* x, int64_t n) {
+  constexpr int64_t W = 16;
+  T m = x[0];
+  int64_t i = 0;
+  if (n >= W) {
+    T lane[W];
+    for (int64_t k = 0; k < W; ++k) lane[k] = x[k];
+    for (i = W; i + W <= n; i += W)
+      for (int64_t k = 0; k < W; ++k) lane[k] = x[i + k] > lane[k] ? x[i + k] : lane[k];
+    for (int64_t k = 0; k < W; ++k) m = lane[k] > m ? lane[k] : m;
+  }
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
 template <class T>
 inline T fast_sigmoid(T x) {
   return T(1) / (T(1) + fast_exp(-x));

@@ -247,7 +247,7 @@ Trainer::Outcome Trainer::run(const std::atomic<bool>* interrupt, std::FILE* log
       throw NonFiniteError("the update made a weight non-finite (learning rate too high?)" + where);
     }
     ++step_;
-    const int64_t step_tokens = opts_.batch * opts_.seq_len;
+    const int64_t step_tokens = batch_.batch * batch_.seq_len;  // a source may vary the length
     tokens_seen_ += step_tokens;
     const double t1 = now_s(), secs = t1 - t0;
 
