@@ -2,39 +2,24 @@
 // outside checks and bench/compare.py read, and counts model FLOPs by the documented formula.
 #include <gtest/gtest.h>
 
-#include <array>
 #include <cmath>
-#include <cstdio>
-#include <memory>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
-namespace {
+#include "util/cli.hpp"
 
-std::string run(const std::string& args, int* code) {
-  const std::string cmd = std::string(INFINI_BINARY) + " " + args + " 2>/dev/null";
-  std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), pclose);
-  std::string out;
-  std::array<char, 4096> buf{};
-  size_t got = 0;
-  while ((got = fread(buf.data(), 1, buf.size(), p.get())) > 0) out.append(buf.data(), got);
-  *code = pclose(p.release());
-  return out;
-}
-
-}  // namespace
+using infini::testutil::CliResult;
+using infini::testutil::run_infini;
 
 TEST(BenchCommand, ReportsThroughputAndCountsModelFlops) {
   // configs/bench_small.json, 300 tokens: segments of 256 and 44.
   const std::string cfg = std::string(INFINI_SOURCE_DIR) + "/configs/bench_small.json";
-  int code = -1;
-  const std::string out = run("bench --config " + cfg +
-                                  " --seq-len 300 --batch 1 --steps 1 --warmup 0 --threads 2 "
-                                  "--no-sgemm --json",
-                              &code);
-  ASSERT_EQ(code, 0) << out;
-  const auto j = nlohmann::json::parse(out);
+  const CliResult r = run_infini("bench --config " + cfg +
+                                 " --seq-len 300 --batch 1 --steps 1 --warmup 0 --threads 2 "
+                                 "--no-sgemm --json");
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  const auto j = nlohmann::json::parse(r.out);
   for (const char* key : {"train_tokens_per_s", "eval_tokens_per_s", "prefill_tokens_per_s"})
     EXPECT_GT(j.at(key).get<double>(), 0) << key;
   EXPECT_EQ(j.at("threads").get<int>(), 2);
@@ -53,7 +38,8 @@ TEST(BenchCommand, ReportsThroughputAndCountsModelFlops) {
 }
 
 TEST(BenchCommand, RejectsAMissingConfig) {
-  int code = 0;
-  run("bench --config /nonexistent/config.json --seq-len 8 --no-sgemm --json", &code);
-  EXPECT_NE(code, 0);
+  const CliResult r =
+      run_infini("bench --config /nonexistent/config.json --seq-len 8 --no-sgemm --json");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("/nonexistent/config.json"), std::string::npos) << r.err;
 }

@@ -12,19 +12,14 @@
 #include "io/safetensors.hpp"
 #include "model/bptt.hpp"
 #include "model/convert.hpp"
+#include "util/cli.hpp"
+#include "util/hf_checkpoint.hpp"
 
 using namespace infini;
 using namespace infini::model;
 namespace fs = std::filesystem;
 
 namespace {
-
-fs::path temp_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / ("infini_convert_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
 
 struct HfCase {
   const char* name;
@@ -33,62 +28,16 @@ struct HfCase {
   int64_t kv_heads;
 };
 
-// Writes a plain (memory-less) checkpoint the way Hugging Face lays it out: no beta tensors,
-// no infini block, optionally BF16 and split over two shards with an index.
+// A plain checkpoint of this case (vocab 300, hidden 32, 2 layers, 4 query heads), see
+// tests/util/hf_checkpoint.hpp.
 Model<float> write_hf_checkpoint(const HfCase& c, const fs::path& dir) {
-  ModelConfig cfg;
-  cfg.model_type = c.model_type;
-  cfg.vocab_size = 300;
-  cfg.hidden_size = 32;
-  cfg.intermediate_size = 48;
-  cfg.num_layers = 2;
-  cfg.num_heads = 4;
-  cfg.num_kv_heads = c.kv_heads;
-  cfg.head_dim = 8;
-  cfg.tie_word_embeddings = c.tied;
-  cfg.attention_bias = std::string(c.model_type) == "qwen2";
-  cfg.use_memory = false;  // the layout of a plain checkpoint: no beta
-  cfg.segment_length = 1 << 20;
-  Model<float> m = init_model(cfg, {5, 0.2, 0.0});
-  // Round the weights to what the file will hold so the comparison is exact.
-  std::vector<io::RawTensor> raw;
-  for (const auto& p : m.layout.params) {
-    io::RawTensor t{p.name, c.bf16 ? io::DType::BF16 : io::DType::F32, p.shape, {}};
-    for (int64_t i = 0; i < p.numel; ++i) {
-      float& w = m.weights[size_t(p.offset + i)];
-      if (p.kind == ParamKind::Bias || p.kind == ParamKind::Norm) w += 0.05f * float(i % 7);
-      if (c.bf16) {
-        const uint16_t b = io::f32_to_bf16(w);
-        w = io::bf16_to_f32(b);
-        t.bytes.push_back(uint8_t(b & 0xff));
-        t.bytes.push_back(uint8_t(b >> 8));
-      } else {
-        const auto* bytes = reinterpret_cast<const uint8_t*>(&w);
-        t.bytes.insert(t.bytes.end(), bytes, bytes + 4);
-      }
-    }
-    raw.push_back(std::move(t));
-  }
-  fs::create_directories(dir);
-  nlohmann::json j = config_to_json(cfg);
-  j.erase("infini");
-  j["architectures"] = {"LlamaForCausalLM"};
-  j["hidden_act"] = "silu";
-  std::ofstream(dir / "config.json") << j.dump(2);
-  if (c.sharded) {
-    const size_t half = raw.size() / 2;
-    std::vector<io::RawTensor> a(raw.begin(), raw.begin() + long(half)), b(raw.begin() + long(half), raw.end());
-    io::write_safetensors_raw((dir / "model-00001-of-00002.safetensors").string(), a);
-    io::write_safetensors_raw((dir / "model-00002-of-00002.safetensors").string(), b);
-    nlohmann::json idx;
-    for (const auto& t : a) idx["weight_map"][t.name] = "model-00001-of-00002.safetensors";
-    for (const auto& t : b) idx["weight_map"][t.name] = "model-00002-of-00002.safetensors";
-    std::ofstream(dir / "model.safetensors.index.json") << idx.dump();
-  } else {
-    io::write_safetensors_raw((dir / "model.safetensors").string(), raw);
-  }
-  std::ofstream(dir / "tokenizer.json") << "{}";
-  return m;
+  testutil::HfCheckpoint h;
+  h.model_type = c.model_type;
+  h.tied = c.tied;
+  h.bf16 = c.bf16;
+  h.sharded = c.sharded;
+  h.num_kv_heads = c.kv_heads;
+  return testutil::write_hf_checkpoint(h, dir);
 }
 
 std::vector<float> logits_of(const Model<float>& m, const std::vector<int32_t>& ids) {
@@ -110,7 +59,7 @@ class Convert : public ::testing::TestWithParam<HfCase> {};
 
 TEST_P(Convert, ClosedGatesGiveTheOriginalSegmentLocalModel) {
   const HfCase c = GetParam();
-  const fs::path d = temp_dir(c.name);
+  const fs::path d = testutil::temp_dir(std::string("convert_") + c.name);
   Model<float> plain = write_hf_checkpoint(c, d / "hf");
   ConvertOptions co;
   co.segment_length = 16;
@@ -154,7 +103,7 @@ INSTANTIATE_TEST_SUITE_P(Checkpoints, Convert,
                          [](const auto& i) { return std::string(i.param.name); });
 
 TEST(ConvertErrors, NameTheProblem) {
-  const fs::path d = temp_dir("errors");
+  const fs::path d = testutil::temp_dir("convert_errors");
   HfCase c{"x", "llama", false, false, false, 4};
   write_hf_checkpoint(c, d / "hf");
   auto expect_error = [&](const std::string& needle) {

@@ -184,6 +184,44 @@ TEST_P(FastModel, LossAndGradientsMatchReferenceAtAnyThreadCount) {
   }
 }
 
+TEST_P(FastModel, KeptActivationsGiveTheSameGradientsAsRecomputation) {
+  // The backward uses activations kept from the forward where the budget allows, and
+  // recomputes the other segments: every budget must give the same loss and gradients, bit
+  // for bit (both run the same forward code on the same inputs).
+  const ModelCase c = GetParam();
+  const ModelConfig cfg = make_config(c);
+  const Model<float> m = cast_model<float>(random_model(cfg, 9));
+  const auto tokens = random_tokens(c.B * c.T, cfg.vocab_size, 10);
+  ForwardContext<float> ctx(cfg);
+  ctx.threads = 2;
+  const int64_t S = (c.T + cfg.segment_length - 1) / cfg.segment_length;
+  ASSERT_GE(S, 2);
+  auto run = [&](int64_t budget, SequenceWorkspace<float>& ws) {
+    SequenceOptions o;
+    o.keep_activations_bytes = budget;
+    std::vector<float> g(size_t(m.layout.total), 0.0f);
+    const double l = sequence_loss<float>(m, ctx, tokens.data(), c.B, c.T, g.data(), o, ws).loss_sum;
+    return std::make_pair(l, g);
+  };
+  SequenceWorkspace<float> ws_none, ws_all, ws_one;
+  const auto none = run(0, ws_none);
+  EXPECT_TRUE(ws_none.kept.empty());
+  const auto all = run(int64_t(1) << 40, ws_all);
+  EXPECT_EQ(int64_t(ws_all.kept.size()), S - 1);  // every segment but the last, kept
+  // A budget of one and a half segments keeps exactly one.
+  const int64_t one_segment = activation_bytes(ws_all.kept[0]);
+  ASSERT_GT(one_segment, 0);
+  const auto one = run(one_segment + one_segment / 2, ws_one);
+  EXPECT_EQ(ws_one.kept.size(), 1u);
+  EXPECT_EQ(none.first, all.first);
+  EXPECT_EQ(none.first, one.first);
+  EXPECT_EQ(none.second, all.second);
+  EXPECT_EQ(none.second, one.second);
+  // Reusing a workspace that kept more for a longer call gives the same again.
+  const auto again = run(int64_t(1) << 40, ws_all);
+  EXPECT_EQ(again.second, none.second);
+}
+
 TEST_P(FastModel, FloatFastPathMatchesDoubleReference) {
   const ModelCase c = GetParam();
   const ModelConfig cfg = make_config(c);

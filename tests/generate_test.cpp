@@ -1,12 +1,8 @@
 // `infini generate` through the built binary: reproducible sampling, saved states that resume
 // exactly, the interactive mode, stop strings, streamed prompt files and clear errors.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -14,35 +10,18 @@
 
 #include <nlohmann/json.hpp>
 
+#include "util/cli.hpp"
+
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int code;
-  std::string out, err;
-};
+using infini::testutil::CliResult;
+using infini::testutil::read_file;
+using infini::testutil::run_infini;
+using infini::testutil::run_shell;
 
-// Runs a shell command line; stderr is captured separately.
-Result run_shell(const std::string& line) {
-  const fs::path errf = fs::temp_directory_path() / ("infini_gen_err_" + std::to_string(getpid()));
-  const std::string cmd = line + " 2>" + errf.string();
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  std::ifstream e(errf);
-  r.err.assign(std::istreambuf_iterator<char>(e), {});
-  fs::remove(errf);
-  return r;
-}
-
-Result run(const std::string& args) { return run_shell(std::string(INFINI_BINARY) + " " + args); }
-
-nlohmann::json json_of(const Result& r) {
+nlohmann::json json_of(const CliResult& r) {
   EXPECT_EQ(r.code, 0) << r.err;
   return nlohmann::json::parse(r.out);
 }
@@ -51,18 +30,16 @@ nlohmann::json json_of(const Result& r) {
 class Generate : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = fs::temp_directory_path() / ("infini_gen_" + std::to_string(getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = infini::testutil::temp_dir("gen");
     auto make = [](const std::string& name, uint64_t seed, int seg = 16) {
       std::ofstream(dir_ / (name + ".json")) << R"({"vocab_size": 260, "hidden_size": 32,
         "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
         "tie_word_embeddings": true, "model_type": "llama",
         "infini": {"segment_length": )" << seg << R"(, "memory_update": "delta", "use_memory": true}})";
-      const Result r = run("init --config " + (dir_ / (name + ".json")).string() + " --out " +
-                           (dir_ / name).string() + " --seed " + std::to_string(seed) +
-                           " --init-std 0.3 --gate-init 1");
+      const CliResult r = run_infini("init --config " + (dir_ / (name + ".json")).string() +
+                                     " --out " + (dir_ / name).string() + " --seed " +
+                                     std::to_string(seed) + " --init-std 0.3 --gate-init 1");
       ASSERT_EQ(r.code, 0) << r.err;
     };
     make("m", 1);
@@ -81,7 +58,8 @@ class Generate : public ::testing::Test {
 }  // namespace
 
 TEST_F(Generate, JsonReportsTheContractFields) {
-  const auto j = json_of(run(gen("--prompt 'Once upon a time' --max-new-tokens 12 --json --temperature 0")));
+  const auto j = json_of(
+      run_infini(gen("--prompt 'Once upon a time' --max-new-tokens 12 --json --temperature 0")));
   for (const char* k : {"prompt_tokens", "new_tokens", "prefill_tokens_per_s", "decode_tokens_per_s",
                         "peak_rss_mb", "text", "stop_reason"})
     EXPECT_TRUE(j.contains(k)) << k;
@@ -93,12 +71,12 @@ TEST_F(Generate, JsonReportsTheContractFields) {
 
 TEST_F(Generate, SamplingIsReproducibleAndTopKOneIsGreedy) {
   const std::string p = "--prompt 'The memory of' --max-new-tokens 40 ";
-  const Result greedy = run(gen(p + "--temperature 0"));
+  const CliResult greedy = run_infini(gen(p + "--temperature 0"));
   ASSERT_EQ(greedy.code, 0) << greedy.err;
-  EXPECT_EQ(run(gen(p + "--temperature 1.7 --top-k 1 --seed 9")).out, greedy.out);
-  const Result a = run(gen(p + "--temperature 1 --seed 5"));
-  const Result b = run(gen(p + "--temperature 1 --seed 5 --top-p 1"));
-  const Result c = run(gen(p + "--temperature 1 --seed 6"));
+  EXPECT_EQ(run_infini(gen(p + "--temperature 1.7 --top-k 1 --seed 9")).out, greedy.out);
+  const CliResult a = run_infini(gen(p + "--temperature 1 --seed 5"));
+  const CliResult b = run_infini(gen(p + "--temperature 1 --seed 5 --top-p 1"));
+  const CliResult c = run_infini(gen(p + "--temperature 1 --seed 6"));
   ASSERT_EQ(a.code, 0) << a.err;
   EXPECT_EQ(a.out, b.out);
   EXPECT_NE(a.out, c.out);
@@ -111,22 +89,30 @@ TEST_F(Generate, SavedStateResumesLikeOneRun) {
   const std::string A = "a long document that spans several segments of sixteen tokens. ";
   const std::string B = "Question: what was it about?";
   const std::string st = path("doc.state");
-  const Result whole = run(gen("--prompt '" + A + B + "' --max-new-tokens 25 --temperature 0"));
+  const CliResult whole =
+      run_infini(gen("--prompt '" + A + B + "' --max-new-tokens 25 --temperature 0"));
   ASSERT_EQ(whole.code, 0) << whole.err;
-  const Result read = run(gen("--prompt '" + A + "' --max-new-tokens 0 --state-out " + st));
+  const CliResult read =
+      run_infini(gen("--prompt '" + A + "' --max-new-tokens 0 --state-out " + st));
   ASSERT_EQ(read.code, 0) << read.err;
-  const Result asked = run(gen("--state-in " + st + " --prompt '" + B + "' --max-new-tokens 25 --temperature 0"));
+  const CliResult asked = run_infini(
+      gen("--state-in " + st + " --prompt '" + B + "' --max-new-tokens 25 --temperature 0"));
   ASSERT_EQ(asked.code, 0) << asked.err;
   EXPECT_EQ(asked.out, whole.out);
   // The state can be queried again: it was not modified by the read.
-  EXPECT_EQ(run(gen("--state-in " + st + " --prompt '" + B + "' --max-new-tokens 25 --temperature 0")).out,
+  EXPECT_EQ(run_infini(gen("--state-in " + st + " --prompt '" + B +
+                           "' --max-new-tokens 25 --temperature 0"))
+                .out,
             whole.out);
 
   const std::string st2 = path("gen.state");
-  const auto first = json_of(run(gen("--prompt '" + A + B + "' --max-new-tokens 10 --temperature 0 --json --state-out " + st2)));
+  const auto first = json_of(run_infini(gen(
+      "--prompt '" + A + B + "' --max-new-tokens 10 --temperature 0 --json --state-out " + st2)));
   ASSERT_EQ(first["stop_reason"], "length");
-  const auto second = json_of(run(gen("--state-in " + st2 + " --max-new-tokens 15 --temperature 0 --json")));
-  const auto all = json_of(run(gen("--prompt '" + A + B + "' --max-new-tokens 25 --temperature 0 --json")));
+  const auto second =
+      json_of(run_infini(gen("--state-in " + st2 + " --max-new-tokens 15 --temperature 0 --json")));
+  const auto all = json_of(
+      run_infini(gen("--prompt '" + A + B + "' --max-new-tokens 25 --temperature 0 --json")));
   ASSERT_EQ(all["stop_reason"], "length");
   EXPECT_EQ(first["text"].get<std::string>() + second["text"].get<std::string>(), all["text"].get<std::string>());
   EXPECT_EQ(second["position"].get<int64_t>(), all["position"].get<int64_t>());
@@ -135,7 +121,8 @@ TEST_F(Generate, SavedStateResumesLikeOneRun) {
 TEST_F(Generate, InteractiveKeepsTheStateAcrossTurns) {
   const std::string in = path("turns.txt");
   std::ofstream(in) << "first question\nsecond question\n";
-  const Result r = run(gen("--interactive --json --max-new-tokens 8 --temperature 0 < " + in));
+  const CliResult r =
+      run_infini(gen("--interactive --json --max-new-tokens 8 --temperature 0 < " + in));
   ASSERT_EQ(r.code, 0) << r.err;
   std::vector<nlohmann::json> turns;
   std::istringstream lines(r.out);
@@ -145,18 +132,20 @@ TEST_F(Generate, InteractiveKeepsTheStateAcrossTurns) {
   const std::string st = path("chat.state"), q1 = path("q1.txt"), q2 = path("q2.txt");
   std::ofstream(q1) << "first question\n";
   std::ofstream(q2) << "second question\n";
-  const auto t1 = json_of(run(gen("--prompt-file " + q1 + " --max-new-tokens 8 --temperature 0 --json --state-out " + st)));
+  const auto t1 = json_of(run_infini(
+      gen("--prompt-file " + q1 + " --max-new-tokens 8 --temperature 0 --json --state-out " + st)));
   EXPECT_EQ(t1["text"], turns[0]["text"]);
-  const auto t2 = json_of(run(gen("--state-in " + st + " --prompt-file " + q2 + " --max-new-tokens 8 --temperature 0 --json")));
+  const auto t2 = json_of(run_infini(gen("--state-in " + st + " --prompt-file " + q2 +
+                                         " --max-new-tokens 8 --temperature 0 --json")));
   EXPECT_EQ(t2["text"], turns[1]["text"]);
   EXPECT_GT(turns[1]["position"].get<int64_t>(), turns[0]["position"].get<int64_t>());
   // EOF right away is a clean exit.
-  EXPECT_EQ(run(gen("--interactive < /dev/null")).code, 0);
+  EXPECT_EQ(run_infini(gen("--interactive < /dev/null")).code, 0);
 }
 
 TEST_F(Generate, StopStringEndsTheOutputBeforeIt) {
   const std::string p = "--prompt 'Stop here' --max-new-tokens 30 --temperature 0 --json ";
-  const std::string text = json_of(run(gen(p)))["text"];
+  const std::string text = json_of(run_infini(gen(p)))["text"];
   ASSERT_GE(text.size(), 12u);
   // Any 2-character piece of the output that is plain ASCII works as a stop string.
   size_t at = 6;
@@ -165,7 +154,7 @@ TEST_F(Generate, StopStringEndsTheOutputBeforeIt) {
     ++at;
   if (at + 2 >= text.size()) GTEST_SKIP() << "no printable pair in the output";
   const std::string stop = text.substr(at, 2);
-  const auto j = json_of(run(gen(p + "--stop '" + stop + "'")));
+  const auto j = json_of(run_infini(gen(p + "--stop '" + stop + "'")));
   EXPECT_EQ(j["stop_reason"], "stop");
   EXPECT_EQ(j["text"].get<std::string>(), text.substr(0, text.find(stop)));
 }
@@ -188,7 +177,7 @@ TEST_F(Generate, PromptFilesAreStreamedInBoundedMemory) {
   const std::string wide = "OMP_NUM_THREADS=1 " + std::string(INFINI_BINARY) + " generate --model " +
                            path("wide") + " --max-new-tokens 4 --temperature 0 --json ";
   auto run_wide = [&](const std::string& args) {
-    const Result r = run_shell(wide + args);
+    const CliResult r = run_shell(wide + args);
     EXPECT_EQ(r.code, 0) << r.err;
     return nlohmann::json::parse(r.out);
   };
@@ -210,9 +199,9 @@ TEST_F(Generate, PromptFilesAreStreamedInBoundedMemory) {
 
 TEST_F(Generate, BadStateFilesFailWithOneLine) {
   const std::string good = path("good.state");
-  ASSERT_EQ(run(gen("--prompt 'some text' --max-new-tokens 0 --state-out " + good)).code, 0);
+  ASSERT_EQ(run_infini(gen("--prompt 'some text' --max-new-tokens 0 --state-out " + good)).code, 0);
   auto expect_error = [&](const std::string& args, const std::string& needle) {
-    const Result r = run(args);
+    const CliResult r = run_infini(args);
     EXPECT_NE(r.code, 0) << args;
     EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
@@ -222,11 +211,7 @@ TEST_F(Generate, BadStateFilesFailWithOneLine) {
   std::ofstream(garbage) << "this is not a state file at all";
   expect_error(gen("--state-in " + garbage + " --max-new-tokens 3"), "bad magic");
 
-  std::string bytes;
-  {
-    std::ifstream f(good, std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(f), {});
-  }
+  const std::string bytes = read_file(good);
   const std::string cut = path("cut.state");
   std::ofstream(cut, std::ios::binary) << bytes.substr(0, bytes.size() - 13);
   expect_error(gen("--state-in " + cut + " --max-new-tokens 3"), "truncated");

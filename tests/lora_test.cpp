@@ -3,7 +3,6 @@
 // and a fine-tuning step that leaves the base weights frozen.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <random>
 
@@ -12,6 +11,7 @@
 #include "model/bptt.hpp"
 #include "model/lora.hpp"
 #include "tasks/lora_trainable.hpp"
+#include "util/cli.hpp"
 #include "util/gradcheck.hpp"
 
 using namespace infini;
@@ -53,13 +53,6 @@ LoraAdapter<float> random_adapter(const Model<float>& base, int64_t rank, uint64
   std::normal_distribution<double> n(0, 0.4);
   for (auto& v : a.values) v += float(n(g));
   return a;
-}
-
-std::string temp_dir(const std::string& name) {
-  const fs::path p = fs::temp_directory_path() / ("infini_lora_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
 }
 
 std::vector<float> logits_of(const Model<float>& m, const std::vector<int32_t>& t) {
@@ -143,7 +136,7 @@ TEST(Lora, MergeRoundTripGivesTheAdaptedLogits) {
   const std::vector<float> want = logits_of(adapted, toks);
   ASSERT_NE(want, logits_of(base, toks));  // the adapter changes the model
 
-  const std::string dir = temp_dir("merge");
+  const std::string dir = testutil::temp_dir("lora_test_merge").string();
   const std::string base_dir = dir + "/base", ad_dir = dir + "/adapter", out_dir = dir + "/merged";
   save_model(base, base_dir);
   save_lora(a, ad_dir, base_dir);
@@ -163,16 +156,17 @@ TEST(Lora, MergeRoundTripGivesTheAdaptedLogits) {
   EXPECT_EQ(logits_of(lora_merge(base2, a2), toks), want);
 
   // The command line.
-  const std::string cmd = std::string(INFINI_BINARY) + " lora merge --model " + base_dir +
-                          " --adapter " + ad_dir + " --out " + out_dir + " > /dev/null";
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const std::string args =
+      "lora merge --model " + base_dir + " --adapter " + ad_dir + " --out " + out_dir;
+  const testutil::CliResult r = testutil::run_infini(args);
+  ASSERT_EQ(r.code, 0) << args << "\n" << r.err;
   EXPECT_EQ(logits_of(load_model(out_dir), toks), want);
   fs::remove_all(dir);
 }
 
 TEST(Lora, LoadRejectsAMismatchedAdapter) {
   const Model<float> base = init_model(small_config(true, false), {1, 0.5, 0});
-  const std::string dir = temp_dir("bad");
+  const std::string dir = testutil::temp_dir("lora_test_bad").string();
   save_lora(lora_init(base, {2, 4}, 1), dir, "x");
   ModelConfig wider = small_config(true, false);
   wider.hidden_size = 12;
@@ -222,7 +216,7 @@ TEST(Lora, TrainableUpdatesOnlyAdaptersAndGates) {
     else EXPECT_TRUE(same) << p.name;
   }
   // save() writes a loadable merged model plus the adapter; restore() reads the adapter back.
-  const std::string dir = temp_dir("trainable");
+  const std::string dir = testutil::temp_dir("lora_test_trainable").string();
   lt.save(dir);
   EXPECT_EQ(load_model(dir).weights, m.weights);
   tasks::LoraTrainable fresh(base, {2, 4}, 99, "", "base");

@@ -26,38 +26,29 @@
 #include <nlohmann/json.hpp>
 
 #include "model/model.hpp"
+#include "util/cli.hpp"
 
 extern char** environ;
 namespace fs = std::filesystem;
 
 namespace {
 
-std::string read_all(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
+using infini::testutil::CliResult;
+using infini::testutil::read_file;
+using infini::testutil::run_shell;
 
 bool have_mpirun() { return std::system("command -v mpirun >/dev/null 2>&1") == 0; }
 
-struct Result {
-  int code;
-  std::string err;
-};
-
 // One OpenMP thread per process, so that 2 ranks fit the CI's 2 cores.
-Result sh(const std::string& cmd) {
+CliResult sh(const std::string& cmd) {
   setenv("OMP_NUM_THREADS", "1", 1);
   setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
   // CI runs as root; OpenMPI refuses that unless told (the flag below says it too).
   setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
   setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-  const fs::path errf = fs::temp_directory_path() / ("infini_mpi_err_" + std::to_string(getpid()));
-  // `timeout`: a hang fails the test (exit 124) instead of blocking CI.
-  const std::string full = "timeout 120 " + cmd + " >/dev/null 2>" + errf.string();
-  const int status = std::system(full.c_str());
-  Result r{WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), read_all(errf)};
-  fs::remove(errf);
-  return r;
+  // `timeout`: a hang fails the test (exit 124) instead of blocking CI. Standard output goes
+  // to /dev/null so that no rank left behind can hold the pipe open.
+  return run_shell("timeout 120 " + cmd + " >/dev/null");
 }
 
 // Shared memory and loopback only; no CPU binding (the ranks share 2 cores with other tests).
@@ -73,8 +64,7 @@ std::string mpirun(int np) {
 struct Env {
   fs::path dir;
   Env() {
-    dir = fs::temp_directory_path() / ("infini_mpi_" + std::to_string(getpid()));
-    fs::remove_all(dir);
+    dir = infini::testutil::temp_dir("mpi");
     fs::create_directories(dir / "data");
     fs::create_directories(dir / "other");
     std::ofstream(dir / "tiny.json") << R"({"model_type": "llama", "vocab_size": 258,
@@ -129,9 +119,9 @@ class Mpi : public ::testing::Test {
   }
   // The reference runs, made once for the tests that need them: one process, and 2 ranks.
   static void reference_runs() {
-    if (!single_) single_ = new Result(sh(env_->train("single") + " --steps 8"));
+    if (!single_) single_ = new CliResult(sh(env_->train("single") + " --steps 8"));
     if (!pair_)
-      pair_ = new Result(sh(mpirun(2) + env_->train("pair") + " --steps 8 --save-every 4"));
+      pair_ = new CliResult(sh(mpirun(2) + env_->train("pair") + " --steps 8 --save-every 4"));
   }
   static void TearDownTestSuite() {
     delete env_;
@@ -144,11 +134,11 @@ class Mpi : public ::testing::Test {
     if (!have_mpirun()) GTEST_SKIP() << "mpirun is not installed (scripts/setup.sh installs it)";
   }
   static Env* env_;
-  static Result *single_, *pair_;
+  static CliResult *single_, *pair_;
 };
 Env* Mpi::env_ = nullptr;
-Result* Mpi::single_ = nullptr;
-Result* Mpi::pair_ = nullptr;
+CliResult* Mpi::single_ = nullptr;
+CliResult* Mpi::pair_ = nullptr;
 
 }  // namespace
 
@@ -188,7 +178,7 @@ TEST_F(Mpi, TwoRanksMatchOneProcessAtTheSameGlobalBatch) {
 TEST_F(Mpi, ResumeUnderMpiEqualsTheUninterruptedRun) {
   reference_runs();
   ASSERT_EQ(pair_->code, 0) << pair_->err;
-  Result r = sh(mpirun(2) + env_->train("split") + " --steps 8 --save-every 4 --stop-at 4");
+  CliResult r = sh(mpirun(2) + env_->train("split") + " --steps 8 --save-every 4 --stop-at 4");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_FALSE(fs::exists(env_->dir / "split/final"));
   r = sh(mpirun(2) + std::string(INFINI_BINARY) + " train --resume --out " +
@@ -209,7 +199,7 @@ TEST_F(Mpi, RanksGivenDifferentDataFailOnEveryRankWithoutHanging) {
                          << env_->train("mismatch", "other") << " --steps 4; else exec "
                          << env_->train("mismatch", "data") << " --steps 4; fi\n";
   // --data also differs as a flag, so the flags check is the one that fails.
-  const Result r = sh(mpirun(2) + "sh " + wrapper.string());
+  const CliResult r = sh(mpirun(2) + "sh " + wrapper.string());
   EXPECT_NE(r.code, 0) << r.err;
   EXPECT_NE(r.code, 124) << "hung: " << r.err;
   EXPECT_NE(r.err.find("not the same on all 2 MPI processes"), std::string::npos) << r.err;
@@ -223,7 +213,7 @@ TEST_F(Mpi, RanksGivenDifferentDataFailOnEveryRankWithoutHanging) {
       << "cd $d && exec " << INFINI_BINARY << " train --config " << (env_->dir / "tiny.json").string()
       << " --data corpus --out " << (env_->dir / "mismatch2").string()
       << " --seq-len 32 --batch 4 --steps 4\n";
-  const Result r2 = sh(mpirun(2) + "sh " + (env_->dir / "wrap2.sh").string());
+  const CliResult r2 = sh(mpirun(2) + "sh " + (env_->dir / "wrap2.sh").string());
   EXPECT_NE(r2.code, 0) << r2.err;
   EXPECT_NE(r2.code, 124) << "hung: " << r2.err;
   EXPECT_NE(r2.err.find("the training data"), std::string::npos) << r2.err;
@@ -236,7 +226,7 @@ std::vector<pid_t> children(pid_t parent) {
   for (const auto& e : fs::directory_iterator("/proc")) {
     const std::string name = e.path().filename().string();
     if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::istringstream st(read_all(e.path() / "stat"));
+    std::istringstream st(read_file(e.path() / "stat"));
     std::string pid, comm, state;
     long ppid = 0;
     // comm is in parentheses and has no spaces for the programs started here.
@@ -269,11 +259,11 @@ TEST_F(Mpi, SigtermToOneRankStopsAllRanksAtTheSameStepWithACheckpoint) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   int status = 0;
   while (metrics(env_->dir / "sig").size() < 3 && std::chrono::steady_clock::now() < deadline) {
-    ASSERT_EQ(waitpid(pid, &status, WNOHANG), 0) << "mpirun ended early: " << read_all(log);
+    ASSERT_EQ(waitpid(pid, &status, WNOHANG), 0) << "mpirun ended early: " << read_file(log);
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   const std::vector<pid_t> ranks = children(pid);
-  ASSERT_EQ(ranks.size(), 2u) << read_all(log);
+  ASSERT_EQ(ranks.size(), 2u) << read_file(log);
   // Only one rank is told; the stop is agreed between ranks after each step.
   ASSERT_EQ(kill(ranks.back(), SIGTERM), 0);
   while (waitpid(pid, &status, WNOHANG) == 0 && std::chrono::steady_clock::now() < deadline)
@@ -281,9 +271,9 @@ TEST_F(Mpi, SigtermToOneRankStopsAllRanksAtTheSameStepWithACheckpoint) {
   if (waitpid(pid, &status, WNOHANG) == 0) {
     kill(pid, SIGKILL);
     waitpid(pid, &status, 0);
-    FAIL() << "mpirun did not finish after SIGTERM to one rank: " << read_all(log);
+    FAIL() << "mpirun did not finish after SIGTERM to one rank: " << read_file(log);
   }
-  const std::string err = read_all(log);
+  const std::string err = read_file(log);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << err;
   EXPECT_NE(err.find("interrupted at step"), std::string::npos) << err;
   const auto m = metrics(env_->dir / "sig");
@@ -294,7 +284,7 @@ TEST_F(Mpi, SigtermToOneRankStopsAllRanksAtTheSameStepWithACheckpoint) {
 }
 
 TEST_F(Mpi, GlobalBatchMustDivideOverRanksTimesGradAccum) {
-  const Result r = sh(mpirun(2) + env_->train("odd", "data", 2) + " --steps 3 --grad-accum 2");
+  const CliResult r = sh(mpirun(2) + env_->train("odd", "data", 2) + " --steps 3 --grad-accum 2");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.code, 124) << "hung: " << r.err;
   EXPECT_NE(r.err.find("multiple of 2 MPI processes x --grad-accum 2"), std::string::npos)
@@ -304,7 +294,7 @@ TEST_F(Mpi, GlobalBatchMustDivideOverRanksTimesGradAccum) {
 #else  // a build without MPI refuses to be started as several processes
 
 TEST_F(Mpi, BuildWithoutMpiRefusesSeveralProcesses) {
-  const Result r = sh(mpirun(2) + env_->train("nompi") + " --steps 3");
+  const CliResult r = sh(mpirun(2) + env_->train("nompi") + " --steps 3");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.code, 124) << "hung: " << r.err;
   EXPECT_NE(r.err.find("no MPI support"), std::string::npos) << r.err;
@@ -315,7 +305,7 @@ TEST_F(Mpi, BuildWithoutMpiRefusesSeveralProcesses) {
 
 // Both builds: a plain launch (no mpirun) is a single process as before.
 TEST_F(Mpi, PlainLaunchIsOneProcess) {
-  const Result r = sh(env_->train("plain") + " --steps 3");
+  const CliResult r = sh(env_->train("plain") + " --steps 3");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.err.find("mpi:"), std::string::npos) << r.err;
   EXPECT_EQ(metrics(env_->dir / "plain").size(), 3u);

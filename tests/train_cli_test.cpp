@@ -212,6 +212,35 @@ TEST(TrainCli, StopAndResumeEqualsAnUninterruptedRunBitForBit) {
   EXPECT_NE(r.err.find("--lr"), std::string::npos) << r.err;
 }
 
+// Settings that do not change the weights (--save-every, --keep, --eval-every, --log-every,
+// --val-tokens, --token-cache, --steps) are recorded too: a resume with only --out keeps them,
+// and a resume may give other values.
+TEST(TrainCli, ResumeKeepsTheRecordedSettingsAndAcceptsChangedOnes) {
+  Env e("settings");
+  const std::string common = " --steps 6 --save-every 1 --keep 10 --eval-every 0";
+  ASSERT_EQ(run(e.base("ref") + common).code, 0);
+  Result r = run(e.base("r") + common + " --stop-at 2");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run("train --out " + (e.dir / "r").string() + " --resume --stop-at 4");
+  ASSERT_EQ(r.code, 0) << r.err;
+  // --save-every 1 and --keep 10 held (with the defaults, 500 and 3, step 3 would not be
+  // saved), and so did --log-every 1 (default 10: no line for step 3).
+  for (int64_t s = 1; s <= 4; ++s)
+    EXPECT_TRUE(fs::exists(e.dir / "r/checkpoints" / step_name(s) / "trainer.json")) << s;
+  EXPECT_NE(r.err.find("step 3/6"), std::string::npos) << r.err;
+  // A different setting is accepted and used from there on; the weights do not change.
+  r = run("train --out " + (e.dir / "r").string() + " --resume --save-every 2 --keep 10");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("--save-every is 2"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(e.dir / "r/checkpoints" / step_name(5)));
+  EXPECT_TRUE(fs::exists(e.dir / "r/checkpoints" / step_name(6) / "trainer.json"));
+  // --eval-every 0 still held at the end (the default would evaluate at step 6).
+  EXPECT_EQ(r.err.find("eval at step"), std::string::npos) << r.err;
+  expect_same_losses(metrics(e.dir / "ref"), metrics(e.dir / "r"));
+  EXPECT_TRUE(io_read(e.dir / "ref/final/model.safetensors") ==
+              io_read(e.dir / "r/final/model.safetensors"));
+}
+
 TEST(TrainCli, SigtermSavesACheckpointAndResumesExactly) {
   Env e("sigterm");
   fix_threads();
@@ -300,6 +329,14 @@ TEST(TrainCli, SigkillAtRandomMomentsThenResumeEqualsAnUninterruptedRun) {
   }
   EXPECT_GE(kills, 3) << "too few kills landed: " << io_read(log);
   EXPECT_GE(resumes, 1) << io_read(log);
+  // What a kill inside model::write_file_atomic or publish_directory leaves in OUT (a kill
+  // above rarely lands in that window, so plant it too): the next run removes it.
+  if (fs::exists(out / "latest")) {
+    for (const char* f : {"latest.tmp.4194999", "metrics.jsonl.tmp.17", "loss.svg.tmp.123456"})
+      std::ofstream(out / f) << "stale";
+    fs::create_directories(out / ".tmp-final-4194999");
+    std::ofstream(out / ".tmp-final-4194999/model.safetensors.tmp.4194999") << "stale";
+  }
   // Finish the run.
   r = run(fs::exists(out / "latest") ? "train --out " + out.string() + " --resume"
                                      : e.base("kill") + flags);
@@ -315,9 +352,10 @@ TEST(TrainCli, SigkillAtRandomMomentsThenResumeEqualsAnUninterruptedRun) {
     EXPECT_FALSE(a.empty()) << f;
     EXPECT_TRUE(a == b) << f << " differs from the uninterrupted run";
   }
-  // No half-written checkpoint is left behind once a run has completed.
-  for (const auto& c : fs::directory_iterator(out / "checkpoints"))
-    EXPECT_NE(c.path().filename().string().rfind(".tmp", 0), 0u) << c.path();
+  // No half-written checkpoint, nor any other temp file, is left behind once a run has
+  // completed.
+  for (const auto& c : fs::recursive_directory_iterator(out))
+    EXPECT_EQ(c.path().filename().string().find(".tmp"), std::string::npos) << c.path();
 }
 
 TEST(TrainCli, TokenCacheIsReusedAndInvalidatedByAChangedInput) {
@@ -416,6 +454,7 @@ TEST(TrainCli, BadFlagsFailWithOneLineAndASmallExitCode) {
       {ok + " --grad-clip -1", "--grad-clip"},
       {ok + " --val-fraction 1.5", "--val-fraction"},
       {ok + " --bptt-segments -1", "--bptt-segments"},
+      {ok + " --seed -1", "--seed: must be a non-negative integer"},
       {ok + " --steps abc", "--steps"},
       {ok + " --seq-len 100000", "--seq-len"},
       {ok + " --model " + e.dir.string(), "--config"},

@@ -106,6 +106,7 @@ void register_bench(CLI::App& app) {
   struct Opts {
     std::string config;
     int64_t seq_len = 2048, batch = 1, steps = 3, warmup = 1;
+    int64_t activation_mb = default_activation_memory_mb();
     int threads = 0;
     uint64_t seed = 0;
     bool json = false, no_sgemm = false;
@@ -134,6 +135,7 @@ void register_bench(CLI::App& app) {
       ->check(CLI::Range(0, 4096));
   cmd->add_option("--seed", o->seed, "Seed of the random weights and tokens")
       ->capture_default_str();
+  add_activation_memory_option(cmd, o->activation_mb);
   cmd->add_flag("--no-sgemm", o->no_sgemm, "Skip the SGEMM reference measurement");
   cmd->add_flag("--json", o->json, "Print one JSON object instead of text");
   cmd->callback([o] {
@@ -162,10 +164,13 @@ void register_bench(CLI::App& app) {
                      {0.9, 0.999, 1e-8});
 
     double last_loss = 0;
+    model::SequenceOptions train_opts;
+    train_opts.keep_activations_bytes = o->activation_mb << 20;
     auto train_step = [&] {
       std::fill(grads.begin(), grads.end(), 0.0f);
       last_loss =
-          model::sequence_loss<float>(m, ctx, ids.data(), B, T, grads.data(), {}, ws).mean();
+          model::sequence_loss<float>(m, ctx, ids.data(), B, T, grads.data(), train_opts, ws)
+              .mean();
       opt.step(m.weights.data(), grads.data(), 1.0);
     };
     auto eval_step = [&] {
@@ -232,6 +237,8 @@ void register_bench(CLI::App& app) {
                         {"batch", B},
                         {"steps", o->steps},
                         {"segment_length", cfg.segment_length},
+                        {"activation_memory_mb", o->activation_mb},
+                        {"kept_segments", int64_t(ws.kept.size())},
                         {"train_tokens_per_s", double(tokens) / t_train},
                         {"eval_tokens_per_s", double(tokens) / t_eval},
                         {"prefill_tokens_per_s", double(tokens) / t_prefill},

@@ -1,9 +1,15 @@
 #include "cli/common.hpp"
 
+#include <filesystem>
 #include <fstream>
 #include <string>
 
+#include "core/error.hpp"
+#include "io/text.hpp"
+
 namespace infini::cli {
+
+namespace fs = std::filesystem;
 
 double peak_rss_mb() {
   std::ifstream f("/proc/self/status");
@@ -12,5 +18,130 @@ double peak_rss_mb() {
     if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
   return 0.0;
 }
+
+CLI::Validator non_negative_integer() {
+  return CLI::Validator(
+      [](std::string& s) {
+        return s.find('-') == std::string::npos ? std::string() : "must be a non-negative integer";
+      },
+      "");
+}
+
+CLI::Option* add_activation_memory_option(CLI::App* cmd, int64_t& mib) {
+  return cmd
+      ->add_option("--activation-memory-mb", mib,
+                   "Activations of whole segments kept from the forward for the backward, at "
+                   "most this many MiB; the other segments are recomputed from their memory "
+                   "state (about a third more arithmetic). Results are identical either way; "
+                   "0: recompute all but the last segment (least memory)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 30));
+}
+
+// ---------------------------------------------------------------------------------------
+// RunFlags
+
+namespace {
+
+// The key `infini passkey train` used before flags were recorded by name: "--min-len" was
+// "min_len", "--curriculum-steps" was "curriculum_steps".
+std::string legacy_key(const std::string& flag) {
+  std::string k = flag.substr(flag.find_first_not_of('-'));
+  for (char& c : k)
+    if (c == '-') c = '_';
+  return k;
+}
+
+}  // namespace
+
+nlohmann::json RunFlags::record() const {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& e : entries_) j[e.opt->get_name()] = e.get();
+  return j;
+}
+
+std::vector<RunFlags::Change> RunFlags::restore(const nlohmann::json& rec,
+                                                const std::string& source) {
+  if (!rec.is_object()) throw Error(source + " has no record of the run's flags");
+  std::vector<Change> changes;
+  for (const auto& e : entries_) {
+    const std::string flag = e.opt->get_name();
+    const nlohmann::json* r = nullptr;
+    if (rec.contains(flag))
+      r = &rec[flag];
+    else if (rec.contains(legacy_key(flag)))
+      r = &rec[legacy_key(flag)];
+    if (!r) {
+      if (e.trajectory) throw Error(source + " has no record of " + flag);
+      continue;
+    }
+    if (e.opt->count() > 0) {
+      const nlohmann::json now = e.get();
+      if (now == *r) continue;
+      if (e.trajectory)
+        throw Error(flag + " " + now.dump() + " differs from the checkpoint's " + r->dump() +
+                    " (it shapes the run: omit it, or give the recorded value)");
+      changes.push_back({flag, *r, now});
+      continue;
+    }
+    try {
+      e.set(*r);
+    } catch (const nlohmann::json::exception&) {
+      throw Error(source + ": the record of " + flag + " (" + r->dump() + ") is not a valid value");
+    }
+  }
+  return changes;
+}
+
+std::string RunFlags::setting_names() const {
+  std::vector<std::string> names;
+  for (const auto& e : entries_)
+    if (!e.trajectory) names.push_back(e.opt->get_name());
+  std::string s;
+  for (size_t i = 0; i < names.size(); ++i)
+    s += (i == 0 ? "" : i + 1 == names.size() ? " and " : ", ") + names[i];
+  return s;
+}
+
+nlohmann::json read_run_record(const std::string& checkpoint_dir) {
+  const std::string path = (fs::path(checkpoint_dir) / "trainer.json").string();
+  const auto st = nlohmann::json::parse(io::read_file(path), nullptr, false);
+  if (st.is_discarded() || !st.is_object() || !st.contains("args") || !st["args"].is_object())
+    throw Error(path + " has no record of the run's flags");
+  return st["args"];
+}
+
+// ---------------------------------------------------------------------------------------
+// StopSignalGuard
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "the signal handler needs a lock-free flag");
+
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop.exchange(true)) {  // the second signal: the default action, at once
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+  }
+}
+
+}  // namespace
+
+StopSignalGuard::StopSignalGuard() {
+  g_stop = false;
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, &old_int_);
+  sigaction(SIGTERM, &sa, &old_term_);
+}
+
+StopSignalGuard::~StopSignalGuard() {
+  sigaction(SIGINT, &old_int_, nullptr);
+  sigaction(SIGTERM, &old_term_, nullptr);
+}
+
+const std::atomic<bool>& stop_requested() { return g_stop; }
 
 }  // namespace infini::cli

@@ -1,7 +1,17 @@
 // Small helpers shared by the subcommands.
 #pragma once
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
 #include <chrono>
+#include <csignal>
+#include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
+
+#include "model/bptt.hpp"
 
 namespace infini::cli {
 
@@ -18,5 +28,89 @@ class Stopwatch {
  private:
   std::chrono::steady_clock::time_point start_;
 };
+
+// For unsigned flags such as --seed: CLI11 would wrap "-1" into 2^64 - 1 silently. The error
+// reads "--seed: must be a non-negative integer".
+CLI::Validator non_negative_integer();
+
+// --activation-memory-mb of the commands that train (train, passkey train, bench): the budget
+// for activations kept from the forward for the backward (model::SequenceOptions).
+CLI::Option* add_activation_memory_option(CLI::App* cmd, int64_t& mib);
+inline int64_t default_activation_memory_mb() {
+  return model::SequenceOptions::kDefaultKeepActivationsBytes >> 20;
+}
+
+// The flags of a resumable run (`infini train`, `infini passkey train`), each declared once
+// and registered here as one of two kinds. All are recorded in every checkpoint (trainer.json
+// "args", keyed by the flag's name, e.g. "--lr"). On --resume:
+//   trajectory: shapes the weights (model, data, optimizer, schedule, seed). Omitted: taken
+//               from the record. Given: must equal the record, else an error naming the flag.
+//   setting:    does not change the weights (checkpoint, eval and log cadence, ...). Omitted:
+//               taken from the record. Given: may differ; restore() reports the change.
+class RunFlags {
+ public:
+  template <class T>
+  CLI::Option* trajectory(CLI::Option* opt, T& value) {
+    add(opt, true, value);
+    return opt;
+  }
+  template <class T>
+  CLI::Option* setting(CLI::Option* opt, T& value) {
+    add(opt, false, value);
+    return opt;
+  }
+
+  // {"--flag": value, ...} of every registered flag, with the values they hold now.
+  nlohmann::json record() const;
+
+  struct Change {
+    std::string flag;
+    nlohmann::json recorded, now;
+  };
+  // Applies the record `rec` (read from `source`, named in errors) as described above and
+  // returns the settings given with a value different from the record. A record written before
+  // a flag was registered lacks it: a setting keeps its value, a trajectory flag is an error.
+  // Records of `infini passkey train` before this scheme ("lr", "min_len") are read too.
+  std::vector<Change> restore(const nlohmann::json& rec, const std::string& source);
+
+  // The names of the settings, "--a, --b and --c", for help texts.
+  std::string setting_names() const;
+
+ private:
+  struct Entry {
+    CLI::Option* opt;
+    bool trajectory;
+    std::function<nlohmann::json()> get;
+    std::function<void(const nlohmann::json&)> set;
+  };
+  template <class T>
+  void add(CLI::Option* opt, bool trajectory, T& value) {
+    entries_.push_back({opt, trajectory, [&value] { return nlohmann::json(value); },
+                        [&value](const nlohmann::json& j) { value = j.get<T>(); }});
+  }
+  std::vector<Entry> entries_;
+};
+
+// The "args" record of a checkpoint directory's trainer.json; throws naming the file.
+nlohmann::json read_run_record(const std::string& checkpoint_dir);
+
+// While alive, the first SIGINT or SIGTERM sets stop_requested() (a trainer then finishes its
+// step, writes a checkpoint and returns, and the command exits 0); a second one ends the
+// process at once with the signal's default action. The previous handlers come back on
+// destruction. One guard at a time.
+class StopSignalGuard {
+ public:
+  StopSignalGuard();
+  ~StopSignalGuard();
+  StopSignalGuard(const StopSignalGuard&) = delete;
+  StopSignalGuard& operator=(const StopSignalGuard&) = delete;
+
+ private:
+  struct sigaction old_int_ {
+  }, old_term_{};
+};
+
+// The flag a StopSignalGuard sets (false while none is alive and none was received).
+const std::atomic<bool>& stop_requested();
 
 }  // namespace infini::cli

@@ -173,7 +173,9 @@ void register_generate(CLI::App& app) {
                   "Sample among the most likely tokens whose probability reaches p (1: all)")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--seed", o->sampling.seed, "Random seed of the sampler")->capture_default_str();
+  cmd->add_option("--seed", o->sampling.seed, "Random seed of the sampler")
+      ->capture_default_str()
+      ->check(non_negative_integer());
   cmd->add_option("--stop", o->stop,
                   "Stop before this string appears in the output (repeatable); <eos> always stops")
       ->each([](const std::string& s) {

@@ -4,8 +4,6 @@
 //   passkey sample  print one generated prompt
 #include <omp.h>
 
-#include <atomic>
-#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -34,15 +32,6 @@ namespace infini::cli {
 namespace fs = std::filesystem;
 
 namespace {
-
-std::atomic<bool> g_stop{false};
-
-extern "C" void passkey_on_stop(int sig) {
-  if (g_stop.exchange(true)) {
-    std::signal(sig, SIG_DFL);
-    std::raise(sig);
-  }
-}
 
 std::vector<int64_t> parse_lengths(const std::string& s, const std::string& flag) {
   std::vector<int64_t> v;
@@ -115,56 +104,40 @@ struct TrainOpts {
   std::string eval_lengths = "1K,4K,16K", eval_depths = "0,0.5,1";
   int64_t steps = 2000, batch = 8, min_len = 256, max_len = 2048, curriculum = 0, len_multiple = 1;
   int64_t warmup = -1, save_every = 500, keep = 3, log_every = 10, eval_every = 250;
+  int64_t activation_mb = default_activation_memory_mb();
   int64_t eval_trials = 4, bptt_segments = 0, digits = 5, lora_rank = 0, stop_at = 0;
   double lr = 1e-3, gate_lr = 1e-1, weight_decay = 0.0, grad_clip = 1.0, min_lr_ratio = 0.1;
   double init_std = 0.02, gate_init = 0.0, lora_alpha = 16.0, end_fraction = 0.0;
   uint64_t seed = 0;
   bool resume = false;
 
-  nlohmann::json record() const {
-    return {{"config", config},         {"model", model},
-            {"tokenizer", tokenizer},   {"loss", loss},
-            {"schedule", schedule},     {"steps", steps},
-            {"batch", batch},           {"min_len", min_len},
-            {"max_len", max_len},       {"curriculum_steps", curriculum},
-            {"len_multiple", len_multiple}, {"warmup", warmup},
-            {"bptt_segments", bptt_segments}, {"digits", digits},
-            {"lora_rank", lora_rank},   {"lora_alpha", lora_alpha},
-            {"lr", lr},                 {"gate_lr", gate_lr},
-            {"weight_decay", weight_decay}, {"grad_clip", grad_clip},
-            {"min_lr_ratio", min_lr_ratio}, {"init_std", init_std},
-            {"gate_init", gate_init},   {"seed", seed},
-            {"end_fraction", end_fraction}};
-  }
 };
 
-void run_passkey_train(TrainOpts& o) {
+void run_passkey_train(TrainOpts& o, RunFlags& flags) {
   namespace tr = infini::train;
   std::FILE* log = stderr;
+  std::optional<std::string> resume_dir;
+  if (o.resume) {
+    resume_dir = tr::find_latest_checkpoint(o.out);
+    if (!resume_dir) throw Error("--resume: no complete checkpoint in " + o.out);
+    const std::string where = *resume_dir + "/trainer.json";
+    for (const auto& c : flags.restore(read_run_record(*resume_dir), where)) {
+      if (c.flag == "--steps")
+        std::fprintf(log, "note: --steps changed from %s to %s; the schedule changes with it\n",
+                     c.recorded.dump().c_str(), c.now.dump().c_str());
+      else
+        std::fprintf(log, "note: %s is %s in this part of the run (it was %s)\n", c.flag.c_str(),
+                     c.now.dump().c_str(), c.recorded.dump().c_str());
+    }
+  } else if (tr::find_latest_checkpoint(o.out)) {
+    throw Error("--out " + o.out + " already holds checkpoints; add --resume or choose another");
+  }
   if (o.config.empty() == o.model.empty())
     throw Error("give exactly one of --config (train from scratch) and --model (fine-tune)");
   if (o.lora_rank > 0 && o.model.empty())
     throw Error("--lora-rank needs --model: LoRA adapts an existing model");
   if (o.warmup < 0) o.warmup = std::min<int64_t>(100, o.steps / 10);
   if (o.warmup >= o.steps && o.steps > 1) throw Error("--warmup must be less than --steps");
-
-  std::optional<std::string> resume_dir;
-  if (o.resume) {
-    resume_dir = tr::find_latest_checkpoint(o.out);
-    if (!resume_dir) throw Error("--resume: no complete checkpoint in " + o.out);
-    const auto st = nlohmann::json::parse(
-        io::read_file((fs::path(*resume_dir) / "trainer.json").string()), nullptr, false);
-    if (st.is_discarded() || !st.contains("args"))
-      throw Error(*resume_dir + "/trainer.json has no record of the run's flags");
-    const nlohmann::json now = o.record();
-    for (auto it = now.begin(); it != now.end(); ++it)
-      if (it.key() != "steps" && st["args"].value(it.key(), nlohmann::json()) != it.value())
-        throw Error("--resume: " + it.key() + " is " + it.value().dump() + " but the run used " +
-                    st["args"].value(it.key(), nlohmann::json()).dump() +
-                    " (repeat the run's flags)");
-  } else if (tr::find_latest_checkpoint(o.out)) {
-    throw Error("--out " + o.out + " already holds checkpoints; add --resume or choose another");
-  }
 
   // The model and its tokenizer.
   model::Model<float> m;
@@ -238,12 +211,13 @@ void run_passkey_train(TrainOpts& o) {
   to.batch = o.batch;
   to.seq_len = o.max_len;
   to.bptt_segments = o.bptt_segments;
+  to.keep_activations_bytes = o.activation_mb << 20;
   to.grad_clip = o.grad_clip;
   to.schedule = {tr::parse_schedule(o.schedule), o.warmup, o.steps, o.min_lr_ratio};
   to.save_every = o.save_every;
   to.keep = o.keep;
   to.log_every = o.log_every;
-  to.run_record = o.record();
+  to.run_record = flags.record();
 
   // Passkey accuracy during training: a small grid every --eval-every steps, appended to
   // OUT/passkey_eval.jsonl.
@@ -281,15 +255,10 @@ void run_passkey_train(TrainOpts& o) {
     std::fprintf(log, "resumed from %s (step %lld)\n", resume_dir->c_str(),
                  (long long)trainer.step());
   }
-  g_stop = false;
-  struct sigaction sa {}, old_int {}, old_term {};
-  sa.sa_handler = passkey_on_stop;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, &old_int);
-  sigaction(SIGTERM, &sa, &old_term);
-  const auto outcome = trainer.run(&g_stop, log);
-  sigaction(SIGINT, &old_int, nullptr);
-  sigaction(SIGTERM, &old_term, nullptr);
+  const auto outcome = [&] {
+    StopSignalGuard guard;
+    return trainer.run(&stop_requested(), log);
+  }();
   if (outcome == tr::Trainer::Outcome::Finished) {
     std::fprintf(log, "done: %lld steps; model in %s\n", (long long)trainer.step(),
                  (fs::path(o.out) / "final").c_str());
@@ -302,98 +271,187 @@ void run_passkey_train(TrainOpts& o) {
 
 void register_passkey_train(CLI::App& parent) {
   auto o = std::make_shared<TrainOpts>();
+  auto flags = std::make_shared<RunFlags>();  // recorded in checkpoints; see --resume
+  RunFlags& f = *flags;
   CLI::App* cmd = parent.add_subcommand(
       "train",
       "Train on generated passkey prompts. Uses the same trainer as `infini train`: BPTT "
       "through memory, checkpoints and metrics");
-  cmd->add_option("--config", o->config, "Train a fresh model from this config.json")
-      ->check(CLI::ExistingFile);
-  cmd->add_option("--model", o->model, "Fine-tune this model directory (full, or LoRA)")
-      ->check(CLI::ExistingDirectory);
-  cmd->add_option("--tokenizer", o->tokenizer,
-                  "tokenizer.json for a fresh --config model (default: the byte tokenizer)")
-      ->check(CLI::ExistingFile);
+  f.trajectory(cmd->add_option("--config", o->config, "Train a fresh model from this config.json")
+                   ->check(CLI::ExistingFile),
+               o->config);
+  f.trajectory(
+      cmd->add_option("--model", o->model, "Fine-tune this model directory (full, or LoRA)")
+          ->check(CLI::ExistingDirectory),
+      o->model);
+  f.trajectory(
+      cmd->add_option("--tokenizer", o->tokenizer,
+                      "tokenizer.json for a fresh --config model (default: the byte tokenizer)")
+          ->check(CLI::ExistingFile),
+      o->tokenizer);
   cmd->add_option("--out", o->out,
                   "Run directory: checkpoints/, final/, metrics.jsonl, passkey_eval.jsonl")
       ->required();
-  cmd->add_option("--steps", o->steps, "Optimizer steps")->capture_default_str()
-      ->check(CLI::Range(int64_t(1), int64_t(1) << 40));
-  cmd->add_option("--batch", o->batch, "Prompts per step (all of one length)")
-      ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(4096)));
-  cmd->add_option("--min-len", o->min_len, "Shortest training sequence (prompt + answer tokens)")
-      ->capture_default_str()->check(CLI::Range(int64_t(2), int64_t(1) << 24));
-  cmd->add_option("--max-len", o->max_len, "Longest training sequence (prompt + answer tokens)")
-      ->capture_default_str()->check(CLI::Range(int64_t(2), int64_t(1) << 24));
-  cmd->add_option("--curriculum-steps", o->curriculum,
-                  "Grow the longest length linearly from --min-len to --max-len over this many "
-                  "steps (0: no curriculum)")
-      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 40));
-  cmd->add_option("--len-multiple", o->len_multiple,
-                  "Round each drawn length down to a multiple of this (e.g. the segment length)")
-      ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 24));
-  cmd->add_option("--loss", o->loss,
-                  "Which predictions count: answer (the answer tokens), recall (the answer and "
-                  "the key's second copy in the info line) or all (every token)")
-      ->capture_default_str()->check(CLI::IsMember({"answer", "recall", "all"}));
-  cmd->add_option("--digits", o->digits, "Digits of the passkey")
-      ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(18)));
-  cmd->add_option("--end-fraction", o->end_fraction,
-                  "Share of samples with the passkey at depth 1, right before the question "
-                  "(the case local attention must solve; uniform depths rarely draw it)")
-      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--lora-rank", o->lora_rank,
-                  "LoRA rank on q, k, v and o projections (0: full fine-tuning); the gates beta "
-                  "are trained too")
-      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(4096)));
-  cmd->add_option("--lora-alpha", o->lora_alpha, "LoRA alpha; the update is (alpha/rank)·B·A")
-      ->capture_default_str()->check(CLI::Range(1e-6, 1e6));
-  cmd->add_option("--lr", o->lr, "Peak learning rate (weights, or LoRA adapters)")
-      ->capture_default_str()->check(CLI::Range(1e-12, 10.0));
-  cmd->add_option("--gate-lr", o->gate_lr,
-                  "Peak learning rate of the memory gates beta (separate and larger, so gates "
-                  "can move)")
-      ->capture_default_str()->check(CLI::Range(0.0, 100.0));
-  cmd->add_option("--weight-decay", o->weight_decay,
-                  "AdamW decoupled weight decay of matrices and embeddings")
-      ->capture_default_str()->check(CLI::Range(0.0, 10.0));
-  cmd->add_option("--warmup", o->warmup, "Linear warm-up steps (-1: min(100, steps/10))")
-      ->capture_default_str()->check(CLI::Range(int64_t(-1), int64_t(1) << 40));
-  cmd->add_option("--schedule", o->schedule, "After warm-up: cosine or constant")
-      ->capture_default_str()->check(CLI::IsMember({"cosine", "constant"}));
-  cmd->add_option("--min-lr-ratio", o->min_lr_ratio, "Cosine: final learning rate / peak")
-      ->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--grad-clip", o->grad_clip, "Global gradient-norm clip (0: none)")
-      ->capture_default_str()->check(CLI::Range(0.0, 1e6));
-  cmd->add_option("--bptt-segments", o->bptt_segments,
-                  "0: full BPTT through the memory; K: cut the memory gradient every K segments")
-      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 30));
-  cmd->add_option("--seed", o->seed, "Seed of the initial weights, adapters and the prompts")
-      ->capture_default_str();
-  cmd->add_option("--init-std", o->init_std, "Fresh model: std-dev of the weight init")
-      ->capture_default_str()->check(CLI::Range(0.0, 10.0));
-  cmd->add_option("--gate-init", o->gate_init,
-                  "Initial beta of a fresh model (or of a --model without gates)")
-      ->capture_default_str()->check(CLI::Range(-30.0, 30.0));
-  cmd->add_option("--save-every", o->save_every, "Checkpoint every N steps (0: only at the end)")
-      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 40));
-  cmd->add_option("--keep", o->keep, "Checkpoints kept")
-      ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1000000)));
-  cmd->add_option("--log-every", o->log_every, "A log line every N steps")
-      ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1) << 40));
-  cmd->add_option("--eval-every", o->eval_every,
-                  "Passkey accuracy on a small grid every N steps and at the end (0: never)")
-      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 40));
-  cmd->add_option("--eval-lengths", o->eval_lengths, "Lengths of that grid (e.g. 1K,4K,16K)")
-      ->capture_default_str();
-  cmd->add_option("--eval-depths", o->eval_depths, "Depths of that grid")->capture_default_str();
-  cmd->add_option("--eval-trials", o->eval_trials, "Keys per cell of that grid")
-      ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(100000)));
+  f.setting(cmd->add_option("--steps", o->steps, "Optimizer steps")
+                ->capture_default_str()
+                ->check(CLI::Range(int64_t(1), int64_t(1) << 40)),
+            o->steps);
+  f.trajectory(cmd->add_option("--batch", o->batch, "Prompts per step (all of one length)")
+                   ->capture_default_str()
+                   ->check(CLI::Range(int64_t(1), int64_t(4096))),
+               o->batch);
+  f.trajectory(cmd->add_option("--min-len", o->min_len,
+                               "Shortest training sequence (prompt + answer tokens)")
+                   ->capture_default_str()
+                   ->check(CLI::Range(int64_t(2), int64_t(1) << 24)),
+               o->min_len);
+  f.trajectory(
+      cmd->add_option("--max-len", o->max_len, "Longest training sequence (prompt + answer tokens)")
+          ->capture_default_str()
+          ->check(CLI::Range(int64_t(2), int64_t(1) << 24)),
+      o->max_len);
+  f.trajectory(
+      cmd->add_option("--curriculum-steps", o->curriculum,
+                      "Grow the longest length linearly from --min-len to --max-len over this many "
+                      "steps (0: no curriculum)")
+          ->capture_default_str()
+          ->check(CLI::Range(int64_t(0), int64_t(1) << 40)),
+      o->curriculum);
+  f.trajectory(
+      cmd->add_option(
+             "--len-multiple", o->len_multiple,
+             "Round each drawn length down to a multiple of this (e.g. the segment length)")
+          ->capture_default_str()
+          ->check(CLI::Range(int64_t(1), int64_t(1) << 24)),
+      o->len_multiple);
+  f.trajectory(
+      cmd->add_option("--loss", o->loss,
+                      "Which predictions count: answer (the answer tokens), recall (the answer and "
+                      "the key's second copy in the info line) or all (every token)")
+          ->capture_default_str()
+          ->check(CLI::IsMember({"answer", "recall", "all"})),
+      o->loss);
+  f.trajectory(cmd->add_option("--digits", o->digits, "Digits of the passkey")
+                   ->capture_default_str()
+                   ->check(CLI::Range(int64_t(1), int64_t(18))),
+               o->digits);
+  f.trajectory(
+      cmd->add_option("--end-fraction", o->end_fraction,
+                      "Share of samples with the passkey at depth 1, right before the question "
+                      "(the case local attention must solve; uniform depths rarely draw it)")
+          ->capture_default_str()
+          ->check(CLI::Range(0.0, 1.0)),
+      o->end_fraction);
+  f.trajectory(
+      cmd->add_option(
+             "--lora-rank", o->lora_rank,
+             "LoRA rank on q, k, v and o projections (0: full fine-tuning); the gates beta "
+             "are trained too")
+          ->capture_default_str()
+          ->check(CLI::Range(int64_t(0), int64_t(4096))),
+      o->lora_rank);
+  f.trajectory(
+      cmd->add_option("--lora-alpha", o->lora_alpha, "LoRA alpha; the update is (alpha/rank)·B·A")
+          ->capture_default_str()
+          ->check(CLI::Range(1e-6, 1e6)),
+      o->lora_alpha);
+  f.trajectory(cmd->add_option("--lr", o->lr, "Peak learning rate (weights, or LoRA adapters)")
+                   ->capture_default_str()
+                   ->check(CLI::Range(1e-12, 10.0)),
+               o->lr);
+  f.trajectory(
+      cmd->add_option("--gate-lr", o->gate_lr,
+                      "Peak learning rate of the memory gates beta (separate and larger, so gates "
+                      "can move)")
+          ->capture_default_str()
+          ->check(CLI::Range(0.0, 100.0)),
+      o->gate_lr);
+  f.trajectory(cmd->add_option("--weight-decay", o->weight_decay,
+                               "AdamW decoupled weight decay of matrices and embeddings")
+                   ->capture_default_str()
+                   ->check(CLI::Range(0.0, 10.0)),
+               o->weight_decay);
+  f.trajectory(
+      cmd->add_option("--warmup", o->warmup, "Linear warm-up steps (-1: min(100, steps/10))")
+          ->capture_default_str()
+          ->check(CLI::Range(int64_t(-1), int64_t(1) << 40)),
+      o->warmup);
+  f.trajectory(cmd->add_option("--schedule", o->schedule, "After warm-up: cosine or constant")
+                   ->capture_default_str()
+                   ->check(CLI::IsMember({"cosine", "constant"})),
+               o->schedule);
+  f.trajectory(
+      cmd->add_option("--min-lr-ratio", o->min_lr_ratio, "Cosine: final learning rate / peak")
+          ->capture_default_str()
+          ->check(CLI::Range(0.0, 1.0)),
+      o->min_lr_ratio);
+  f.trajectory(cmd->add_option("--grad-clip", o->grad_clip, "Global gradient-norm clip (0: none)")
+                   ->capture_default_str()
+                   ->check(CLI::Range(0.0, 1e6)),
+               o->grad_clip);
+  f.setting(add_activation_memory_option(cmd, o->activation_mb), o->activation_mb);
+  f.trajectory(
+      cmd->add_option(
+             "--bptt-segments", o->bptt_segments,
+             "0: full BPTT through the memory; K: cut the memory gradient every K segments")
+          ->capture_default_str()
+          ->check(CLI::Range(int64_t(0), int64_t(1) << 30)),
+      o->bptt_segments);
+  f.trajectory(
+      cmd->add_option("--seed", o->seed, "Seed of the initial weights, adapters and the prompts")
+          ->capture_default_str()
+          ->check(non_negative_integer()),
+      o->seed);
+  f.trajectory(cmd->add_option("--init-std", o->init_std, "Fresh model: std-dev of the weight init")
+                   ->capture_default_str()
+                   ->check(CLI::Range(0.0, 10.0)),
+               o->init_std);
+  f.trajectory(cmd->add_option("--gate-init", o->gate_init,
+                               "Initial beta of a fresh model (or of a --model without gates)")
+                   ->capture_default_str()
+                   ->check(CLI::Range(-30.0, 30.0)),
+               o->gate_init);
+  f.setting(cmd->add_option("--save-every", o->save_every,
+                            "Checkpoint every N steps (0: only at the end)")
+                ->capture_default_str()
+                ->check(CLI::Range(int64_t(0), int64_t(1) << 40)),
+            o->save_every);
+  f.setting(cmd->add_option("--keep", o->keep, "Checkpoints kept")
+                ->capture_default_str()
+                ->check(CLI::Range(int64_t(1), int64_t(1000000))),
+            o->keep);
+  f.setting(cmd->add_option("--log-every", o->log_every, "A log line every N steps")
+                ->capture_default_str()
+                ->check(CLI::Range(int64_t(1), int64_t(1) << 40)),
+            o->log_every);
+  f.setting(
+      cmd->add_option("--eval-every", o->eval_every,
+                      "Passkey accuracy on a small grid every N steps and at the end (0: never)")
+          ->capture_default_str()
+          ->check(CLI::Range(int64_t(0), int64_t(1) << 40)),
+      o->eval_every);
+  f.setting(
+      cmd->add_option("--eval-lengths", o->eval_lengths, "Lengths of that grid (e.g. 1K,4K,16K)")
+          ->capture_default_str(),
+      o->eval_lengths);
+  f.setting(cmd->add_option("--eval-depths", o->eval_depths, "Depths of that grid")
+                ->capture_default_str(),
+            o->eval_depths);
+  f.setting(cmd->add_option("--eval-trials", o->eval_trials, "Keys per cell of that grid")
+                ->capture_default_str()
+                ->check(CLI::Range(int64_t(1), int64_t(100000))),
+            o->eval_trials);
   cmd->add_flag("--resume", o->resume,
-                "Continue from the latest checkpoint in --out (repeat the run's flags)");
-  cmd->add_option("--stop-at", o->stop_at,
-                  "End after this step with a checkpoint, as if interrupted (0: run to --steps)")
-      ->capture_default_str()->check(CLI::Range(int64_t(0), int64_t(1) << 40));
-  cmd->callback([o] { run_passkey_train(*o); });
+                "Continue from the latest complete checkpoint in --out. Omitted flags are taken "
+                "from it; given ones must match it, except " +
+                    f.setting_names() + " (they may change)");
+  cmd->add_option(
+         "--stop-at", o->stop_at,
+         "End after this step with a checkpoint, as if interrupted (0: run to --steps); not "
+         "recorded")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
+  cmd->callback([o, flags] { run_passkey_train(*o, *flags); });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -475,7 +533,9 @@ void register_passkey_eval(CLI::App& parent) {
       ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(1000000)));
   cmd->add_option("--digits", o->digits, "Digits of the passkey")
       ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(18)));
-  cmd->add_option("--seed", o->seed, "Seed of the keys")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Seed of the keys")
+      ->capture_default_str()
+      ->check(non_negative_integer());
   cmd->add_flag("--json", o->json, "Print one JSON object instead of the markdown table");
   cmd->add_option("--plot", o->plot, "Write an SVG heatmap (length x depth) to this file");
   cmd->callback([o] { run_passkey_eval(*o); });
@@ -503,7 +563,9 @@ void register_passkey_sample(CLI::App& parent) {
       ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--digits", o->digits, "Digits of the passkey")
       ->capture_default_str()->check(CLI::Range(int64_t(1), int64_t(18)));
-  cmd->add_option("--seed", o->seed, "Seed of the key")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Seed of the key")
+      ->capture_default_str()
+      ->check(non_negative_integer());
   cmd->add_flag("--ids", o->ids, "Print token ids instead of text");
   cmd->callback([o] {
     std::shared_ptr<const io::Tokenizer> tok =

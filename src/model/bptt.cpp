@@ -26,7 +26,24 @@ void gather_segment(const int32_t* tokens, const uint8_t* mask, int64_t batch, i
     }
 }
 
+template <class T>
+int64_t vector_bytes(const std::vector<T>& v) {
+  return int64_t(v.capacity() * sizeof(T));
+}
+
 }  // namespace
+
+template <class T>
+int64_t activation_bytes(const SegmentActs<T>& a) {
+  int64_t b = vector_bytes(a.positions) + vector_bytes(a.h_final) + vector_bytes(a.rstd_final) +
+              vector_bytes(a.f) + vector_bytes(a.logits);
+  for (const LayerActs<T>& l : a.layers)
+    for (const std::vector<T>* v :
+         {&l.x_in, &l.rstd_in, &l.a, &l.q, &l.q_rot, &l.k, &l.k_rot, &l.v, &l.probs, &l.local,
+          &l.mem, &l.sq, &l.den, &l.mixed, &l.x_mid, &l.rstd_post, &l.m, &l.gate, &l.up, &l.hmid})
+      b += vector_bytes(*v);
+  return b;
+}
 
 template <class T>
 LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
@@ -47,40 +64,73 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
                                          : (result.predicted ? 1.0 / double(result.predicted) : 0));
 
   MemoryState<T> state = state_io ? *state_io : MemoryState<T>::zeros(c, batch);
-  if (grads) ws.boundary.resize(size_t(S));
+  if (!grads) {
+    // Loss only: one pass, the activations of one segment at a time.
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t start = s * N, n = std::min(N, T_len - start);
+      gather_segment(tokens, opts.loss_mask, batch, T_len, start, n, ws.seg_tokens, ws.targets);
+      forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, state, ws.acts);
+      result.loss_sum += ops::cross_entropy(ws.acts.logits.data(), ws.targets.data(), batch * n,
+                                            V, (T*)nullptr, T(0));
+    }
+    if (state_io) *state_io = state;
+    return result;
+  }
 
-  // Forward over all segments; keep the boundary states (small: d x d per head).
+  // Forward over all segments, keeping the boundary states. Segments 0 .. kept-1 keep their
+  // activations (as many as fit in the budget, measured on the first segment); the last
+  // segment's stay in ws.acts; the others are recomputed in the backward. Logits are computed
+  // only where the backward will use them: the loss is summed there, once per segment.
+  ws.boundary.resize(size_t(S));
+  int64_t kept = 0;
   for (int64_t s = 0; s < S; ++s) {
     const int64_t start = s * N, n = std::min(N, T_len - start);
     gather_segment(tokens, opts.loss_mask, batch, T_len, start, n, ws.seg_tokens, ws.targets);
-    if (grads) ws.boundary[size_t(s)] = state;
-    forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, state, ws.acts);
-    result.loss_sum += ops::cross_entropy(ws.acts.logits.data(), ws.targets.data(), batch * n, V,
-                                          (T*)nullptr, T(0));
+    ws.boundary[size_t(s)] = state;
+    const bool keep = s < S - 1 && s == kept && opts.keep_activations_bytes > 0 &&
+                      (s == 0 || int64_t(s + 1) * activation_bytes(ws.kept[0]) <=
+                                     opts.keep_activations_bytes);
+    if (keep) {
+      if (ws.kept.size() <= size_t(s)) ws.kept.resize(size_t(s) + 1);
+      SegmentActs<T>& a = ws.kept[size_t(s)];
+      std::swap(a.work, ws.acts.work);  // one set of scratch buffers for every segment
+      forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, state, a);
+      std::swap(a.work, ws.acts.work);
+      // The first segment sets the cost of keeping one; drop it if even one does not fit.
+      if (s > 0 || activation_bytes(a) <= opts.keep_activations_bytes) kept = s + 1;
+    } else {
+      forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, state, ws.acts, (KVCache<T>*)nullptr,
+                    /*compute_logits=*/s == S - 1);
+    }
   }
+  ws.kept.resize(size_t(kept));  // frees what a longer earlier sequence kept
   if (state_io) *state_io = state;
-  if (!grads) return result;
 
-  // Backward, last segment first, carrying dM and dz. The last segment's activations are still
-  // in the workspace; earlier ones are recomputed from their boundary state.
+  // Backward, last segment first, carrying dM and dz.
   MemoryState<T> dstate = MemoryState<T>::zeros(c, batch);
   for (int64_t s = S - 1; s >= 0; --s) {
     const int64_t start = s * N, n = std::min(N, T_len - start);
     gather_segment(tokens, opts.loss_mask, batch, T_len, start, n, ws.seg_tokens, ws.targets);
-    if (s != S - 1) {
+    const bool is_kept = s < kept;
+    SegmentActs<T>& a = is_kept ? ws.kept[size_t(s)] : ws.acts;
+    if (!is_kept && s != S - 1) {
       MemoryState<T> scratch = ws.boundary[size_t(s)];
       forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, scratch, ws.acts);
     }
     ws.dlogits.resize(size_t(batch * n * V));
-    ops::cross_entropy(ws.acts.logits.data(), ws.targets.data(), batch * n, V, ws.dlogits.data(),
-                       scale);
+    result.loss_sum += ops::cross_entropy(a.logits.data(), ws.targets.data(), batch * n, V,
+                                          ws.dlogits.data(), scale);
     if (opts.bptt_segments > 0 && (s + 1) % opts.bptt_segments == 0) dstate.set_zero();
-    backward_segment(m, ctx, ws.seg_tokens.data(), ws.acts, ws.dlogits.data(),
-                     ws.boundary[size_t(s)], dstate, grads);
+    if (is_kept) std::swap(a.work, ws.acts.work);
+    backward_segment(m, ctx, ws.seg_tokens.data(), a, ws.dlogits.data(), ws.boundary[size_t(s)],
+                     dstate, grads);
+    if (is_kept) std::swap(a.work, ws.acts.work);
   }
   return result;
 }
 
+template int64_t activation_bytes<float>(const SegmentActs<float>&);
+template int64_t activation_bytes<double>(const SegmentActs<double>&);
 template LossResult sequence_loss<float>(const Model<float>&, const ForwardContext<float>&,
                                          const int32_t*, int64_t, int64_t, float*,
                                          const SequenceOptions&, SequenceWorkspace<float>&,

@@ -1,6 +1,9 @@
 // The loss of whole sequences (SPEC §2) and its gradient by back-propagation through time
-// across every segment. Only the memory state at each segment boundary is kept; a segment's
-// activations are recomputed during its backward, so activation memory is O(one segment).
+// across every segment. The memory state at each segment boundary is kept (small: d x d per
+// head). A segment's activations are either kept from the forward pass, as long as they fit in
+// SequenceOptions::keep_activations_bytes, or recomputed from its boundary state during its
+// backward; activation memory is therefore bounded by that budget plus one segment, whatever
+// the sequence length.
 #pragma once
 #include <cstdint>
 
@@ -20,6 +23,11 @@ struct SequenceOptions {
   // the forward and the memory still see every token. (Passkey fine-tuning trains on the
   // answer tokens only.)
   const uint8_t* loss_mask = nullptr;
+  // Activations of whole segments kept from the forward pass for the backward, at most this
+  // many bytes; the other segments are recomputed (one more forward of each). Keeping saves
+  // about a quarter of a training step's arithmetic. 0: recompute every segment but the last.
+  int64_t keep_activations_bytes = kDefaultKeepActivationsBytes;
+  static constexpr int64_t kDefaultKeepActivationsBytes = int64_t(2) << 30;  // 2 GiB
 };
 
 struct LossResult {
@@ -31,11 +39,17 @@ struct LossResult {
 // Reusable buffers for sequence_loss, so repeated calls do not reallocate.
 template <class T>
 struct SequenceWorkspace {
-  SegmentActs<T> acts;
+  SegmentActs<T> acts;               // the segment being computed (or recomputed)
+  std::vector<SegmentActs<T>> kept;  // activations kept from the forward, segments 0 .. K-1
   std::vector<MemoryState<T>> boundary;  // state at the start of each segment
   std::vector<T> dlogits;
   std::vector<int32_t> seg_tokens, targets;
 };
+
+// Bytes held by a segment's activations (its scratch workspace, shared between segments, is
+// not counted): what keeping it for the backward costs.
+template <class T>
+int64_t activation_bytes(const SegmentActs<T>& a);
 
 // tokens: [batch, T] row-major. state: the memory at the start (zeros when null); on return it
 // holds the memory after the last segment. grads: when not null, the gradient (+=) of

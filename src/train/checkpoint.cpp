@@ -67,12 +67,59 @@ std::string checkpoint_name(int64_t step) {
   return buf;
 }
 
+namespace {
+
+// The pid in a temp name of this code base, or -1: "<name>.tmp.<pid>" (model::write_file_atomic,
+// io::save_safetensors) when `dot` is set, "<prefix><name>-<pid>" (commit_checkpoint,
+// publish_directory) otherwise.
+long temp_pid(const std::string& name, bool dot) {
+  size_t p = dot ? name.rfind(".tmp.") : name.rfind('-');
+  if (p == std::string::npos) return -1;
+  p += dot ? 5 : 1;
+  if (p >= name.size() || name.size() - p > 18) return -1;
+  long v = 0;
+  for (size_t i = p; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    v = v * 10 + (name[i] - '0');
+  }
+  return v;
+}
+
+}  // namespace
+
 void remove_stale_checkpoint_temps(const std::string& out) {
-  const fs::path root = fs::path(out) / "checkpoints";
   std::error_code ec;
-  if (!fs::is_directory(root, ec)) return;
-  for (const auto& e : fs::directory_iterator(root, ec))
-    if (e.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(e.path(), ec);
+  const fs::path root = fs::path(out) / "checkpoints";
+  if (fs::is_directory(root, ec))
+    for (const auto& e : fs::directory_iterator(root, ec))
+      if (e.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(e.path(), ec);
+  // Temps of other (killed) processes directly in OUT: "latest.tmp.PID", "metrics.jsonl.tmp.PID",
+  // "loss.svg.tmp.PID", "tokens.bin.tmp.PID"; ".tmp-final-PID/" of publish_directory; and
+  // ".old-final-PID/", the previous final/ renamed away: put back when final/ is missing (the
+  // kill came between the two renames), else dropped.
+  const long me = long(::getpid());
+  std::vector<fs::path> stale;
+  for (const auto& e : fs::directory_iterator(fs::path(out), ec)) {
+    const std::string name = e.path().filename().string();
+    const bool old_dir = name.rfind(".old-", 0) == 0;
+    long pid = -1;
+    if (name.rfind(".tmp-", 0) == 0 || old_dir)
+      pid = temp_pid(name, false);
+    else if (name.find(".tmp.") != std::string::npos)
+      pid = temp_pid(name, true);
+    if (pid >= 0 && pid != me) stale.push_back(e.path());
+  }
+  for (const auto& p : stale) {
+    const std::string name = p.filename().string();
+    if (name.rfind(".old-", 0) == 0) {
+      const fs::path dest = p.parent_path() / name.substr(5, name.rfind('-') - 5);
+      if (dest.filename() != "" && !fs::exists(dest, ec)) {
+        fs::rename(p, dest, ec);
+        if (!ec) continue;
+      }
+    }
+    fs::remove_all(p, ec);
+  }
 }
 
 std::string commit_checkpoint(const std::string& out, int64_t step,

@@ -4,6 +4,7 @@
 //   OUT/checkpoints/step-00000300/   one complete checkpoint (contents chosen by the caller)
 //   OUT/checkpoints/.tmp-*           a checkpoint being written (never read, removed at start)
 //   OUT/latest                       text: "checkpoints/step-00000300", replaced atomically
+//   OUT/*.tmp.PID, OUT/.tmp-final-PID  temps of atomic writes (removed at start when PID is not us)
 //
 // commit_checkpoint writes everything into a temporary directory, fsyncs every file and the
 // directory, renames it into place, fsyncs the parent, and only then replaces `latest`. A crash
@@ -32,7 +33,10 @@ std::string commit_checkpoint(const std::string& out, int64_t step,
 std::optional<std::string> find_latest_checkpoint(const std::string& out,
                                                   const std::string& marker = "trainer.json");
 
-// Removes leftover OUT/checkpoints/.tmp-* directories of interrupted writes.
+// Removes what interrupted writes left behind: OUT/checkpoints/.tmp-* directories, and in OUT
+// the temps of other processes (by the pid in their name): "latest.tmp.PID" and the like
+// (model::write_file_atomic) and ".tmp-final-PID/" (publish_directory); a ".old-final-PID/" is
+// renamed back to final/ when final/ is missing, else removed. Called at the start of a run.
 void remove_stale_checkpoint_temps(const std::string& out);
 
 // Publishes a directory atomically: fill(tmp) writes into a temporary sibling of `dest`,

@@ -137,6 +137,7 @@ StepGradient Trainer::compute_gradient(const Batch& b, float* grad) {
     const int64_t row = opts_.rank * local_rows + a * micro;
     model::SequenceOptions so;
     so.bptt_segments = opts_.bptt_segments;
+    so.keep_activations_bytes = opts_.keep_activations_bytes;
     // grad_scale 0 would mean "1 / own count"; a batch with no prediction contributes nothing.
     so.grad_scale = global > 0 ? 1.0 / double(global) : 1e-30;
     so.loss_mask = b.loss_mask.empty() ? nullptr : b.loss_mask.data() + row * T;

@@ -80,6 +80,8 @@ struct TrainOptions {
   int64_t seq_len = 2048;     // tokens per sequence
   int64_t grad_accum = 1;     // micro-batches per step; (batch / world) % grad_accum == 0
   int64_t bptt_segments = 0;  // 0: full BPTT through M and z; K: truncate every K segments
+  // Activations kept for the backward (model::SequenceOptions::keep_activations_bytes).
+  int64_t keep_activations_bytes = model::SequenceOptions::kDefaultKeepActivationsBytes;
   double grad_clip = 1.0;     // global-norm clip; 0 disables
   Schedule schedule;
   AdamWOptions adam;
