@@ -297,3 +297,19 @@ TEST(PasskeyEval, JsonMarkdownAndHeatmap) {
   EXPECT_NE(svg.find("t&lt;1&gt;"), std::string::npos);
   EXPECT_NE(svg.find("context length"), std::string::npos);
 }
+
+TEST(PasskeyEval, JsonHoldsAnswersThatAreNotUtf8) {
+  // A byte-level model can decode any bytes, e.g. the first byte of a 4-byte sequence; the
+  // JSON must still serialise (it once threw "incomplete UTF-8 string" and ended a training run).
+  PasskeyEvalResult r;
+  PasskeyCell c;
+  c.length = 1024;
+  c.trials = {score_answer("12345", " 1\xF3"), score_answer("12345", std::string(" \xFF\x80", 3))};
+  r.cells.push_back(c);
+  r.per_length = {{1024, 2, 0.1, 10}};
+  const nlohmann::json j = r.to_json();
+  std::string text;
+  ASSERT_NO_THROW(text = j.dump());
+  EXPECT_NE(text.find("\xEF\xBF\xBD"), std::string::npos);  // U+FFFD
+  EXPECT_EQ(j["results"][0]["outputs"][0], " 1\xEF\xBF\xBD");
+}

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/error.hpp"
+#include "io/tokenizer_unicode.hpp"
 #include "model/forward.hpp"
 
 namespace infini::tasks {
@@ -240,7 +241,9 @@ nlohmann::json PasskeyEvalResult::to_json() const {
     for (const auto& t : c.trials) {
       keys.push_back(t.key);
       preds.push_back(t.predicted);
-      outs.push_back(t.text);
+      // The decoded answer is raw model output: with the byte tokenizer it may be invalid
+      // UTF-8, which JSON cannot hold; U+FFFD stands in for such bytes.
+      outs.push_back(io::tok::utf8_lossy(t.text));
       correct += t.exact;
     }
     results.push_back({{"length", c.length},
