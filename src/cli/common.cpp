@@ -4,8 +4,11 @@
 #include <fstream>
 #include <string>
 
+#include <omp.h>
+
 #include "core/error.hpp"
 #include "io/text.hpp"
+#include "train/checkpoint.hpp"
 
 namespace infini::cli {
 
@@ -109,6 +112,33 @@ nlohmann::json read_run_record(const std::string& checkpoint_dir) {
   if (st.is_discarded() || !st.is_object() || !st.contains("args") || !st["args"].is_object())
     throw Error(path + " has no record of the run's flags");
   return st["args"];
+}
+
+std::optional<std::string> prepare_resume(const std::string& out, bool resume, RunFlags& flags,
+                                          std::FILE* log) {
+  if (!resume) {
+    if (train::find_latest_checkpoint(out))
+      throw Error("--out " + out + " already holds checkpoints; add --resume to continue "
+                  "that run or choose another --out");
+    return std::nullopt;
+  }
+  const std::optional<std::string> dir = train::find_latest_checkpoint(out);
+  if (!dir) throw Error("--resume: no complete checkpoint in " + out);
+  const std::string where = *dir + "/trainer.json";
+  for (const auto& c : flags.restore(read_run_record(*dir), where)) {
+    if (c.flag == "--steps")
+      std::fprintf(log, "note: --steps changed from %s to %s; the schedule changes with it\n",
+                   c.recorded.dump().c_str(), c.now.dump().c_str());
+    else
+      std::fprintf(log, "note: %s is %s in this part of the run (it was %s)\n", c.flag.c_str(),
+                   c.now.dump().c_str(), c.recorded.dump().c_str());
+  }
+  const auto st = nlohmann::json::parse(io::read_file(where), nullptr, false);
+  if (st.is_object() && st.value("omp_threads", 0) != omp_get_max_threads())
+    std::fprintf(log, "note: the checkpoint was written with %d threads, this run uses %d; "
+                 "results will not be bit-identical to an uninterrupted run\n",
+                 st.value("omp_threads", 0), omp_get_max_threads());
+  return dir;
 }
 
 // ---------------------------------------------------------------------------------------

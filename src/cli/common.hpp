@@ -6,7 +6,9 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <functional>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -93,6 +95,13 @@ class RunFlags {
 
 // The "args" record of a checkpoint directory's trainer.json; throws naming the file.
 nlohmann::json read_run_record(const std::string& checkpoint_dir);
+
+// With --resume: the newest complete checkpoint in `out`, after restoring `flags` from its
+// record; notes on changed settings, and on a thread count other than the checkpoint's (the
+// run is then not bit-identical to an uninterrupted one), go to `log`. Without: nullopt, after
+// checking that `out` holds no checkpoint that a fresh run would mix with.
+std::optional<std::string> prepare_resume(const std::string& out, bool resume, RunFlags& flags,
+                                          std::FILE* log);
 
 // While alive, the first SIGINT or SIGTERM sets stop_requested() (a trainer then finishes its
 // step, writes a checkpoint and returns, and the command exits 0); a second one ends the

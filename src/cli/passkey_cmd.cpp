@@ -116,22 +116,7 @@ struct TrainOpts {
 void run_passkey_train(TrainOpts& o, RunFlags& flags) {
   namespace tr = infini::train;
   std::FILE* log = stderr;
-  std::optional<std::string> resume_dir;
-  if (o.resume) {
-    resume_dir = tr::find_latest_checkpoint(o.out);
-    if (!resume_dir) throw Error("--resume: no complete checkpoint in " + o.out);
-    const std::string where = *resume_dir + "/trainer.json";
-    for (const auto& c : flags.restore(read_run_record(*resume_dir), where)) {
-      if (c.flag == "--steps")
-        std::fprintf(log, "note: --steps changed from %s to %s; the schedule changes with it\n",
-                     c.recorded.dump().c_str(), c.now.dump().c_str());
-      else
-        std::fprintf(log, "note: %s is %s in this part of the run (it was %s)\n", c.flag.c_str(),
-                     c.now.dump().c_str(), c.recorded.dump().c_str());
-    }
-  } else if (tr::find_latest_checkpoint(o.out)) {
-    throw Error("--out " + o.out + " already holds checkpoints; add --resume or choose another");
-  }
+  const std::optional<std::string> resume_dir = prepare_resume(o.out, o.resume, flags, log);
   if (o.config.empty() == o.model.empty())
     throw Error("give exactly one of --config (train from scratch) and --model (fine-tune)");
   if (o.lora_rank > 0 && o.model.empty())

@@ -55,25 +55,8 @@ void run_train(Opts& o, RunFlags& flags, train::Distributed& dist) {
   model::Model<float> m;
   std::string tokenizer_json;  // contents; empty for the byte tokenizer
   std::unique_ptr<io::Tokenizer> tok;
-  std::optional<std::string> resume_dir;
-
-  if (o.resume) {
-    resume_dir = tr::find_latest_checkpoint(o.out);
-    if (!resume_dir) throw Error("--resume: no complete checkpoint in " + o.out);
-    const std::string where = *resume_dir + "/trainer.json";
-    const auto st = nlohmann::json::parse(io::read_file(where), nullptr, false);
-    for (const auto& c : flags.restore(read_run_record(*resume_dir), where)) {
-      if (c.flag == "--steps")
-        std::fprintf(log, "note: --steps changed from %s to %s; the schedule changes with it\n",
-                     c.recorded.dump().c_str(), c.now.dump().c_str());
-      else
-        std::fprintf(log, "note: %s is %s in this part of the run (it was %s)\n", c.flag.c_str(),
-                     c.now.dump().c_str(), c.recorded.dump().c_str());
-    }
-    if (st.value("omp_threads", 0) != omp_get_max_threads())
-      std::fprintf(log, "note: the checkpoint was written with %d threads, this run uses %d; "
-                   "results will not be bit-identical to an uninterrupted run\n",
-                   st.value("omp_threads", 0), omp_get_max_threads());
+  const std::optional<std::string> resume_dir = prepare_resume(o.out, o.resume, flags, log);
+  if (resume_dir) {
     m = model::load_model(*resume_dir);
     const fs::path tj = fs::path(*resume_dir) / "tokenizer.json";
     if (fs::exists(tj)) tokenizer_json = io::read_file(tj.string());
@@ -82,9 +65,6 @@ void run_train(Opts& o, RunFlags& flags, train::Distributed& dist) {
     if (o.config.empty() == o.model.empty())
       throw Error("give exactly one of --config (fresh model) and --model (continue a model)");
     if (o.data.empty()) throw Error("--data is required");
-    if (tr::find_latest_checkpoint(o.out))
-      throw Error("--out " + o.out + " already holds checkpoints; add --resume to continue "
-                  "that run or choose another --out");
     if (!o.config.empty()) {
       model::InitOptions io;
       io.seed = o.seed;
