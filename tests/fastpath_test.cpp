@@ -196,30 +196,43 @@ TEST_P(FastModel, KeptActivationsGiveTheSameGradientsAsRecomputation) {
   ctx.threads = 2;
   const int64_t S = (c.T + cfg.segment_length - 1) / cfg.segment_length;
   ASSERT_GE(S, 2);
-  auto run = [&](int64_t budget, SequenceWorkspace<float>& ws) {
+  auto run = [&](int64_t budget, SequenceWorkspace<float>& ws, const std::vector<int32_t>& toks,
+                 int64_t T) {
     SequenceOptions o;
     o.keep_activations_bytes = budget;
     std::vector<float> g(size_t(m.layout.total), 0.0f);
-    const double l = sequence_loss<float>(m, ctx, tokens.data(), c.B, c.T, g.data(), o, ws).loss_sum;
+    const double l = sequence_loss<float>(m, ctx, toks.data(), c.B, T, g.data(), o, ws).loss_sum;
     return std::make_pair(l, g);
   };
+  const int64_t all_bytes = int64_t(1) << 40;
   SequenceWorkspace<float> ws_none, ws_all, ws_one;
-  const auto none = run(0, ws_none);
-  EXPECT_TRUE(ws_none.kept.empty());
-  const auto all = run(int64_t(1) << 40, ws_all);
-  EXPECT_EQ(int64_t(ws_all.kept.size()), S - 1);  // every segment but the last, kept
+  const auto none = run(0, ws_none, tokens, c.T);
+  EXPECT_EQ(ws_none.kept_segments, 0);
+  const auto all = run(all_bytes, ws_all, tokens, c.T);
+  EXPECT_EQ(ws_all.kept_segments, S - 1);  // every segment but the last, kept
   // A budget of one and a half segments keeps exactly one.
   const int64_t one_segment = activation_bytes(ws_all.kept[0]);
   ASSERT_GT(one_segment, 0);
-  const auto one = run(one_segment + one_segment / 2, ws_one);
-  EXPECT_EQ(ws_one.kept.size(), 1u);
+  const auto one = run(one_segment + one_segment / 2, ws_one, tokens, c.T);
+  EXPECT_EQ(ws_one.kept_segments, 1);
   EXPECT_EQ(none.first, all.first);
   EXPECT_EQ(none.first, one.first);
   EXPECT_EQ(none.second, all.second);
   EXPECT_EQ(none.second, one.second);
-  // Reusing a workspace that kept more for a longer call gives the same again.
-  const auto again = run(int64_t(1) << 40, ws_all);
-  EXPECT_EQ(again.second, none.second);
+  // A shorter sequence through the workspace that kept more: the extra segments stay
+  // allocated (reused, not freed) and the result equals a fresh workspace's.
+  const int64_t T2 = cfg.segment_length + 3;
+  std::vector<int32_t> short_tokens;
+  for (int64_t b = 0; b < c.B; ++b)
+    short_tokens.insert(short_tokens.end(), tokens.begin() + b * c.T, tokens.begin() + b * c.T + T2);
+  SequenceWorkspace<float> ws_fresh;
+  const auto fresh = run(all_bytes, ws_fresh, short_tokens, T2);
+  const auto reused = run(all_bytes, ws_all, short_tokens, T2);
+  EXPECT_EQ(ws_all.kept_segments, 1);
+  EXPECT_EQ(int64_t(ws_all.kept.size()), S - 1);
+  EXPECT_EQ(reused.first, fresh.first);
+  EXPECT_EQ(reused.second, fresh.second);
+  EXPECT_EQ(run(all_bytes, ws_all, tokens, c.T).second, none.second);
 }
 
 TEST_P(FastModel, FloatFastPathMatchesDoubleReference) {

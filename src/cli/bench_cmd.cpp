@@ -238,7 +238,7 @@ void register_bench(CLI::App& app) {
                         {"steps", o->steps},
                         {"segment_length", cfg.segment_length},
                         {"activation_memory_mb", o->activation_mb},
-                        {"kept_segments", int64_t(ws.kept.size())},
+                        {"kept_segments", ws.kept_segments},
                         {"train_tokens_per_s", double(tokens) / t_train},
                         {"eval_tokens_per_s", double(tokens) / t_eval},
                         {"prefill_tokens_per_s", double(tokens) / t_prefill},

@@ -103,7 +103,7 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
                     /*compute_logits=*/s == S - 1);
     }
   }
-  ws.kept.resize(size_t(kept));  // frees what a longer earlier sequence kept
+  ws.kept_segments = kept;
   if (state_io) *state_io = state;
 
   // Backward, last segment first, carrying dM and dz.

@@ -40,7 +40,11 @@ struct LossResult {
 template <class T>
 struct SequenceWorkspace {
   SegmentActs<T> acts;               // the segment being computed (or recomputed)
-  std::vector<SegmentActs<T>> kept;  // activations kept from the forward, segments 0 .. K-1
+  // Activations kept from the forward: segments 0 .. kept_segments-1 of the last call. More
+  // may be allocated (from a longer earlier call, within the budget): they are reused rather
+  // than freed, because fresh memory costs a page fault per 4 KiB at every step otherwise.
+  std::vector<SegmentActs<T>> kept;
+  int64_t kept_segments = 0;
   std::vector<MemoryState<T>> boundary;  // state at the start of each segment
   std::vector<T> dlogits;
   std::vector<int32_t> seg_tokens, targets;
