@@ -248,6 +248,104 @@ struct Case {
 const fs::path kLlamaTokenizer =
     fs::path(INFINI_SOURCE_DIR) / "tests/data/tokenizers/llama2/tokenizer.json";
 
+// Appends an F32 tensor filled with `value` to a safetensors image.
+void add_f32(St& st, const std::string& name, const std::vector<int64_t>& shape, float value) {
+  int64_t n = 1;
+  for (int64_t v : shape) n *= v;
+  const uint64_t at = st.data.size();
+  for (int64_t i = 0; i < n; ++i) st.data.append(reinterpret_cast<const char*>(&value), 4);
+  st.header[name] = {{"dtype", "F32"}, {"shape", shape}, {"data_offsets", {at, at + 4 * n}}};
+}
+
+const char* kPeftPrefix = "base_model.model.model.layers.0.self_attn.";
+
+// A LoRA adapter (PEFT layout) for the fixture model (1 layer; q, o [16, 16]; k, v [8, 16];
+// 2 query heads) of rank r: A = 0.1, B = b, gates 0. `cfg` and `st` edit the two files.
+fs::path write_adapter(const fs::path& dir, int64_t r, const std::function<void(json&)>& cfg = {},
+                       const std::function<void(St&)>& st = {}, float b = 0.0f) {
+  const fs::path a = dir / "adapter";
+  fs::create_directories(a);
+  json c = {{"peft_type", "LORA"},
+            {"r", r},
+            {"lora_alpha", 16.0},
+            {"fan_in_fan_out", false},
+            {"bias", "none"},
+            {"target_modules", {"q_proj", "k_proj", "v_proj", "o_proj"}},
+            {"task_type", "CAUSAL_LM"}};
+  if (cfg) cfg(c);
+  write_bytes(a / "adapter_config.json", c.dump(2));
+  St t{json::object(), ""};
+  const std::pair<const char*, int64_t> outs[] = {
+      {"q_proj", 16}, {"k_proj", 8}, {"v_proj", 8}, {"o_proj", 16}};
+  for (const auto& [m, out] : outs) {
+    add_f32(t, kPeftPrefix + std::string(m) + ".lora_A.weight", {r, 16}, 0.1f);
+    add_f32(t, kPeftPrefix + std::string(m) + ".lora_B.weight", {out, r}, b);
+  }
+  add_f32(t, kPeftPrefix + std::string("beta"), {2}, 0.0f);
+  if (st) st(t);
+  write_st(a / "adapter_model.safetensors", t);
+  return a;
+}
+
+Args merge_args(const fs::path& d, const fs::path& adapter) {
+  return {"lora", "merge", "--model", fixture().model, "--adapter", adapter, "--out", d / "out"};
+}
+
+// A plain Hugging Face checkpoint made from the fixture model: no beta tensors, no infini
+// block in config.json. `cfg` edits config.json.
+fs::path hf_checkpoint(const fs::path& dir, const std::function<void(json&)>& cfg = {}) {
+  const fs::path h = dir / "hf";
+  fs::copy(fixture().model, h, fs::copy_options::recursive);
+  edit_header(h, [](St& st) { st.header.erase("model.layers.0.self_attn.beta"); });
+  edit_config(h, [&](json& j) {
+    j.erase("infini");
+    j["architectures"] = {"LlamaForCausalLM"};
+    j["hidden_act"] = "silu";
+    if (cfg) cfg(j);
+  });
+  return h;
+}
+
+Args convert_args(const fs::path& d, const fs::path& from) {
+  return {"convert", "--from", from, "--out", d / "out", "--segment-length", "16"};
+}
+
+// A `train` run stopped after step 1 of 2 (checkpoints/step-00000001), built once; each case
+// works on its own copy (copy_run).
+const fs::path& trained_run() {
+  static const fs::path p = [] {
+    const fs::path run = fixture().root / "trained_run";
+    const Result r = run_infini({"train", "--config", fixture().config, "--data", fixture().data,
+                                 "--out", run, "--steps", "2", "--stop-at", "1", "--seq-len", "8",
+                                 "--batch", "1", "--save-every", "1", "--eval-every", "0"});
+    if (r.code != 0) throw std::runtime_error("infini train failed: " + r.err);
+    return run;
+  }();
+  return p;
+}
+
+fs::path copy_run(const fs::path& dir) {
+  const fs::path run = dir / "run";
+  fs::copy(trained_run(), run, fs::copy_options::recursive);
+  return run;
+}
+
+const char* kStep1 = "checkpoints/step-00000001";
+
+Args resume_args(const fs::path& run) { return {"train", "--out", run, "--resume"}; }
+
+void edit_json(const fs::path& p, const std::function<void(json&)>& fn) {
+  json j = json::parse(read_bytes(p));
+  fn(j);
+  write_bytes(p, j.dump(2));
+}
+
+Args passkey_eval_args(const fs::path& model, const char* lengths = "512",
+                       const char* depths = "0.5", const char* trials = "1") {
+  return {"passkey", "eval", "--model", model, "--lengths", lengths, "--depths", depths,
+          "--trials", trials};
+}
+
 const std::vector<Case>& cases() {
   static const std::vector<Case> c = {
       // ---- model.safetensors
@@ -581,6 +679,12 @@ const std::vector<Case>& cases() {
          return eval_args(m, fixture().data);
        },
        "tokenizer.json"},
+      {"DataFileIsADevice",  // /dev/zero was read until memory ran out
+       [](const fs::path&) { return eval_args(fixture().model, "/dev/zero"); },
+       "/dev/zero is a device, not a regular file"},
+      {"TokenizeTextFileIsADevice",
+       [](const fs::path&) { return Args{"tokenize", "--text-file", "/dev/urandom"}; },
+       "/dev/urandom is a device, not a regular file"},
       {"DataFileIsADirectory",
        [](const fs::path& d) { return eval_args(fixture().model, d); }, "is a directory"},
       {"DataFileMissing",
@@ -647,7 +751,7 @@ const std::vector<Case>& cases() {
          return Args{"train", "--config", fixture().config, "--data", fixture().data, "--out",
                      d / "run", "--lr", "nan", "--steps", "1", "--seq-len", "8"};
        },
-       "non-finite", "run/final", RLIM_INFINITY, true},
+       "--lr: must be a finite number", "run"},
       {"GenerateNegativeMaxNewTokens",
        [](const fs::path&) {
          return Args{"generate", "--model", fixture().model, "--prompt", "hi",
@@ -691,6 +795,617 @@ const std::vector<Case>& cases() {
       {"MissingRequiredFlag", [](const fs::path&) { return Args{"eval", "--data", "x"}; },
        "--model"},
 
+      // ---- LoRA adapters: lora merge (and passkey eval --adapter), model/lora.cpp load_lora
+      {"LoraRankZero",
+       [](const fs::path& d) {
+         return merge_args(d, write_adapter(d, 2, [](json& c) { c["r"] = 0; }));
+       },
+       "adapter_config.json: 'r' = 0 is out of range [1, 65536]", "out"},
+      {"LoraRankHuge",  // was "out of memory": the layout was allocated before any check
+       [](const fs::path& d) {
+         return merge_args(d, write_adapter(d, 2, [](json& c) { c["r"] = int64_t(1) << 40; }));
+       },
+       "'r' = 1099511627776 is out of range", "out"},
+      {"LoraRankNotAnInteger",
+       [](const fs::path& d) {
+         return merge_args(d, write_adapter(d, 2, [](json& c) { c["r"] = 2.5; }));
+       },
+       "'r' = 2.5 must be an integer", "out"},
+      {"LoraAlphaNegative",
+       [](const fs::path& d) {
+         return merge_args(d, write_adapter(d, 2, [](json& c) { c["lora_alpha"] = -1; }));
+       },
+       "'lora_alpha' = -1 must be a positive finite number", "out"},
+      {"LoraAlphaOverflowsTheMerge",  // finite factors, scale 5e299: was a model of Inf written
+       [](const fs::path& d) {
+         return merge_args(
+             d, write_adapter(d, 2, [](json& c) { c["lora_alpha"] = 1e300; }, {}, 1.0f));
+       },
+       "merging gives a non-finite weight in layer 0 q_proj", "out"},
+      {"LoraPeftTypeWrongType",  // was a bare "[json.exception.type_error.302] ..."
+       [](const fs::path& d) {
+         return merge_args(d, write_adapter(d, 2, [](json& c) { c["peft_type"] = 5; }));
+       },
+       "adapter_config.json: peft_type is 5, not \"LORA\"", "out"},
+      {"LoraFanInFanOutWrongType",
+       [](const fs::path& d) {
+         return merge_args(d, write_adapter(d, 2, [](json& c) { c["fan_in_fan_out"] = "yes"; }));
+       },
+       "'fan_in_fan_out' must be true or false", "out"},
+      {"LoraRsLora",  // scale alpha/sqrt(r): merging with alpha/r would be silently wrong
+       [](const fs::path& d) {
+         return merge_args(d, write_adapter(d, 2, [](json& c) { c["use_rslora"] = true; }));
+       },
+       "use_rslora is not supported", "out"},
+      {"LoraUnknownTargetModule",
+       [](const fs::path& d) {
+         return merge_args(
+             d, write_adapter(d, 2, [](json& c) { c["target_modules"] = {"gate_proj"}; }));
+       },
+       "unsupported target module \"gate_proj\"", "out"},
+      {"LoraConfigNotJson",
+       [](const fs::path& d) {
+         const fs::path a = write_adapter(d, 2);
+         write_bytes(a / "adapter_config.json", "{\"r\": 2,");
+         return merge_args(d, a);
+       },
+       "adapter_config.json: not a JSON object", "out"},
+      {"LoraConfigIsADirectory",
+       [](const fs::path& d) {
+         const fs::path a = write_adapter(d, 2);
+         fs::remove(a / "adapter_config.json");
+         fs::create_directory(a / "adapter_config.json");
+         return merge_args(d, a);
+       },
+       "adapter_config.json is a directory", "out"},
+      {"LoraConfigMissing",
+       [](const fs::path& d) {
+         const fs::path a = write_adapter(d, 2);
+         fs::remove(a / "adapter_config.json");
+         return merge_args(d, a);
+       },
+       "not a LoRA adapter directory?", "out"},
+      {"LoraMissingTensor",
+       [](const fs::path& d) {
+         return merge_args(d, write_adapter(d, 2, {}, [](St& st) {
+                             st.header.erase(std::string(kPeftPrefix) + "v_proj.lora_B.weight");
+                           }));
+       },
+       "tensor 'base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight' is missing",
+       "out"},
+      {"LoraExtraTensor",  // was ignored: an adapter of other modules merged as a no-op
+       [](const fs::path& d) {
+         return merge_args(d, write_adapter(d, 2, {}, [](St& st) {
+                             add_f32(st,
+                                     "base_model.model.model.layers.0.mlp.up_proj.lora_A.weight",
+                                     {2, 16}, 0.1f);
+                           }));
+       },
+       "unexpected tensor 'base_model.model.model.layers.0.mlp.up_proj.lora_A.weight'", "out"},
+      {"LoraTargetsDisagreeWithTensors",  // q_proj only in the config, all four in the file
+       [](const fs::path& d) {
+         return merge_args(
+             d, write_adapter(d, 2, [](json& c) { c["target_modules"] = {"q_proj"}; }));
+       },
+       "unexpected tensor 'base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight'",
+       "out"},
+      {"LoraRankDisagreesWithTensors",
+       [](const fs::path& d) {
+         return merge_args(d, write_adapter(d, 2, [](json& c) { c["r"] = 4; }));
+       },
+       "q_proj.lora_A.weight' has shape [2,16], the model needs [4,16]", "out"},
+      {"LoraNanTensor",
+       [](const fs::path& d) {
+         return merge_args(d, write_adapter(d, 2, {}, [](St& st) {
+                             const std::string name =
+                                 std::string(kPeftPrefix) + "o_proj.lora_A.weight";
+                             const uint64_t at = st.header[name]["data_offsets"][0].get<uint64_t>();
+                             const float nan = std::nanf("");
+                             std::memcpy(st.data.data() + at + 4, &nan, 4);
+                           }));
+       },
+       "o_proj.lora_A.weight' has a non-finite value", "out"},
+      {"LoraWeightsTruncated",
+       [](const fs::path& d) {
+         const fs::path a = write_adapter(d, 2);
+         const std::string b = read_bytes(a / "adapter_model.safetensors");
+         write_bytes(a / "adapter_model.safetensors", b.substr(0, b.size() - 100));
+         return merge_args(d, a);
+       },
+       "adapter_model.safetensors: tensor", "out"},
+      {"LoraWeightsMissing",
+       [](const fs::path& d) {
+         const fs::path a = write_adapter(d, 2);
+         fs::remove(a / "adapter_model.safetensors");
+         return merge_args(d, a);
+       },
+       "adapter_model.safetensors: cannot open: No such file or directory", "out"},
+      {"LoraMergeOutIsTheBaseModel",
+       [](const fs::path& d) {
+         const fs::path m = copy_model(d);
+         return Args{"lora", "merge", "--model", m, "--adapter", write_adapter(d, 2), "--out",
+                     m / "."};
+       },
+       "--out must differ from --model"},
+      {"LoraMergeBaseTokenizerIsADirectory",  // was: merged, then the copy failed half-way
+       [](const fs::path& d) {
+         const fs::path m = copy_model(d);
+         fs::create_directory(m / "tokenizer.json");
+         return Args{"lora", "merge", "--model", m, "--adapter", write_adapter(d, 2), "--out",
+                     d / "out"};
+       },
+       "tokenizer.json is a directory", "out"},
+      {"LoraMergeValid",
+       [](const fs::path& d) { return merge_args(d, write_adapter(d, 2, {}, {}, 0.01f)); },
+       nullptr},
+      {"LoraMergeDiskFull",  // the output directory it created is removed again
+       [](const fs::path& d) { return merge_args(d, write_adapter(d, 2)); }, "File too large",
+       "out", 8192},
+      {"PasskeyEvalBadAdapter",
+       [](const fs::path& d) {
+         Args a = passkey_eval_args(fixture().model);
+         a.push_back("--adapter");
+         a.push_back(write_adapter(d, 2, [](json& c) { c["r"] = -1; }));
+         return a;
+       },
+       "'r' = -1 is out of range"},
+
+      // ---- convert (Hugging Face checkpoints in) and export
+      {"ConvertUnknownModelType",
+       [](const fs::path& d) {
+         return convert_args(d, hf_checkpoint(d, [](json& j) { j["model_type"] = "mistral"; }));
+       },
+       "unsupported model_type 'mistral'", "out"},
+      {"ConvertRopeScaling",
+       [](const fs::path& d) {
+         return convert_args(d, hf_checkpoint(d, [](json& j) {
+                               j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+                             }));
+       },
+       "config.json: rope_scaling is not supported", "out"},
+      {"ConvertSlidingWindow",
+       [](const fs::path& d) {
+         return convert_args(d, hf_checkpoint(d, [](json& j) { j["use_sliding_window"] = true; }));
+       },
+       "config.json: use_sliding_window is not supported", "out"},
+      {"ConvertHiddenActWrongType",  // a non-string hidden_act was not checked
+       [](const fs::path& d) {
+         return convert_args(d, hf_checkpoint(d, [](json& j) { j["hidden_act"] = 5; }));
+       },
+       "hidden_act 5 is not supported (silu only)", "out"},
+      {"ConvertInfiniNotAnObject",  // was silently replaced by the defaults
+       [](const fs::path& d) {
+         return convert_args(d, hf_checkpoint(d, [](json& j) { j["infini"] = 5; }));
+       },
+       "config.json: key 'infini' must be an object", "out"},
+      {"ConvertConfigMissing",
+       [](const fs::path& d) {
+         const fs::path h = hf_checkpoint(d);
+         fs::remove(h / "config.json");
+         return convert_args(d, h);
+       },
+       "cannot open", "out"},
+      {"ConvertConfigIsADirectory",
+       [](const fs::path& d) {
+         const fs::path h = hf_checkpoint(d);
+         fs::remove(h / "config.json");
+         fs::create_directory(h / "config.json");
+         return convert_args(d, h);
+       },
+       "config.json is a directory", "out"},
+      {"ConvertShapeMismatch",  // was: the error, and an empty output directory left behind
+       [](const fs::path& d) {
+         return convert_args(d, hf_checkpoint(d, [](json& j) { j["hidden_size"] = 32; }));
+       },
+       "tensor 'model.embed_tokens.weight' has shape [258, 16], expected [258, 32]", "out"},
+      {"ConvertIndexWeightMapNotAnObject",
+       [](const fs::path& d) {
+         const fs::path h = hf_checkpoint(d);
+         fs::rename(h / "model.safetensors", h / "model-00001-of-00001.safetensors");
+         write_bytes(h / "model.safetensors.index.json", "{\"weight_map\": []}");
+         return convert_args(d, h);
+       },
+       "index.json: has no weight_map object", "out"},
+      {"ConvertIndexShardMissing",
+       [](const fs::path& d) {
+         const fs::path h = hf_checkpoint(d);
+         fs::remove(h / "model.safetensors");
+         json idx = {{"weight_map",
+                      {{"model.embed_tokens.weight", "model-00001-of-00002.safetensors"}}}};
+         write_bytes(h / "model.safetensors.index.json", idx.dump());
+         return convert_args(d, h);
+       },
+       "shard 'model-00001-of-00002.safetensors'", "out"},
+      {"ConvertIndexIsADirectory",
+       [](const fs::path& d) {
+         const fs::path h = hf_checkpoint(d);
+         fs::create_directory(h / "model.safetensors.index.json");
+         return convert_args(d, h);
+       },
+       "index.json: is a directory", "out"},
+      {"ConvertBf16Nan",
+       [](const fs::path& d) {
+         const fs::path h = hf_checkpoint(d);
+         edit_header(h, [](St& st) {
+           const uint64_t at = st.data.size();
+           std::string bf(32, '\0');
+           for (int i = 0; i < 16; ++i) bf[2 * i + 1] = '\x3f';  // 0x3f00 = 0.5
+           bf[6] = '\xc0';
+           bf[7] = '\x7f';  // 0x7fc0: a NaN
+           st.data += bf;
+           st.header["model.norm.weight"] = {
+               {"dtype", "BF16"}, {"shape", {16}}, {"data_offsets", {at, at + 32}}};
+         });
+         return convert_args(d, h);
+       },
+       "tensor 'model.norm.weight' contains a non-finite value", "out"},
+      {"ConvertOutIsTheInput",  // was: the checkpoint overwritten in place
+       [](const fs::path& d) {
+         const fs::path h = hf_checkpoint(d);
+         return Args{"convert", "--from", h, "--out", h / "."};
+       },
+       "--out must differ from --from"},
+      {"ConvertTokenizerIsADirectory",
+       [](const fs::path& d) {
+         const fs::path h = hf_checkpoint(d);
+         fs::create_directory(h / "tokenizer.json");
+         return convert_args(d, h);
+       },
+       "tokenizer.json is a directory", "out"},
+      {"ConvertNanGateInit",
+       [](const fs::path& d) {
+         Args a = convert_args(d, hf_checkpoint(d));
+         a.push_back("--gate-init");
+         a.push_back("nan");
+         return a;
+       },
+       "--gate-init: must be a finite number", "out"},
+      {"ConvertValid", [](const fs::path& d) { return convert_args(d, hf_checkpoint(d)); },
+       nullptr},
+      {"ConvertDiskFull",
+       [](const fs::path& d) { return convert_args(d, hf_checkpoint(d)); }, "File too large",
+       "out", 8192},
+      {"ExportOutIsTheModel",
+       [](const fs::path& d) {
+         const fs::path m = copy_model(d);
+         return Args{"export", "--model", m, "--out", m};
+       },
+       "--out must differ from --model"},
+      {"ExportOutUnderARegularFile",
+       [](const fs::path& d) {
+         write_bytes(d / "file.txt", "x");
+         return Args{"export", "--model", fixture().model, "--out", d / "file.txt" / "out"};
+       },
+       "file.txt/out: Not a directory"},
+      {"ExportTokenizerLinkLoop",  // was a std::filesystem error after the weights were written
+       [](const fs::path& d) {
+         const fs::path m = copy_model(d);
+         fs::create_symlink("tokenizer.json", m / "tokenizer.json");
+         return Args{"export", "--model", m, "--out", d / "out"};
+       },
+       "tokenizer.json: Too many levels of symbolic links", "out"},
+      {"ExportDiskFull",
+       [](const fs::path& d) {
+         return Args{"export", "--model", fixture().model, "--out", d / "out"};
+       },
+       "File too large", "out", 8192},
+
+      // ---- model directories: tokenizer.json and link loops, sizes claimed by config.json
+      {"TokenizerIsADirectory",  // was: silently the byte tokenizer
+       [](const fs::path& d) {
+         const fs::path m = copy_model(d);
+         fs::create_directory(m / "tokenizer.json");
+         return eval_args(m, fixture().data);
+       },
+       "tokenizer.json is a directory"},
+      {"TokenizerLinkLoop",
+       [](const fs::path& d) {
+         const fs::path m = copy_model(d);
+         fs::create_symlink("tokenizer.json", m / "tokenizer.json");
+         return Args{"generate", "--model", m, "--prompt", "hi", "--max-new-tokens", "1"};
+       },
+       "tokenizer.json: Too many levels of symbolic links"},
+      {"WeightsLinkLoop",  // was "no model.safetensors or model.safetensors.index.json"
+       [](const fs::path& d) {
+         const fs::path m = copy_model(d);
+         fs::remove(m / "model.safetensors");
+         fs::create_symlink("model.safetensors", m / "model.safetensors");
+         return eval_args(m, fixture().data);
+       },
+       "model.safetensors: cannot open: Too many levels of symbolic links"},
+      {"ConfigLinkLoop",
+       [](const fs::path& d) {
+         const fs::path m = copy_model(d);
+         fs::remove(m / "config.json");
+         fs::create_symlink("config.json", m / "config.json");
+         return eval_args(m, fixture().data);
+       },
+       "config.json: Too many levels of symbolic links"},
+      {"ConfigClaimsHugeModel",  // 8.6e9 parameters: was allocated (34 GB) before any check
+       [](const fs::path& d) {
+         const fs::path m = copy_model(d);
+         edit_config(m, [](json& j) {
+           j["vocab_size"] = 1 << 22;
+           j["hidden_size"] = 1024;
+           j["num_attention_heads"] = 8;
+           j["num_key_value_heads"] = 8;
+           j["head_dim"] = 128;
+           j["intermediate_size"] = 4096;
+         });
+         return eval_args(m, fixture().data);
+       },
+       "tensor 'model.embed_tokens.weight' has shape [258, 16], expected [4194304, 1024]"},
+      {"PasskeyEvalCorruptTokenizer",
+       [](const fs::path& d) {
+         const fs::path m = copy_model(d);
+         write_bytes(m / "tokenizer.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": []}}");
+         return passkey_eval_args(m);
+       },
+       "tokenizer.json: model.vocab"},
+
+      // ---- train --resume from damaged checkpoints, train --model from a damaged model
+      {"ResumeTrainerJsonStepNotAnInteger",  // 1e30 was converted to int64_t (undefined)
+       [](const fs::path& d) {
+         const fs::path run = copy_run(d);
+         edit_json(run / kStep1 / "trainer.json", [](json& j) { j["step"] = 1e30; });
+         return resume_args(run);
+       },
+       "trainer.json: 'step' is not a non-negative integer", "run/final", RLIM_INFINITY, true},
+      {"ResumeTrainerJsonFormatNotAString",  // was a bare "[json.exception.type_error.302]"
+       [](const fs::path& d) {
+         const fs::path run = copy_run(d);
+         edit_json(run / kStep1 / "trainer.json", [](json& j) { j["format"] = 5; });
+         return resume_args(run);
+       },
+       "trainer.json is not a trainer state file", "run/final", RLIM_INFINITY, true},
+      {"ResumeTrainerJsonOtherVersion",  // was accepted
+       [](const fs::path& d) {
+         const fs::path run = copy_run(d);
+         edit_json(run / kStep1 / "trainer.json", [](json& j) { j["version"] = 2; });
+         return resume_args(run);
+       },
+       "unsupported trainer state version 2", "run/final", RLIM_INFINITY, true},
+      {"ResumeTrainerJsonThreadsNotANumber",  // was a bare json type_error; only a note now
+       [](const fs::path& d) {
+         const fs::path run = copy_run(d);
+         edit_json(run / kStep1 / "trainer.json", [](json& j) { j["omp_threads"] = "x"; });
+         return resume_args(run);
+       },
+       nullptr},
+      {"ResumeTrainerJsonEmpty",
+       [](const fs::path& d) {
+         const fs::path run = copy_run(d);
+         write_bytes(run / kStep1 / "trainer.json", "");
+         return resume_args(run);
+       },
+       "has no record of the run's flags", "run/final"},
+      {"ResumeOptimizerStepGarbage",  // was "stoll" (std::invalid_argument), exit code 2
+       [](const fs::path& d) {
+         const fs::path run = copy_run(d);
+         const fs::path o = run / kStep1 / "optimizer.safetensors";
+         St st = read_st(o);
+         st.header["__metadata__"]["step"] = "abc";
+         write_st(o, st);
+         return resume_args(run);
+       },
+       "optimizer metadata 'step' is not a step count", "run/final", RLIM_INFINITY, true},
+      {"ResumeOptimizerNan",  // was: one more step, then "the update made a weight non-finite"
+       [](const fs::path& d) {
+         const fs::path run = copy_run(d);
+         const fs::path o = run / kStep1 / "optimizer.safetensors";
+         St st = read_st(o);
+         const uint64_t at = st.header["exp_avg_sq"]["data_offsets"][0].get<uint64_t>();
+         const float neg = -1.0f;
+         std::memcpy(st.data.data() + at, &neg, 4);
+         write_st(o, st);
+         return resume_args(run);
+       },
+       "tensor 'exp_avg_sq' contains a negative or non-finite value", "run/final",
+       RLIM_INFINITY, true},
+      {"ResumeOptimizerTruncated",
+       [](const fs::path& d) {
+         const fs::path run = copy_run(d);
+         const fs::path o = run / kStep1 / "optimizer.safetensors";
+         const std::string b = read_bytes(o);
+         write_bytes(o, b.substr(0, 100));
+         return resume_args(run);
+       },
+       "optimizer.safetensors: header length", "run/final", RLIM_INFINITY, true},
+      {"ResumeModelTruncated",
+       [](const fs::path& d) {
+         const fs::path run = copy_run(d);
+         const fs::path m = run / kStep1 / "model.safetensors";
+         const std::string b = read_bytes(m);
+         write_bytes(m, b.substr(0, b.size() / 2));
+         return resume_args(run);
+       },
+       "beyond the data", "run/final", RLIM_INFINITY, true},
+      {"ResumeConfigChanged",
+       [](const fs::path& d) {
+         const fs::path run = copy_run(d);
+         edit_json(run / kStep1 / "config.json", [](json& j) { j["intermediate_size"] = 48; });
+         return resume_args(run);
+       },
+       "expected [48, 16]", "run/final", RLIM_INFINITY, true},
+      {"TrainModelCorrupt",
+       [](const fs::path& d) {
+         const fs::path m = copy_model(d);
+         edit_header(m, [](St& st) { st.header["model.norm.weight"]["dtype"] = "F64"; });
+         return Args{"train", "--model", m, "--data", fixture().data, "--out", d / "run",
+                     "--steps", "1", "--seq-len", "8"};
+       },
+       "has unsupported dtype 'F64'", "run"},
+      {"PasskeyTrainModelCorrupt",
+       [](const fs::path& d) {
+         const fs::path m = copy_model(d);
+         fs::remove(m / "config.json");
+         return Args{"passkey", "train", "--model", m, "--out", d / "run", "--steps", "1"};
+       },
+       "config.json: No such file or directory", "run"},
+      {"PasskeyTrainTooManyTokensPerStep",  // was "out of memory" after the model was built
+       [](const fs::path& d) {
+         return Args{"passkey", "train", "--config", fixture().config, "--out", d / "run",
+                     "--batch", "4096", "--max-len", "16777216"};
+       },
+       "--batch x --max-len (68719476736 tokens per step) is above the limit of 2^28", "run"},
+      {"TrainDataLinkLoop",  // was a bare std::filesystem error, exit code 2
+       [](const fs::path& d) {
+         fs::create_symlink("loop.txt", d / "loop.txt");
+         return Args{"train", "--config", fixture().config, "--data", d / "loop.txt", "--out",
+                     d / "run", "--steps", "1", "--seq-len", "8"};
+       },
+       "loop.txt: Too many levels of symbolic links", "run/final"},
+      {"TrainDataLinkLoopInADirectoryIsSkipped",  // as a dangling link is
+       [](const fs::path& d) {
+         fs::create_directory(d / "docs");
+         fs::copy_file(fixture().data, d / "docs" / "a.txt");
+         fs::create_symlink("loop.txt", d / "docs" / "loop.txt");
+         return Args{"train", "--config", fixture().config, "--data", d / "docs", "--out",
+                     d / "run", "--steps", "1", "--seq-len", "8", "--eval-every", "0"};
+       },
+       nullptr},
+      {"TrainDataIsADevice",  // was "does not exist"
+       [](const fs::path& d) {
+         return Args{"train", "--config", fixture().config, "--data", "/dev/null", "--out",
+                     d / "run", "--steps", "1", "--seq-len", "8"};
+       },
+       "data path /dev/null is not a regular file or a directory", "run/final"},
+
+      // ---- generate: saved states and outputs
+      {"GenerateTruncatedStateFile",
+       [](const fs::path& d) {
+         const Result r = run_infini({"generate", "--model", fixture().model, "--prompt",
+                                      "hello there", "--max-new-tokens", "0", "--state-out",
+                                      d / "state.bin"});
+         if (r.code != 0) throw std::runtime_error(r.err);
+         const std::string b = read_bytes(d / "state.bin");
+         write_bytes(d / "state.bin", b.substr(0, b.size() - 7));
+         return Args{"generate", "--model", fixture().model, "--state-in", d / "state.bin",
+                     "--max-new-tokens", "1"};
+       },
+       "state file"},
+      {"GenerateStateInIsADirectory",
+       [](const fs::path& d) {
+         return Args{"generate", "--model", fixture().model, "--state-in", d,
+                     "--max-new-tokens", "1"};
+       },
+       "is a directory"},
+      {"GenerateStateOutIsADirectory",  // checked before the prompt is read, not after
+       [](const fs::path& d) {
+         return Args{"generate", "--model", fixture().model, "--prompt", "hi",
+                     "--max-new-tokens", "0", "--state-out", d};
+       },
+       "--state-out", ""},
+
+      // ---- passkey eval / sample: grids and outputs
+      {"PasskeyEvalLengthsNotANumber",
+       [](const fs::path&) { return passkey_eval_args(fixture().model, "abc"); },
+       "--lengths: 'abc' is not a length"},
+      {"PasskeyEvalLengthsHuge",
+       [](const fs::path&) { return passkey_eval_args(fixture().model, "1e30"); },
+       "--lengths: '1e30' is not a length"},
+      {"PasskeyEvalLengthsZero",
+       [](const fs::path&) { return passkey_eval_args(fixture().model, "0"); },
+       "length 0 is below the shortest sample"},
+      {"PasskeyEvalLengthsEmpty",
+       [](const fs::path&) { return passkey_eval_args(fixture().model, ","); },
+       "--lengths: no lengths given"},
+      {"PasskeyEvalDepthsNan",
+       [](const fs::path&) { return passkey_eval_args(fixture().model, "512", "nan"); },
+       "--depths: 'nan' is not a depth in [0, 1]"},
+      {"PasskeyEvalDepthsAboveOne",
+       [](const fs::path&) { return passkey_eval_args(fixture().model, "512", "0,2"); },
+       "--depths: '2' is not a depth in [0, 1]"},
+      {"PasskeyEvalTrialsZero",
+       [](const fs::path&) { return passkey_eval_args(fixture().model, "512", "0.5", "0"); },
+       "--trials"},
+      {"PasskeyEvalDigitsTooMany",
+       [](const fs::path&) {
+         Args a = passkey_eval_args(fixture().model);
+         a.insert(a.end(), {"--digits", "19"});
+         return a;
+       },
+       "--digits"},
+      {"PasskeyEvalPlotUnderARegularFile",  // was found only after the whole evaluation
+       [](const fs::path& d) {
+         write_bytes(d / "file.txt", "x");
+         Args a = passkey_eval_args(fixture().model);
+         a.push_back("--plot");
+         a.push_back(d / "file.txt" / "pk.svg");
+         return a;
+       },
+       "--plot"},
+      {"PasskeySampleLengthHuge",
+       [](const fs::path&) { return Args{"passkey", "sample", "--length", "99999999M"}; },
+       "--length"},
+
+      // ---- tokenize / detokenize
+      {"DetokenizeNegativeId",
+       [](const fs::path&) { return Args{"detokenize", "--ids", "104 -1"}; },
+       "--ids: '-1' is not a token id"},
+      {"DetokenizeIdOutsideTheVocabulary",  // was dropped silently
+       [](const fs::path&) { return Args{"detokenize", "--ids", "104 300"}; },
+       "token id 300 is outside the tokenizer's vocabulary (size 258)"},
+      {"DetokenizeUnclosedBracket",
+       [](const fs::path&) { return Args{"detokenize", "--ids", "[104, 105"}; },
+       "'[' without a closing ']'"},
+      {"DetokenizeBinaryIdsFile",
+       [](const fs::path& d) {
+         write_bytes(d / "ids.bin", std::string("\x01\x02\n\x7f\xff", 5));
+         return Args{"detokenize", "--ids-file", d / "ids.bin"};
+       },
+       "is not a token id"},
+      {"DetokenizeIdsFileIsADirectory",  // was: success, no output
+       [](const fs::path& d) { return Args{"detokenize", "--ids-file", d}; },
+       "is a directory"},
+      {"TokenizeTextFileIsADirectory",  // was: success, no output
+       [](const fs::path& d) { return Args{"tokenize", "--text-file", d}; }, "is a directory"},
+      {"TokenizeTokenizerIsADirectory",
+       [](const fs::path& d) { return Args{"tokenize", "--tokenizer", d, "--text", "hi"}; },
+       "is a directory"},
+
+      // ---- numbers CLI11 lets through (cli/common.cpp check_numeric_options)
+      {"TrainNanGradClip",  // was: trained with clipping off
+       [](const fs::path& d) {
+         return Args{"train", "--config", fixture().config, "--data", fixture().data, "--out",
+                     d / "run", "--grad-clip", "nan", "--steps", "1", "--seq-len", "8"};
+       },
+       "--grad-clip: must be a finite number, got 'nan'", "run"},
+      {"PasskeyTrainNanLoraAlpha",
+       [](const fs::path& d) {
+         return Args{"passkey", "train", "--model", fixture().model, "--out", d / "run",
+                     "--lora-rank", "2", "--lora-alpha", "nan"};
+       },
+       "--lora-alpha: must be a finite number", "run"},
+      {"GenerateNanTemperature",
+       [](const fs::path&) {
+         return Args{"generate", "--model", fixture().model, "--prompt", "hi", "--temperature",
+                     "-nan"};
+       },
+       "--temperature: must be a finite number"},
+      {"GenerateMaxNewTokensBeyond64Bits",  // CLI11 saturated it to 2^63-1 silently
+       [](const fs::path&) {
+         return Args{"generate", "--model", fixture().model, "--prompt", "hi",
+                     "--max-new-tokens", "99999999999999999999"};
+       },
+       "--max-new-tokens: '99999999999999999999' is out of the 64-bit integer range"},
+      {"InitSeedBeyond64Bits",  // CLI11 saturated it to 2^64-1 silently
+       [](const fs::path& d) {
+         return Args{"init", "--config", fixture().config, "--out", d / "out", "--seed",
+                     "99999999999999999999"};
+       },
+       "--seed: '99999999999999999999' is out of the 64-bit integer range", "out"},
+      {"BenchNegativeSeed",  // was wrapped to 2^64-1
+       [](const fs::path&) {
+         return Args{"bench", "--config", fixture().config, "--seed", "-1"};
+       },
+       "--seed: must be a non-negative integer"},
+      {"BenchConfigNotJson",
+       [](const fs::path& d) {
+         write_bytes(d / "config.json", "{");
+         return Args{"bench", "--config", d / "config.json", "--steps", "1"};
+       },
+       "config.json: not valid JSON"},
       // ---- output paths that cannot be written
       {"InitOutUnderARegularFile",  // root ignores permissions; a file as parent stops anyone
        [](const fs::path& d) {

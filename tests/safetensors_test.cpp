@@ -50,10 +50,10 @@ void expect_error(const std::function<void()>& f, const std::vector<std::string>
 // A file image: 8-byte little-endian header length, header, data.
 Bytes image(const std::string& header, const Bytes& data = {}, uint64_t hlen_override = ~0ull) {
   uint64_t n = hlen_override == ~0ull ? header.size() : hlen_override;
-  Bytes b(8);
+  Bytes b(8 + header.size() + data.size());
   std::memcpy(b.data(), &n, 8);
-  b.insert(b.end(), header.begin(), header.end());
-  b.insert(b.end(), data.begin(), data.end());
+  std::copy(header.begin(), header.end(), b.begin() + 8);
+  std::copy(data.begin(), data.end(), b.begin() + 8 + std::ptrdiff_t(header.size()));
   return b;
 }
 

@@ -1,5 +1,8 @@
 #include "cli/common.hpp"
 
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -28,6 +31,54 @@ CLI::Validator non_negative_integer() {
         return s.find('-') == std::string::npos ? std::string() : "must be a non-negative integer";
       },
       "");
+}
+
+void check_numeric_options(CLI::App& app) {
+  for (CLI::Option* opt : app.get_options()) {
+    const std::string type = opt->get_type_name();
+    const bool is_uint = type.rfind("UINT", 0) == 0;
+    const bool is_int = !is_uint && type.rfind("INT", 0) == 0;
+    const bool is_float = type.rfind("FLOAT", 0) == 0;
+    if (is_int || is_uint) {
+      opt->check(CLI::Validator(
+          [is_uint](std::string& s) -> std::string {
+            if (is_uint && s.find('-') != std::string::npos)
+              return "must be a non-negative integer";
+            char* end = nullptr;
+            errno = 0;
+            if (is_uint)
+              (void)std::strtoull(s.c_str(), &end, 0);
+            else
+              (void)std::strtoll(s.c_str(), &end, 0);
+            if (errno == ERANGE)
+              return "'" + s.substr(0, 40) + "' is out of the 64-bit integer range";
+            return std::string();
+          },
+          ""));
+    } else if (is_float) {
+      opt->check(CLI::Validator(
+          [](std::string& s) -> std::string {
+            char* end = nullptr;
+            const long double v = std::strtold(s.c_str(), &end);
+            if (end != s.c_str() && !std::isfinite(v))
+              return "must be a finite number, got '" + s.substr(0, 40) + "'";
+            return std::string();
+          },
+          ""));
+    }
+  }
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))
+    check_numeric_options(*sub);
+}
+
+void check_output_file(const std::string& path, const std::string& flag) {
+  if (path.empty()) return;
+  std::error_code ec;
+  const fs::path p(path);
+  if (fs::is_directory(p, ec)) throw Error(flag + " " + path + " is a directory, not a file");
+  const fs::path parent = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  if (!fs::is_directory(parent, ec))
+    throw Error(flag + " " + path + ": " + parent.string() + " is not an existing directory");
 }
 
 CLI::Option* add_activation_memory_option(CLI::App* cmd, int64_t& mib) {
@@ -134,10 +185,12 @@ std::optional<std::string> prepare_resume(const std::string& out, bool resume, R
                    c.now.dump().c_str(), c.recorded.dump().c_str());
   }
   const auto st = nlohmann::json::parse(io::read_file(where), nullptr, false);
-  if (st.is_object() && st.value("omp_threads", 0) != omp_get_max_threads())
-    std::fprintf(log, "note: the checkpoint was written with %d threads, this run uses %d; "
+  const auto threads = st.is_object() ? st.find("omp_threads") : st.end();
+  if (threads != st.end() && threads->is_number_integer() &&
+      threads->get<int64_t>() != omp_get_max_threads())
+    std::fprintf(log, "note: the checkpoint was written with %lld threads, this run uses %d; "
                  "results will not be bit-identical to an uninterrupted run\n",
-                 st.value("omp_threads", 0), omp_get_max_threads());
+                 (long long)threads->get<int64_t>(), omp_get_max_threads());
   return dir;
 }
 

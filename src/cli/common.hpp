@@ -35,6 +35,18 @@ class Stopwatch {
 // reads "--seed: must be a non-negative integer".
 CLI::Validator non_negative_integer();
 
+// Adds to every numeric option of `app` and its subcommands (recursively) the checks CLI11
+// 2.1 leaves out: an INT/UINT value beyond 64 bits is an error (CLI11 saturates it to the
+// largest value silently), a UINT value may not be negative (CLI11 wraps "-1" to 2^64 - 1),
+// and a FLOAT value must be finite ("nan" passes every CLI::Range). Call once, after every
+// subcommand is registered; the checks run after the option's own ones.
+void check_numeric_options(CLI::App& app);
+
+// For an output file written at the end of a long run (--plot, --state-out): throws naming
+// `flag` when `path` is a directory or its parent is not an existing directory, so that the
+// run stops before it starts rather than after it is done.
+void check_output_file(const std::string& path, const std::string& flag);
+
 // --activation-memory-mb of the commands that train (train, passkey train, bench): the budget
 // for activations kept from the forward for the backward (model::SequenceOptions).
 CLI::Option* add_activation_memory_option(CLI::App* cmd, int64_t& mib);

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <limits>
 #include <memory>
 
 #include <nlohmann/json.hpp>
@@ -28,6 +29,12 @@ struct GenerateOpts {
   int64_t prefill_chunk = 256;
   int decode_threads = 0;
 };
+
+// An integer range up to 2^63-1 shown as `name` in --help. (CLI::NonNegativeNumber checks a
+// double against [0, DBL_MAX]: its message prints DBL_MAX in full, 300 digits.)
+CLI::Validator at_least(int64_t lo, const char* name) {
+  return CLI::Range(lo, std::numeric_limits<int64_t>::max()).description(name);
+}
 
 std::string dump(const nlohmann::json& j) {
   // Generated text may hold invalid UTF-8 (a model can emit any byte): replace, never throw.
@@ -162,13 +169,13 @@ void register_generate(CLI::App& app) {
   prompt->excludes(prompt_file);
   cmd->add_option("--max-new-tokens", o->max_new_tokens, "Most tokens to generate (0: only read the prompt)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least(0, "NONNEGATIVE"));
   cmd->add_option("--temperature", o->sampling.temperature, "Sampling temperature; 0 is greedy")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1e6));
   cmd->add_option("--top-k", o->sampling.top_k, "Sample among the k most likely tokens (0: all)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least(0, "NONNEGATIVE"));
   cmd->add_option("--top-p", o->sampling.top_p,
                   "Sample among the most likely tokens whose probability reaches p (1: all)")
       ->capture_default_str()
@@ -193,7 +200,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--prefill-chunk", o->prefill_chunk,
                   "Most prompt tokens per forward call (also capped by the segment length)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1, "POSITIVE"));
   cmd->add_option("--decode-threads", o->decode_threads,
                   "OpenMP threads for decode steps (0: 1 for models under 32M weights, else "
                   "OMP_NUM_THREADS or all cores)")
@@ -206,6 +213,7 @@ void register_generate(CLI::App& app) {
     o->has_prompt = prompt->count() > 0;
     if (o->interactive && o->prompt_file == "-")
       throw Error("--interactive reads stdin, so --prompt-file - cannot be used with it");
+    check_output_file(o->state_out, "--state-out");
     const model::Model<float> m = model::load_model(o->model);
     const auto tok = io::load_tokenizer_for_model(o->model);
     infer::SessionOptions so;

@@ -5,6 +5,8 @@
 
 #include "cli/commands.hpp"
 #include "core/error.hpp"
+#include "io/text.hpp"
+#include "io/tokenizer.hpp"
 #include "model/lora.hpp"
 #include "model/model.hpp"
 
@@ -30,14 +32,24 @@ void register_lora(CLI::App& app) {
   cmd->add_option("--out", o->out, "Output model directory (created; tokenizer.json copied)")
       ->required();
   cmd->callback([o] {
-    if (fs::weakly_canonical(o->out) == fs::weakly_canonical(o->model))
+    std::error_code same_ec;
+    if (fs::equivalent(o->out, o->model, same_ec))
       throw Error("--out must differ from --model (the base model is not overwritten)");
     const model::Model<float> base = model::load_model(o->model);
-    const model::LoraAdapter<float> a = model::load_lora(o->adapter, base);
-    model::save_model(model::lora_merge(base, a), o->out);
+    // The base model's tokenizer goes into the merged model: check that it loads before
+    // anything is written.
     const fs::path tj = fs::path(o->model) / "tokenizer.json";
-    if (fs::exists(tj))
-      fs::copy_file(tj, fs::path(o->out) / "tokenizer.json", fs::copy_options::overwrite_existing);
+    (void)io::load_tokenizer_for_model(o->model);
+    std::error_code ec;
+    const std::string tokenizer_json =
+        fs::exists(fs::symlink_status(tj, ec)) ? io::read_file(tj.string()) : std::string();
+    const model::LoraAdapter<float> a = model::load_lora(o->adapter, base);
+    const model::Model<float> merged = model::lora_merge(base, a);
+    model::write_model_dir(o->out, [&] {
+      model::save_model(merged, o->out);
+      if (!tokenizer_json.empty())
+        model::write_file_atomic((fs::path(o->out) / "tokenizer.json").string(), tokenizer_json);
+    });
     std::printf("merged %s (rank %lld, alpha %g) into %s\n", o->adapter.c_str(),
                 (long long)a.layout.config.rank, a.layout.config.alpha, o->out.c_str());
   });

@@ -15,6 +15,7 @@
 #include <unordered_set>
 
 #include "core/error.hpp"
+#include "io/text.hpp"
 #include "io/tokenizer_bpe.hpp"
 #include "io/tokenizer_pipeline.hpp"
 #include "io/tokenizer_unicode.hpp"
@@ -30,15 +31,6 @@ std::string one_line(std::string s) {
   std::replace(s.begin(), s.end(), '\n', ' ');
   std::replace(s.begin(), s.end(), '\r', ' ');
   return s;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open file");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw Error(path + ": read error");
-  return std::move(ss).str();
 }
 
 json parse_json(const std::string& text, const std::string& name) {
@@ -524,7 +516,10 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& path) {
 std::unique_ptr<Tokenizer> load_tokenizer_for_model(const std::string& model_dir) {
   const auto path = std::filesystem::path(model_dir) / "tokenizer.json";
   std::error_code ec;
-  if (std::filesystem::is_regular_file(path, ec)) return load_hf_tokenizer(path.string());
+  // Anything at that name (a directory, a dangling link, a link loop) is meant as the
+  // tokenizer: loading it reports why it cannot be read, instead of silently using bytes.
+  if (std::filesystem::exists(std::filesystem::symlink_status(path, ec)))
+    return load_hf_tokenizer(path.string());
   return std::make_unique<ByteTokenizer>();
 }
 

@@ -215,8 +215,10 @@ void write_atomic(const std::string& path, const std::vector<Writable>& tensors,
     if (nbytes > 0 && t.bytes == nullptr) fail(path, where + " has no data");
     if (header.size() > 1) header += ",";
     header += json_str(t.name, path) + ":{\"dtype\":\"" + dtype_name(t.dtype) + "\",\"shape\":[";
-    for (size_t i = 0; i < t.shape.size(); ++i)
-      header += (i ? "," : "") + std::to_string(t.shape[i]);
+    for (size_t i = 0; i < t.shape.size(); ++i) {
+      if (i) header += ',';
+      header += std::to_string(t.shape[i]);
+    }
     header += "],\"data_offsets\":[" + std::to_string(offset) + "," +
               std::to_string(offset + nbytes) + "]}";
     offset += nbytes;
@@ -434,12 +436,16 @@ WeightStore WeightStore::open_dir(const std::string& dir) {
   const fs::path index_path = root / "model.safetensors.index.json";
   const fs::path single_path = root / "model.safetensors";
 
-  if (fs::exists(index_path, ec)) {
+  // symlink_status: a dangling link or a link loop at either name is reported as unreadable,
+  // not as "no weights".
+  if (fs::exists(fs::symlink_status(index_path, ec))) {
     const std::string ip = index_path.string();
+    if (fs::is_directory(index_path, ec)) fail(ip, "is a directory, not a file");
     std::ifstream in(index_path, std::ios::binary);
-    if (!in) fail(ip, "cannot open");
+    if (!in) fail(ip, "cannot open: " + errno_text(errno));
     std::stringstream ss;
     ss << in.rdbuf();
+    if (in.bad()) fail(ip, "cannot read");
     const std::string text = ss.str();
     json idx = json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (idx.is_discarded()) fail(ip, "not valid JSON");
@@ -474,7 +480,7 @@ WeightStore WeightStore::open_dir(const std::string& dir) {
     }
     return ws;
   }
-  if (fs::exists(single_path, ec)) {
+  if (fs::exists(fs::symlink_status(single_path, ec))) {
     auto f = SafetensorsFile::open(single_path.string());
     ws.files_.push_back(f);
     for (const TensorInfo& t : f->tensors()) {
@@ -501,12 +507,17 @@ std::vector<std::string> WeightStore::names() const {
   return out;
 }
 
-void WeightStore::read_f32(const std::string& name, const std::vector<int64_t>& shape,
-                           float* dst) const {
+void WeightStore::check_shape(const std::string& name, const std::vector<int64_t>& shape) const {
   const TensorInfo& t = get(name);
   if (t.shape != shape)
     fail(file_of_.at(name), "tensor '" + esc(name) + "' has shape " + shape_str(t.shape) +
                                 ", expected " + shape_str(shape));
+}
+
+void WeightStore::read_f32(const std::string& name, const std::vector<int64_t>& shape,
+                           float* dst) const {
+  check_shape(name, shape);
+  const TensorInfo& t = get(name);
   const size_t n = static_cast<size_t>(t.numel());
   // The mapping gives no alignment guarantee (the header length is arbitrary): memcpy.
   if (t.dtype == DType::F32) {

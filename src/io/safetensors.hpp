@@ -62,6 +62,8 @@ class WeightStore {
   bool has(const std::string& name) const;
   const TensorInfo& get(const std::string& name) const;  // throws naming the tensor
   std::vector<std::string> names() const;
+  // Throws naming the file and the tensor if its shape differs from `shape`.
+  void check_shape(const std::string& name, const std::vector<int64_t>& shape) const;
   // Converts to float32 into dst. Throws if the shape differs from `shape`.
   void read_f32(const std::string& name, const std::vector<int64_t>& shape, float* dst) const;
 

@@ -10,9 +10,16 @@
 
 namespace infini::io {
 
-std::string read_file(const std::string& path) {
+void check_not_dir_or_device(const std::string& path) {
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) throw Error(path + " is a directory, not a file");
+  const auto st = std::filesystem::status(path, ec);
+  if (std::filesystem::is_directory(st)) throw Error(path + " is a directory, not a file");
+  if (std::filesystem::is_character_file(st) || std::filesystem::is_block_file(st))
+    throw Error(path + " is a device, not a regular file");
+}
+
+std::string read_file(const std::string& path) {
+  check_not_dir_or_device(path);
   std::ifstream f(path, std::ios::binary);
   if (!f) throw Error("cannot open " + path + ": " + std::strerror(errno));
   std::ostringstream ss;

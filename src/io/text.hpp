@@ -8,6 +8,10 @@
 
 namespace infini::io {
 
+// Throws naming `path` when it is a directory or a device (/dev/zero would never end); a
+// regular file, a pipe or a name that does not exist (left to the open) pass.
+void check_not_dir_or_device(const std::string& path);
+
 // The whole file as bytes; errors name the file.
 std::string read_file(const std::string& path);
 

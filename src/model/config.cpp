@@ -1,5 +1,7 @@
 #include "model/config.hpp"
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -7,6 +9,7 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "io/text.hpp"
 
 namespace infini::model {
 
@@ -193,10 +196,9 @@ json config_to_json(const ModelConfig& c) {
 }
 
 ModelConfig load_config(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) throw Error(path + " is a directory, not a file");
+  io::check_not_dir_or_device(path);
   std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error("cannot open config file " + path);
+  if (!f) throw Error("cannot open config file " + path + ": " + std::strerror(errno));
   std::stringstream ss;
   ss << f.rdbuf();
   json j = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);

@@ -2,16 +2,17 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <random>
-#include <sstream>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
 #include "io/safetensors.hpp"
+#include "io/text.hpp"
 #include "ops/gemm.hpp"
 
 namespace infini::model {
@@ -150,48 +151,134 @@ void save_lora(const LoraAdapter<float>& a, const std::string& dir,
   write_file_atomic((fs::path(dir) / "adapter_config.json").string(), cfg.dump(2) + "\n");
 }
 
+namespace {
+
+// A JSON value of adapter_config.json for messages: short, on one line.
+std::string short_dump(const nlohmann::json& v) {
+  std::string s = v.dump(-1, ' ', true, nlohmann::json::error_handler_t::replace);
+  return s.size() > 60 ? s.substr(0, 60) + "..." : s;
+}
+
+constexpr int64_t kMaxLoraRank = 65536;
+
+}  // namespace
+
 LoraAdapter<float> load_lora(const std::string& dir, const Model<float>& base) {
   const std::string cfg_path = (fs::path(dir) / "adapter_config.json").string();
-  std::ifstream f(cfg_path);
-  if (!f) throw Error("cannot open " + cfg_path + " (not a LoRA adapter directory?)");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  const nlohmann::json j = nlohmann::json::parse(ss.str(), nullptr, false);
-  if (j.is_discarded() || !j.is_object()) throw Error(cfg_path + ": not valid JSON");
-  if (j.value("peft_type", "") != "LORA") throw Error(cfg_path + ": peft_type is not \"LORA\"");
-  if (!j.contains("r") || !j["r"].is_number_integer())
-    throw Error(cfg_path + ": missing integer 'r'");
-  if (!j.contains("lora_alpha") || !j["lora_alpha"].is_number())
-    throw Error(cfg_path + ": missing number 'lora_alpha'");
-  if (j.value("fan_in_fan_out", false)) throw Error(cfg_path + ": fan_in_fan_out is not supported");
+  std::string text;
+  try {
+    text = io::read_file(cfg_path);
+  } catch (const Error& e) {
+    throw Error(std::string(e.what()) + " (not a LoRA adapter directory?)");
+  }
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) throw Error(cfg_path + ": not a JSON object");
+  auto fail = [&](const std::string& msg) { throw Error(cfg_path + ": " + msg); };
+  auto get = [&](const char* key) -> const nlohmann::json* {
+    auto it = j.find(key);
+    return it == j.end() || it->is_null() ? nullptr : &*it;
+  };
+  // Keys whose values change what the adapter computes: anything but the plain LoRA of
+  // W += (alpha/r)·B·A on q/k/v/o is refused rather than merged wrongly.
+  const nlohmann::json* pt = get("peft_type");
+  if (!pt || !pt->is_string() || *pt != "LORA")
+    fail("peft_type is " + (pt ? short_dump(*pt) : std::string("missing")) + ", not \"LORA\"");
+  const nlohmann::json* r = get("r");
+  if (!r) fail("missing integer 'r'");
+  if (!r->is_number_integer()) fail("'r' = " + short_dump(*r) + " must be an integer");
+  const bool in_range =
+      r->is_number_unsigned()
+          ? r->get<uint64_t>() >= 1 && r->get<uint64_t>() <= uint64_t(kMaxLoraRank)
+          : r->get<int64_t>() >= 1 && r->get<int64_t>() <= kMaxLoraRank;
+  if (!in_range)
+    fail("'r' = " + short_dump(*r) + " is out of range [1, " + std::to_string(kMaxLoraRank) + "]");
+  const nlohmann::json* al = get("lora_alpha");
+  if (!al || !al->is_number()) fail("missing number 'lora_alpha'");
+  const double alpha = al->get<double>();
+  if (!std::isfinite(alpha) || !(alpha > 0))
+    fail("'lora_alpha' = " + short_dump(*al) + " must be a positive finite number");
+  for (const char* key : {"fan_in_fan_out", "use_rslora", "use_dora"}) {
+    const nlohmann::json* v = get(key);
+    if (v && !v->is_boolean()) fail(std::string("'") + key + "' must be true or false");
+    if (v && v->get<bool>()) fail(std::string(key) + " is not supported");
+  }
+  if (const nlohmann::json* b = get("bias"); b && (!b->is_string() || *b != "none"))
+    fail("bias " + short_dump(*b) + " is not supported (only \"none\")");
+  for (const char* key : {"rank_pattern", "alpha_pattern"})
+    if (const nlohmann::json* v = get(key); v && !(v->is_object() && v->empty()))
+      fail(std::string(key) + " is not supported (one rank and alpha for every module)");
+  std::vector<std::string> targets{"q_proj", "k_proj", "v_proj", "o_proj"};
   if (j.contains("target_modules")) {
-    if (!j["target_modules"].is_array()) throw Error(cfg_path + ": target_modules must be a list");
-    for (const auto& t : j["target_modules"]) {
+    const nlohmann::json& tm = j["target_modules"];
+    if (!tm.is_array()) fail("target_modules must be a list");
+    targets.clear();
+    for (const auto& t : tm) {
       const std::string name = t.is_string() ? t.get<std::string>() : "";
       bool ok = false;
       for (const char* m : kModules) ok = ok || name == m;
-      if (!ok) throw Error(cfg_path + ": unsupported target module " + t.dump());
+      if (!ok)
+        fail("unsupported target module " + short_dump(t) +
+             " (supported: q_proj, k_proj, v_proj, o_proj)");
+      targets.push_back(name);
     }
   }
-  LoraConfig c{j["r"].get<int64_t>(), j["lora_alpha"].get<double>()};
-  LoraAdapter<float> a;
-  a.layout = LoraLayout::build(base.config, base.layout, c);
-  a.values.assign(size_t(a.layout.total), 0.0f);
+  const LoraConfig c{r->get<int64_t>(), alpha};
+  const LoraLayout layout = LoraLayout::build(base.config, base.layout, c);
+
   const std::string st_path = (fs::path(dir) / "adapter_model.safetensors").string();
   auto file = io::SafetensorsFile::open(st_path);
-  auto read = [&](const std::string& name, std::vector<int64_t> shape, float* dst, bool required) {
-    const io::TensorInfo* t = file->find(name);
+  // Every tensor is checked against the model before anything is allocated, and every tensor
+  // of the file must be one of the adapter's: a stray one means the adapter is not what
+  // adapter_config.json says (other modules, layers or a DoRA/bias extension).
+  struct Want {
+    std::string name;
+    std::vector<int64_t> shape;
+    int64_t offset;
+    bool required;
+  };
+  std::vector<Want> want;
+  for (const auto& s : layout.slots) {
+    // A module PEFT did not adapt keeps A = B = 0 (no change).
+    if (std::find(targets.begin(), targets.end(), s.module) == targets.end()) continue;
+    const std::string pre = peft_prefix(s.layer) + s.module;
+    want.push_back({pre + ".lora_A.weight", {c.rank, s.in}, s.a, true});
+    want.push_back({pre + ".lora_B.weight", {s.out, c.rank}, s.b, true});
+  }
+  for (const auto& g : layout.gates)
+    want.push_back({peft_prefix(g.layer) + "beta", {layout.heads}, g.adapter, false});
+  auto shape_text = [](const std::vector<int64_t>& shape) {
+    std::string t;
+    for (auto v : shape) t += (t.empty() ? "" : ",") + std::to_string(v);
+    return "[" + t + "]";
+  };
+  std::set<std::string> known;
+  for (const Want& w : want) {
+    known.insert(w.name);
+    const io::TensorInfo* t = file->find(w.name);
     if (!t) {
-      if (required) throw Error(st_path + ": tensor '" + name + "' is missing");
-      return false;
+      if (w.required) throw Error(st_path + ": tensor '" + w.name + "' is missing");
+      continue;
     }
-    if (t->shape != shape) {
-      std::string want, got;
-      for (auto v : shape) want += (want.empty() ? "" : ",") + std::to_string(v);
-      for (auto v : t->shape) got += (got.empty() ? "" : ",") + std::to_string(v);
-      throw Error(st_path + ": tensor '" + name + "' has shape [" + got + "], the model needs [" +
-                  want + "]");
+    if (t->shape != w.shape)
+      throw Error(st_path + ": tensor '" + w.name + "' has shape " + shape_text(t->shape) +
+                  ", the model needs " + shape_text(w.shape));
+  }
+  for (const io::TensorInfo& t : file->tensors())
+    if (!known.count(t.name)) {
+      std::string name = t.name.substr(0, 200);
+      for (char& ch : name)
+        if (static_cast<unsigned char>(ch) < 0x20) ch = '?';
+      throw Error(st_path + ": unexpected tensor '" + name +
+                  "' (not a lora_A/lora_B of the target_modules or a gate beta of this model)");
     }
+
+  LoraAdapter<float> a;
+  a.layout = layout;
+  a.values.assign(size_t(a.layout.total), 0.0f);
+  for (const Want& w : want) {
+    const io::TensorInfo* t = file->find(w.name);
+    if (!t) continue;
+    float* dst = a.values.data() + w.offset;
     const int64_t n = t->numel();
     for (int64_t i = 0; i < n; ++i) {
       float v;
@@ -202,24 +289,32 @@ LoraAdapter<float> load_lora(const std::string& dir, const Model<float>& base) {
         std::memcpy(&h, t->data + 2 * i, 2);
         v = t->dtype == io::DType::BF16 ? io::bf16_to_f32(h) : io::f16_to_f32(h);
       }
-      if (!std::isfinite(v)) throw Error(st_path + ": tensor '" + name + "' has a non-finite value");
+      if (!std::isfinite(v))
+        throw Error(st_path + ": tensor '" + w.name + "' has a non-finite value");
       dst[i] = v;
     }
-    return true;
-  };
-  const std::vector<std::string> targets =
-      j.contains("target_modules") ? j["target_modules"].get<std::vector<std::string>>()
-                                   : std::vector<std::string>{"q_proj", "k_proj", "v_proj", "o_proj"};
-  for (const auto& s : a.layout.slots) {
-    // A module PEFT did not adapt keeps A = B = 0 (no change).
-    if (std::find(targets.begin(), targets.end(), s.module) == targets.end()) continue;
-    const std::string pre = peft_prefix(s.layer) + s.module;
-    read(pre + ".lora_A.weight", {c.rank, s.in}, a.values.data() + s.a, true);
-    read(pre + ".lora_B.weight", {s.out, c.rank}, a.values.data() + s.b, true);
   }
   for (const auto& g : a.layout.gates)
-    if (!read(peft_prefix(g.layer) + "beta", {a.layout.heads}, a.values.data() + g.adapter, false))
+    if (!file->find(peft_prefix(g.layer) + "beta"))
       std::copy_n(base.weights.data() + g.model, a.layout.heads, a.values.data() + g.adapter);
+  // Finite factors can still overflow once multiplied and scaled (a huge lora_alpha): the
+  // merged matrices must be finite, as load_model requires of any model.
+  std::vector<float> merged;
+  const float scale = float(a.layout.scale());
+  for (const auto& s : a.layout.slots) {
+    if (std::find(targets.begin(), targets.end(), s.module) == targets.end()) continue;
+    merged.assign(base.weights.begin() + s.w, base.weights.begin() + s.w + s.out * s.in);
+    ops::gemm<float>(false, false, s.out, s.in, c.rank, scale, a.values.data() + s.b, c.rank,
+                     a.values.data() + s.a, s.in, 1.0f, merged.data(), s.in);
+    for (float v : merged)
+      if (!std::isfinite(v)) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%g", a.layout.scale());
+        throw Error(dir + ": merging gives a non-finite weight in layer " +
+                    std::to_string(s.layer) + " " + s.module + " (lora_alpha/r = " + buf +
+                    " is too large for these factors)");
+      }
+  }
   return a;
 }
 

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <set>
+#include <vector>
 
 #include "core/error.hpp"
 #include "io/safetensors.hpp"
@@ -75,18 +77,24 @@ Model<float> load_weights(const ModelConfig& config, const std::string& dir,
   Model<float> m;
   m.config = config;
   m.layout = ParamLayout::build(config);
-  m.weights.assign(size_t(m.layout.total), 0.0f);
   io::WeightStore store = io::WeightStore::open_dir(dir);
+  // Every tensor is checked against the config before the weights are allocated: a config
+  // that claims a huge model next to small files fails here, not by exhausting memory.
   for (const auto& p : m.layout.params) {
-    float* w = m.weights.data() + p.offset;
     if (!store.has(p.name)) {
-      if (p.kind == ParamKind::Gate && opts.allow_missing_gates) {
-        std::fill(w, w + p.numel, float(opts.gate_init));
-        continue;
-      }
+      if (p.kind == ParamKind::Gate && opts.allow_missing_gates) continue;
       throw Error(dir + ": tensor '" + p.name + "' is missing" +
                   (p.kind == ParamKind::Gate ? " (convert a plain checkpoint with infini convert)"
                                              : ""));
+    }
+    store.check_shape(p.name, p.shape);
+  }
+  m.weights.assign(size_t(m.layout.total), 0.0f);
+  for (const auto& p : m.layout.params) {
+    float* w = m.weights.data() + p.offset;
+    if (!store.has(p.name)) {
+      std::fill(w, w + p.numel, float(opts.gate_init));
+      continue;
     }
     store.read_f32(p.name, p.shape, w);
     for (int64_t i = 0; i < p.numel; ++i)
@@ -136,14 +144,33 @@ void save_tensors(const ParamLayout& layout, const float* values, const std::str
   io::write_safetensors(path, views, {{"format", "pt"}});
 }
 
-void save_model(const Model<float>& m, const std::string& dir) {
+void write_model_dir(const std::string& dir, const std::function<void()>& write,
+                     const std::string& what) {
   std::error_code ec;
+  const bool existed = fs::exists(fs::symlink_status(dir, ec));
   fs::create_directories(dir, ec);
-  if (ec || !fs::is_directory(dir))
-    throw Error("cannot create model directory " + dir + (ec ? ": " + ec.message() : ""));
-  save_tensors(m.layout, m.weights.data(), (fs::path(dir) / "model.safetensors").string());
-  write_file_atomic((fs::path(dir) / "config.json").string(),
-                    config_to_json(m.config).dump(2) + "\n");
+  if (ec || !fs::is_directory(dir, ec))
+    throw Error("cannot create " + what + " " + dir + (ec ? ": " + ec.message() : ""));
+  std::set<std::string> before;
+  for (const auto& e : fs::directory_iterator(dir, ec)) before.insert(e.path().filename().string());
+  try {
+    write();
+  } catch (...) {
+    std::vector<fs::path> added;
+    for (const auto& e : fs::directory_iterator(dir, ec))
+      if (!before.count(e.path().filename().string())) added.push_back(e.path());
+    for (const auto& p : added) fs::remove_all(p, ec);
+    if (!existed) fs::remove(dir, ec);  // only when empty: nothing of anyone else is lost
+    throw;
+  }
+}
+
+void save_model(const Model<float>& m, const std::string& dir) {
+  write_model_dir(dir, [&] {
+    save_tensors(m.layout, m.weights.data(), (fs::path(dir) / "model.safetensors").string());
+    write_file_atomic((fs::path(dir) / "config.json").string(),
+                      config_to_json(m.config).dump(2) + "\n");
+  });
 }
 
 }  // namespace infini::model

@@ -1,6 +1,7 @@
 // A model: its config, its parameter layout and one flat buffer of weights.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -43,8 +44,16 @@ Model<float> load_weights(const ModelConfig& config, const std::string& dir,
                           const LoadOptions& opts = {});
 
 // Writes config.json and model.safetensors (F32) into `dir`, creating it if needed.
-// Each file is written atomically (temp file, fsync, rename).
+// Each file is written atomically (temp file, fsync, rename); on failure, as write_model_dir.
 void save_model(const Model<float>& m, const std::string& dir);
+
+// Creates the output directory `dir` (and its parents) when needed, then runs write(), which
+// writes the files of a model directory into it. When write() throws, the entries it added
+// to `dir` are removed again, and `dir` itself when this call created it: a failed write
+// leaves no partial model directory behind (files it had already replaced stay replaced).
+// `what` names the directory in the error when it cannot be created ("model directory").
+void write_model_dir(const std::string& dir, const std::function<void()>& write,
+                     const std::string& what = "model directory");
 
 // Writes one F32 safetensors file of a buffer laid out like the model (for gradients).
 void save_tensors(const ParamLayout& layout, const float* values, const std::string& path);

@@ -87,16 +87,24 @@ std::vector<std::string> list_input_files(const std::vector<std::string>& paths)
       for (; it != fs::recursive_directory_iterator(); it.increment(ec)) {
         if (ec) throw Error("cannot list data directory " + p + ": " + ec.message());
         const std::string name = it->path().filename().string();
+        // The error_code forms: an entry that cannot be resolved (a link loop) is skipped
+        // like a dangling link, not thrown as a std::filesystem error.
+        std::error_code entry_ec;
         if (!name.empty() && name[0] == '.') {  // hidden files and directories
-          if (it->is_directory()) it.disable_recursion_pending();
+          if (it->is_directory(entry_ec)) it.disable_recursion_pending();
           continue;
         }
-        if (it->is_regular_file()) found.push_back(it->path().string());
+        if (it->is_regular_file(entry_ec)) found.push_back(it->path().string());
       }
       std::sort(found.begin(), found.end());
       if (found.empty()) throw Error("data directory " + p + " contains no files");
       out.insert(out.end(), found.begin(), found.end());
     } else {
+      std::error_code sec;
+      const fs::file_status st = fs::status(p, sec);
+      if (fs::exists(st)) throw Error("data path " + p + " is not a regular file or a directory");
+      if (sec && sec != std::errc::no_such_file_or_directory)  // a link loop, no permission
+        throw Error("data path " + p + ": " + sec.message());
       throw Error("data path " + p + " does not exist");
     }
   }

@@ -1,7 +1,9 @@
 #include "train/optimizer.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 
@@ -112,14 +114,29 @@ void AdamW::load(const std::string& path) {
   if (get("format") != "infini-adamw") throw Error(path + " is not an infini optimizer state");
   if (get("layout") != layout_signature())
     throw Error(path + ": optimizer state was written for other parameters or groups");
-  const int64_t t = std::stoll(get("step"));
-  if (t < 0) throw Error(path + ": negative optimizer step");
-  for (auto [name, dst] : {std::pair{"exp_avg", &m_}, std::pair{"exp_avg_sq", &v_}}) {
+  const std::string step = get("step");
+  char* end = nullptr;
+  errno = 0;
+  const long long t = std::strtoll(step.c_str(), &end, 10);
+  if (step.empty() || end != step.c_str() + step.size() || errno == ERANGE || t < 0 ||
+      t > (1ll << 50))
+    throw Error(path + ": optimizer metadata 'step' is not a step count");
+  std::vector<float> m(static_cast<size_t>(size_)), v(static_cast<size_t>(size_));
+  for (auto [name, dst] : {std::pair{"exp_avg", &m}, std::pair{"exp_avg_sq", &v}}) {
     const io::TensorInfo* ti = f->find(name);
     if (!ti || ti->dtype != io::DType::F32 || ti->numel() != size_)
       throw Error(path + ": tensor '" + name + "' is missing or has the wrong size/dtype");
-    std::memcpy(dst->data(), ti->data, size_t(size_) * sizeof(float));
+    if (size_ > 0) std::memcpy(dst->data(), ti->data, size_t(size_) * sizeof(float));
   }
+  // A corrupt moment would only show later as a non-finite weight: reject it here.
+  for (int64_t i = 0; i < size_; ++i) {
+    if (!std::isfinite(m[size_t(i)]))
+      throw Error(path + ": tensor 'exp_avg' contains a non-finite value");
+    if (!std::isfinite(v[size_t(i)]) || v[size_t(i)] < 0)
+      throw Error(path + ": tensor 'exp_avg_sq' contains a negative or non-finite value");
+  }
+  m_ = std::move(m);
+  v_ = std::move(v);
   t_ = t;
 }
 

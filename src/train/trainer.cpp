@@ -88,8 +88,19 @@ Trainer::Trainer(Trainable& trainable, std::vector<ParamGroup> groups, BatchSour
 nlohmann::json Trainer::resume_from(const std::string& dir) {
   const std::string path = (fs::path(dir) / "trainer.json").string();
   const auto st = nlohmann::json::parse(io::read_file(path), nullptr, false);
-  if (st.is_discarded() || !st.is_object() || st.value("format", "") != "infini-trainer")
+  if (st.is_discarded() || !st.is_object() || !st.contains("format") ||
+      st["format"] != "infini-trainer")
     throw Error(path + " is not a trainer state file");
+  if (!st.contains("version") || st["version"] != 1)
+    throw Error(path + ": unsupported trainer state version " +
+                (st.contains("version") ? st["version"].dump().substr(0, 40) : "(none)") +
+                " (this build reads version 1)");
+  // Counters must be JSON integers: a float such as 1e30 would not convert to int64_t.
+  for (const char* key : {"step", "tokens_seen"})
+    if (!st.contains(key) || !(st[key].is_number_integer() || st[key].is_number_unsigned()) ||
+        (st[key].is_number_unsigned() && st[key].get<uint64_t>() > uint64_t(INT64_MAX)) ||
+        (st[key].is_number_integer() && st[key].get<int64_t>() < 0))
+      throw Error(path + ": '" + key + "' is not a non-negative integer");
   try {
     if (st.at("data_fingerprint").get<std::string>() != source_.fingerprint())
       throw Error(path +
