@@ -10,6 +10,7 @@
 #include "core/error.hpp"
 #include "io/tokenizer.hpp"
 #include "model/forward.hpp"
+#include "model/model.hpp"
 #include "tasks/passkey.hpp"
 #include "tasks/passkey_eval.hpp"
 
@@ -312,4 +313,26 @@ TEST(PasskeyEval, JsonHoldsAnswersThatAreNotUtf8) {
   ASSERT_NO_THROW(text = j.dump());
   EXPECT_NE(text.find("\xEF\xBF\xBD"), std::string::npos);  // U+FFFD
   EXPECT_EQ(j["results"][0]["outputs"][0], " 1\xEF\xBF\xBD");
+}
+
+// The committed models still do what docs/passkey.md reports: 16K tokens is 4x the longest
+// training sequence of passkey-demo-4k (measured: 100% over 20 prompts for both). A broken
+// engine or a damaged model file gives chance level (about 10% of the digits).
+TEST(PasskeyEval, CommittedDemoModelsRetrieveBeyondTheirTrainingLength) {
+  for (const char* name : {"passkey-demo", "passkey-demo-4k"}) {
+    const fs::path dir = fs::path(INFINI_SOURCE_DIR) / "models" / name;
+    ASSERT_TRUE(fs::exists(dir / "model.safetensors")) << dir;
+    const model::Model<float> m = model::load_model(dir.string());
+    PasskeyGenerator gen(io::load_tokenizer_for_model(dir.string()), 5);
+    PasskeyEvalOptions o;
+    o.lengths = {16384};
+    o.depths = {0.0, 0.5, 1.0};
+    o.trials = 2;
+    o.seed = 3;
+    const PasskeyEvalResult r = evaluate_passkey(m, gen, o);
+    const nlohmann::json j = r.to_json();
+    // One miss is allowed: a key near a decision boundary may flip with another BLAS kernel.
+    EXPECT_GE(j["accuracy"].get<double>(), 5.0 / 6.0 - 1e-9) << name << ": " << r.markdown();
+    EXPECT_GE(j["digit_accuracy"].get<double>(), 0.95) << name << ": " << r.markdown();
+  }
 }

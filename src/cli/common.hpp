@@ -47,7 +47,7 @@ void check_numeric_options(CLI::App& app);
 // run stops before it starts rather than after it is done.
 void check_output_file(const std::string& path, const std::string& flag);
 
-// --activation-memory-mb of the commands that train (train, passkey train, bench): the budget
+// --activation-memory-mb of the commands that back-propagate (train, passkey train, bench, grad): the budget
 // for activations kept from the forward for the backward (model::SequenceOptions).
 CLI::Option* add_activation_memory_option(CLI::App* cmd, int64_t& mib);
 inline int64_t default_activation_memory_mb() {
