@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Trains the passkey demo model (models/passkey-demo/) from scratch, in up to four stages, with
-# `infini passkey train` (docs/passkey.md, "The demo model"):
+# Trains the passkey demo models from scratch, in up to four stages, with `infini passkey
+# train` (docs/passkey.md, "The demo models"): OUT/stage2/final is models/passkey-demo-4k/,
+# OUT/stage4/final is models/passkey-demo/.
 #   1. short prompts (256..640 tokens = 8..20 segments of 32): the memory learns to store and
 #      find the key's digits while the filler is short;
 #   2. fine-tuning on 256..4096 tokens (up to 128 segments): the keys of the filler are pushed
@@ -10,7 +11,7 @@
 #   4. on 16K..128K tokens: longer training pushes the retrieval horizon out (docs/passkey.md
 #      has the accuracy after each stage). Both are skipped with STAGE3_STEPS=0 / STAGE4_STEPS=0.
 # The run is deterministic for a fixed thread count; the committed model was trained with
-# THREADS=1 (about 20 + 45 + 25 + 25 minutes on one core of the development machine).
+# THREADS=1 (about 21 + 45 + 27 + 35 minutes on one core of the development machine).
 # A stage whose OUT/stageN/final exists is skipped, so copying a model to OUT/stage2/final
 # fine-tunes it with stages 3 and 4 only.
 #
