@@ -81,6 +81,12 @@ void check_output_file(const std::string& path, const std::string& flag) {
     throw Error(flag + " " + path + ": " + parent.string() + " is not an existing directory");
 }
 
+void check_tokens_per_step(int64_t batch, int64_t len, const std::string& len_flag) {
+  if (batch * len > (int64_t(1) << 28))
+    throw Error("--batch x " + len_flag + " (" + std::to_string(batch * len) +
+                " tokens per step) is above the limit of 2^28");
+}
+
 CLI::Option* add_activation_memory_option(CLI::App* cmd, int64_t& mib) {
   return cmd
       ->add_option("--activation-memory-mb", mib,

@@ -47,6 +47,10 @@ void check_numeric_options(CLI::App& app);
 // run stops before it starts rather than after it is done.
 void check_output_file(const std::string& path, const std::string& flag);
 
+// Throws when --batch x `len_flag` exceeds the 2^28 tokens one training step may hold (train,
+// passkey train), so that such a run fails before anything is allocated.
+void check_tokens_per_step(int64_t batch, int64_t len, const std::string& len_flag);
+
 // --activation-memory-mb of the commands that back-propagate (train, passkey train, bench, grad): the budget
 // for activations kept from the forward for the backward (model::SequenceOptions).
 CLI::Option* add_activation_memory_option(CLI::App* cmd, int64_t& mib);

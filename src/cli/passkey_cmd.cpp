@@ -123,9 +123,7 @@ void run_passkey_train(TrainOpts& o, RunFlags& flags) {
     throw Error("--lora-rank needs --model: LoRA adapts an existing model");
   if (o.warmup < 0) o.warmup = std::min<int64_t>(100, o.steps / 10);
   if (o.warmup >= o.steps && o.steps > 1) throw Error("--warmup must be less than --steps");
-  if (o.batch * o.max_len > (int64_t(1) << 28))  // as `infini train`: fail before allocating
-    throw Error("--batch x --max-len (" + std::to_string(o.batch * o.max_len) +
-                " tokens per step) is above the limit of 2^28");
+  check_tokens_per_step(o.batch, o.max_len, "--max-len");
 
   // The model and its tokenizer.
   model::Model<float> m;

@@ -112,9 +112,7 @@ void run_train(Opts& o, RunFlags& flags, train::Distributed& dist) {
   if (o.batch % o.grad_accum != 0)
     throw Error("--grad-accum " + std::to_string(o.grad_accum) + " must divide --batch " +
                 std::to_string(o.batch));
-  if (o.batch * o.seq_len > (int64_t(1) << 28))
-    throw Error("--batch x --seq-len (" + std::to_string(o.batch * o.seq_len) +
-                " tokens per step) is above the limit of 2^28");
+  check_tokens_per_step(o.batch, o.seq_len, "--seq-len");
 
   tr::DataOptions dopt;
   dopt.train_paths = o.data;
