@@ -1,13 +1,72 @@
 #include "ops/gemm.hpp"
 
+#include <algorithm>
+#include <atomic>
+
 #include <cblas.h>
+#include <omp.h>
+
+#include "core/error.hpp"
+#include "ops/sgemm.hpp"
 
 namespace infini::ops {
+
+namespace {
+
+std::atomic<GemmBackend> g_backend{sgemm_native_available() ? GemmBackend::Native
+                                                            : GemmBackend::OpenBLAS};
+
+// Outside a parallel region a large product is split over the threads, as OpenBLAS would do:
+// rows or columns, whichever is longer. Every element is computed as on one thread.
+// part(row0, rows, col0, cols) computes that part of C.
+template <class Part>
+void split_over_threads(int64_t m, int64_t n, int64_t k, bool rows_only, const Part& part) {
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  if (threads <= 1 || 2.0 * double(m) * double(n) * double(k) < 4e6) {
+    part(0, m, 0, n);
+    return;
+  }
+  const bool by_rows = rows_only || m >= n;
+  const int64_t total = by_rows ? m : n, unit = by_rows ? 12 : 32;
+  const int64_t units = (total + unit - 1) / unit;
+  const int parts = int(std::min<int64_t>(threads, units));
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+  for (int t = 0; t < parts; ++t) {
+    const int64_t lo = std::min(total, units * t / parts * unit);
+    const int64_t hi = std::min(total, units * (t + 1) / parts * unit);
+    if (hi <= lo) continue;
+    if (by_rows)
+      part(lo, hi - lo, 0, n);
+    else
+      part(0, m, lo, hi - lo);
+  }
+}
+
+}  // namespace
+
+void set_gemm_backend(GemmBackend backend) {
+  if (backend == GemmBackend::Native && !sgemm_native_available())
+    throw Error("the native GEMM kernel needs an AVX-512 build; this build has only OpenBLAS");
+  g_backend.store(backend);
+}
+
+GemmBackend gemm_backend() { return g_backend.load(); }
+
+std::string gemm_backend_name() {
+  return gemm_backend() == GemmBackend::Native ? "native-avx512" : "openblas";
+}
 
 template <>
 void gemm<float>(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                  int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
+  if (g_backend.load(std::memory_order_relaxed) == GemmBackend::Native) {
+    split_over_threads(m, n, k, false, [&](int64_t i0, int64_t mi, int64_t j0, int64_t nj) {
+      sgemm_native(ta, tb, mi, nj, k, alpha, a + i0 * (ta ? 1 : lda), lda,
+                   b + j0 * (tb ? ldb : 1), ldb, beta, c + i0 * ldc + j0, ldc);
+    });
+    return;
+  }
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
               (int)m, (int)n, (int)k, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
 }
@@ -18,6 +77,15 @@ void gemm<double>(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alph
   if (m == 0 || n == 0) return;
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
               (int)m, (int)n, (int)k, alpha, a, (int)lda, b, (int)ldb, beta, c, (int)ldc);
+}
+
+void gemm_packed(bool ta, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                 int64_t lda, const PackedMatrix& b, float beta, float* c, int64_t ldc) {
+  // Columns j0 > 0 of a packed matrix are not a packed matrix of their own: split rows only.
+  split_over_threads(m, n, k, true, [&](int64_t i0, int64_t mi, int64_t, int64_t nj) {
+    sgemm_native_packed(ta, mi, nj, k, alpha, a + i0 * (ta ? 1 : lda), lda, b, beta,
+                        c + i0 * ldc, ldc);
+  });
 }
 
 std::string blas_core_name() {
