@@ -5,6 +5,7 @@
 
 #include "model/bptt.hpp"
 #include "ops/attention.hpp"
+#include "ops/sgemm.hpp"
 #include "ops/fastmath.hpp"
 #include "util/gradcheck.hpp"
 
@@ -233,6 +234,43 @@ TEST_P(FastModel, KeptActivationsGiveTheSameGradientsAsRecomputation) {
   EXPECT_EQ(reused.first, fresh.first);
   EXPECT_EQ(reused.second, fresh.second);
   EXPECT_EQ(run(all_bytes, ws_all, tokens, c.T).second, none.second);
+}
+
+TEST_P(FastModel, PackedWeightsGiveTheSameBitsAndFollowWeightChanges) {
+  // sequence_loss packs the weights once per call for the native GEMM; that must give the
+  // same bits as packing inside every product, and a workspace reused after the weights
+  // changed (an optimizer step) must not use the old packing.
+  const ModelCase c = GetParam();
+  const ModelConfig cfg = make_config(c);
+  Model<float> m = cast_model<float>(random_model(cfg, 21));
+  const auto tokens = random_tokens(c.B * c.T, cfg.vocab_size, 22);
+  ForwardContext<float> ctx(cfg);
+  ctx.threads = 2;
+  auto run = [&](int64_t max_packed, SequenceWorkspace<float>& ws, bool with_grads) {
+    SequenceOptions o;
+    o.max_packed_weight_bytes = max_packed;
+    std::vector<float> g(size_t(m.layout.total), 0.0f);
+    const double l = sequence_loss<float>(m, ctx, tokens.data(), c.B, c.T,
+                                          with_grads ? g.data() : nullptr, o, ws)
+                         .loss_sum;
+    return std::make_pair(l, g);
+  };
+  SequenceWorkspace<float> packed_ws, plain_ws;
+  const auto packed = run(int64_t(1) << 30, packed_ws, true);
+  EXPECT_EQ(packed_ws.packed.empty(), !ops::sgemm_native_available());
+  const auto plain = run(0, plain_ws, true);
+  EXPECT_TRUE(plain_ws.packed.empty());
+  EXPECT_EQ(packed.first, plain.first);
+  EXPECT_EQ(packed.second, plain.second);
+  EXPECT_EQ(run(int64_t(1) << 30, packed_ws, false).first, run(0, plain_ws, false).first);
+
+  for (auto& w : m.weights) w *= 0.9f;  // new weights, the same workspaces
+  const auto packed2 = run(int64_t(1) << 30, packed_ws, true);
+  SequenceWorkspace<float> fresh_ws;
+  const auto plain2 = run(0, fresh_ws, true);
+  EXPECT_NE(packed2.first, packed.first);
+  EXPECT_EQ(packed2.first, plain2.first);
+  EXPECT_EQ(packed2.second, plain2.second);
 }
 
 TEST_P(FastModel, FloatFastPathMatchesDoubleReference) {

@@ -1,6 +1,7 @@
 #include "model/bptt.hpp"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "core/error.hpp"
 #include "ops/cross_entropy.hpp"
@@ -64,12 +65,20 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
                                          : (result.predicted ? 1.0 / double(result.predicted) : 0));
 
   MemoryState<T> state = state_io ? *state_io : MemoryState<T>::zeros(c, batch);
+  const PackedWeights* packed = nullptr;
+  if constexpr (std::is_same_v<T, float>) {
+    if (!ctx.reference && opts.max_packed_weight_bytes > 0) {
+      pack_weights(m, grads != nullptr, opts.max_packed_weight_bytes, ws.packed);
+      if (!ws.packed.empty()) packed = &ws.packed;
+    }
+  }
   if (!grads) {
     // Loss only: one pass, the activations of one segment at a time.
     for (int64_t s = 0; s < S; ++s) {
       const int64_t start = s * N, n = std::min(N, T_len - start);
       gather_segment(tokens, opts.loss_mask, batch, T_len, start, n, ws.seg_tokens, ws.targets);
-      forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, state, ws.acts);
+      forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, state, ws.acts, (KVCache<T>*)nullptr,
+                    true, packed);
       result.loss_sum += ops::cross_entropy(ws.acts.logits.data(), ws.targets.data(), batch * n,
                                             V, (T*)nullptr, T(0));
     }
@@ -94,13 +103,14 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
       if (ws.kept.size() <= size_t(s)) ws.kept.resize(size_t(s) + 1);
       SegmentActs<T>& a = ws.kept[size_t(s)];
       std::swap(a.work, ws.acts.work);  // one set of scratch buffers for every segment
-      forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, state, a);
+      forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, state, a, (KVCache<T>*)nullptr, true,
+                    packed);
       std::swap(a.work, ws.acts.work);
       // The first segment sets the cost of keeping one; drop it if even one does not fit.
       if (s > 0 || activation_bytes(a) <= opts.keep_activations_bytes) kept = s + 1;
     } else {
       forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, state, ws.acts, (KVCache<T>*)nullptr,
-                    /*compute_logits=*/s == S - 1);
+                    /*compute_logits=*/s == S - 1, packed);
     }
   }
   ws.kept_segments = kept;
@@ -115,7 +125,8 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
     SegmentActs<T>& a = is_kept ? ws.kept[size_t(s)] : ws.acts;
     if (!is_kept && s != S - 1) {
       MemoryState<T> scratch = ws.boundary[size_t(s)];
-      forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, scratch, ws.acts);
+      forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, scratch, ws.acts,
+                    (KVCache<T>*)nullptr, true, packed);
     }
     ws.dlogits.resize(size_t(batch * n * V));
     result.loss_sum += ops::cross_entropy(a.logits.data(), ws.targets.data(), batch * n, V,
@@ -123,7 +134,7 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
     if (opts.bptt_segments > 0 && (s + 1) % opts.bptt_segments == 0) dstate.set_zero();
     if (is_kept) std::swap(a.work, ws.acts.work);
     backward_segment(m, ctx, ws.seg_tokens.data(), a, ws.dlogits.data(), ws.boundary[size_t(s)],
-                     dstate, grads);
+                     dstate, grads, packed);
     if (is_kept) std::swap(a.work, ws.acts.work);
   }
   return result;

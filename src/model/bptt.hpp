@@ -28,6 +28,10 @@ struct SequenceOptions {
   // about a quarter of a training step's arithmetic. 0: recompute every segment but the last.
   int64_t keep_activations_bytes = kDefaultKeepActivationsBytes;
   static constexpr int64_t kDefaultKeepActivationsBytes = int64_t(2) << 30;  // 2 GiB
+  // Each call packs the linear weights once for the native GEMM (W^T, and W when computing
+  // gradients), rather than once per thread, segment and pass, when the copies take at most
+  // this many bytes. 0 turns it off. Results are the same bits either way.
+  int64_t max_packed_weight_bytes = int64_t(1) << 30;  // 1 GiB
 };
 
 struct LossResult {
@@ -48,6 +52,9 @@ struct SequenceWorkspace {
   std::vector<MemoryState<T>> boundary;  // state at the start of each segment
   std::vector<T> dlogits;
   std::vector<int32_t> seg_tokens, targets;
+  // The weights packed for the native GEMM at the start of each call (float only), within
+  // SequenceOptions::max_packed_weight_bytes.
+  PackedWeights packed;
 };
 
 // Bytes held by a segment's activations (its scratch workspace, shared between segments, is

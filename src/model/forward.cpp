@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include <omp.h>
@@ -212,6 +213,41 @@ inline std::pair<int64_t, int64_t> share(int64_t total, int t, int nt) {
   return {total * t / nt, total * (t + 1) / nt};
 }
 
+// y[rows, out] = x W^T (+ bias), or y += x W^T when `add`: the weight at `w` of the model,
+// from its packed copy when there is one.
+template <class T>
+void project(const Model<T>& m, const PackedWeights* packed, int64_t w, int64_t bias, T* y,
+             const T* x, int64_t rows, int64_t in, int64_t out, bool add = false) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (const ops::PackedMatrix* p = packed ? packed->forward(w) : nullptr) {
+      if (const T* b = m.at(bias))
+        for (int64_t i = 0; i < rows; ++i)
+          for (int64_t j = 0; j < out; ++j) y[i * out + j] = (add ? y[i * out + j] : T(0)) + b[j];
+      ops::gemm_packed(false, rows, out, in, 1.0f, x, in, *p, add || bias >= 0 ? 1.0f : 0.0f, y,
+                       out);
+      return;
+    }
+  }
+  if (add)
+    ops::gemm<T>(false, true, rows, out, in, T(1), x, in, m.at(w), in, T(1), y, out);
+  else
+    ops::linear_forward(y, x, m.at(w), m.at(bias), rows, in, out);
+}
+
+// dx[rows, in] = dy W (= or += when `add`), the input gradient of project().
+template <class T>
+void project_back(const Model<T>& m, const PackedWeights* packed, int64_t w, T* dx, const T* dy,
+                  int64_t rows, int64_t in, int64_t out, bool add) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (const ops::PackedMatrix* p = packed ? packed->backward(w) : nullptr) {
+      ops::gemm_packed(false, rows, in, out, 1.0f, dy, out, *p, add ? 1.0f : 0.0f, dx, in);
+      return;
+    }
+  }
+  ops::linear_backward(dx, (T*)nullptr, (T*)nullptr, dy, (const T*)nullptr, m.at(w), rows, in,
+                       out, add);
+}
+
 // Threads for one chunk: a barrier costs microseconds (milliseconds on a busy machine), so tiny
 // chunks (tests, short prompts) run on one thread.
 template <class T>
@@ -251,7 +287,8 @@ void prepare_layer_acts(LayerActs<T>& A, const ModelConfig& c, int64_t B, int64_
 template <class T>
 void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
                   int64_t B, int64_t n, MemoryState<T>& state, SegmentActs<T>& acts,
-                  KVCache<T>* cache, bool compute_logits, int64_t p0, bool fold) {
+                  KVCache<T>* cache, bool compute_logits, int64_t p0, bool fold,
+                  const PackedWeights* packed) {
   const ModelConfig& c = m.config;
   const int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, r = B * n;
   const int64_t qw = c.q_width(), kw = c.kv_width(), H = c.num_heads, Hkv = c.num_kv_heads;
@@ -297,9 +334,9 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
         ops::rmsnorm_forward(A.a.data() + r0 * D, A.rstd_in.data() + r0, x + r0 * D,
                              m.at(o.in_norm), rows, D, eps);
         const T* a = A.a.data() + r0 * D;
-        ops::linear_forward(A.q.data() + r0 * qw, a, m.at(o.wq), m.at(o.bq), rows, D, qw);
-        ops::linear_forward(kb + (p0 + r0) * kw, a, m.at(o.wk), m.at(o.bk), rows, D, kw);
-        ops::linear_forward(vb + (p0 + r0) * kw, a, m.at(o.wv), m.at(o.bv), rows, D, kw);
+        project(m, packed, o.wq, o.bq, A.q.data() + r0 * qw, a, rows, D, qw);
+        project(m, packed, o.wk, o.bk, kb + (p0 + r0) * kw, a, rows, D, kw);
+        project(m, packed, o.wv, o.bv, vb + (p0 + r0) * kw, a, rows, D, kw);
         std::copy_n(A.q.data() + r0 * qw, rows * qw, A.q_rot.data() + r0 * qw);
         std::copy_n(kb + (p0 + r0) * kw, rows * kw, krb + (p0 + r0) * kw);
         ops::rope_apply(A.q_rot.data() + r0 * qw, rows, H, pos + r0, ctx.rope, false);
@@ -345,18 +382,16 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
         const T* attn = (mem ? A.mixed.data() : A.local.data()) + r0 * qw;
         T* xm = A.x_mid.data() + r0 * D;
         std::copy_n(x + r0 * D, rows * D, xm);
-        ops::gemm<T>(false, true, rows, D, qw, T(1), attn, qw, m.at(o.wo), qw, T(1), xm, D);
+        project(m, packed, o.wo, -1, xm, attn, rows, qw, D, /*add=*/true);
         T* mm = A.m.data() + r0 * D;
         ops::rmsnorm_forward(mm, A.rstd_post.data() + r0, xm, m.at(o.post_norm), rows, D, eps);
-        ops::linear_forward(A.gate.data() + r0 * F, mm, m.at(o.w_gate), (const T*)nullptr, rows,
-                            D, F);
-        ops::linear_forward(A.up.data() + r0 * F, mm, m.at(o.w_up), (const T*)nullptr, rows, D,
-                            F);
+        project(m, packed, o.w_gate, -1, A.gate.data() + r0 * F, mm, rows, D, F);
+        project(m, packed, o.w_up, -1, A.up.data() + r0 * F, mm, rows, D, F);
         ops::swiglu_forward(A.hmid.data() + r0 * F, A.gate.data() + r0 * F, A.up.data() + r0 * F,
                             rows * F);
         std::copy_n(xm, rows * D, x + r0 * D);
-        ops::gemm<T>(false, true, rows, D, F, T(1), A.hmid.data() + r0 * F, F, m.at(o.w_down), F,
-                     T(1), x + r0 * D, D);
+        project(m, packed, o.w_down, -1, x + r0 * D, A.hmid.data() + r0 * F, rows, F, D,
+                /*add=*/true);
       }
     }
     if (rows > 0) {
@@ -364,8 +399,8 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
       ops::rmsnorm_forward(acts.f.data() + r0 * D, acts.rstd_final.data() + r0, x + r0 * D,
                            m.at(m.layout.final_norm), rows, D, eps);
       if (compute_logits)
-        ops::linear_forward(acts.logits.data() + r0 * V, acts.f.data() + r0 * D,
-                            m.at(m.layout.lm_head), (const T*)nullptr, rows, D, V);
+        project(m, packed, m.layout.lm_head, -1, acts.logits.data() + r0 * V,
+                acts.f.data() + r0 * D, rows, D, V);
     }
   }
 }
@@ -379,18 +414,20 @@ struct GradTask {
   const T* rstd;       // Norm
   T* dw;               // Linear: [out, in]; Norm: [in]; Embed: [V, in]
   T* db;               // Linear bias [out] or null
-  int64_t out, in, o0, o1;  // Linear: rows o0..o1 of dw; Norm, Embed: columns o0..o1
+  int64_t out, in, o0, o1;  // columns o0..o1 of dw (Linear: of its `in` columns)
 };
 
-// Rows of dW per task: large enough for an efficient GEMM, small enough to balance threads.
+// Columns of dW per task: large enough for an efficient GEMM, small enough to balance threads.
+// A task computes dW[:, o0 .. o1] += dY^T X[:, o0 .. o1], so it packs only its own columns of
+// X (blocks of rows would each pack the whole of X: measured 12% slower).
 constexpr int64_t kGradBlock = 128;
 
 template <class T>
 void add_linear_grad(std::vector<GradTask<T>>& tasks, const T* dy, const T* x, T* dw, T* db,
                      int64_t out, int64_t in) {
-  for (int64_t o0 = 0; o0 < out; o0 += kGradBlock)
+  for (int64_t o0 = 0; o0 < in; o0 += kGradBlock)
     tasks.push_back({GradTask<T>::Linear, dy, x, nullptr, dw, db, out, in, o0,
-                     std::min(out, o0 + kGradBlock)});
+                     std::min(in, o0 + kGradBlock)});
 }
 
 template <class T>
@@ -404,13 +441,13 @@ void run_grad_task(const GradTask<T>& k, int64_t r, const int32_t* tokens) {
   const int64_t w = k.o1 - k.o0;
   switch (k.kind) {
     case GradTask<T>::Linear:
-      ops::gemm<T>(true, false, w, k.in, r, T(1), k.dy + k.o0, k.out, k.x, k.in, T(1),
-                   k.dw + k.o0 * k.in, k.in);
-      if (k.db)
+      ops::gemm<T>(true, false, k.out, w, r, T(1), k.dy, k.out, k.x + k.o0, k.in, T(1),
+                   k.dw + k.o0, k.in);
+      if (k.db && k.o0 == 0)  // the bias gradient once, by the first column block
         for (int64_t i = 0; i < r; ++i) {
-          const T* row = k.dy + i * k.out + k.o0;
+          const T* row = k.dy + i * k.out;
 #pragma omp simd
-          for (int64_t j = 0; j < w; ++j) k.db[k.o0 + j] += row[j];
+          for (int64_t j = 0; j < k.out; ++j) k.db[j] += row[j];
         }
       break;
     case GradTask<T>::Norm: {
@@ -441,7 +478,7 @@ void run_grad_task(const GradTask<T>& k, int64_t r, const int32_t* tokens) {
 template <class T>
 void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
                    const SegmentActs<T>& acts, const T* dlogits, const MemoryState<T>& state_before,
-                   MemoryState<T>& dstate, T* grads) {
+                   MemoryState<T>& dstate, T* grads, const PackedWeights* packed) {
   const ModelConfig& c = m.config;
   const int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
   const int64_t B = acts.batch, n = acts.n, r = B * n;
@@ -500,8 +537,8 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
     const int64_t rows = r1 - r0;
     T* scratch = W.thread[size_t(t)].data();
     if (rows > 0) {
-      ops::linear_backward(W.df.data() + r0 * D, (T*)nullptr, (T*)nullptr, dlogits + r0 * V,
-                           (const T*)nullptr, m.at(m.layout.lm_head), rows, D, V, false);
+      project_back(m, packed, m.layout.lm_head, W.df.data() + r0 * D, dlogits + r0 * V, rows, D,
+                   V, false);
       ops::rmsnorm_backward(W.dh.data() + r0 * D, (T*)nullptr, W.df.data() + r0 * D,
                             acts.h_final.data() + r0 * D, acts.rstd_final.data() + r0,
                             m.at(m.layout.final_norm), rows, D, false);
@@ -517,19 +554,15 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
         T* dup = W.dup.data() + r0 * F;
         T* dm = W.dm.data() + r0 * D;
         T* dxm = W.dxm.data() + r0 * D;
-        ops::linear_backward(dhmid, (T*)nullptr, (T*)nullptr, dh, (const T*)nullptr,
-                             m.at(o.w_down), rows, F, D, false);
+        project_back(m, packed, o.w_down, dhmid, dh, rows, F, D, false);
         ops::swiglu_backward(dgate, dup, dhmid, A.gate.data() + r0 * F, A.up.data() + r0 * F,
                              rows * F);
-        ops::linear_backward(dm, (T*)nullptr, (T*)nullptr, dgate, (const T*)nullptr,
-                             m.at(o.w_gate), rows, D, F, false);
-        ops::linear_backward(dm, (T*)nullptr, (T*)nullptr, dup, (const T*)nullptr, m.at(o.w_up),
-                             rows, D, F, true);
+        project_back(m, packed, o.w_gate, dm, dgate, rows, D, F, false);
+        project_back(m, packed, o.w_up, dm, dup, rows, D, F, true);
         std::copy_n(dh, rows * D, dxm);
         ops::rmsnorm_backward(dxm, (T*)nullptr, dm, A.x_mid.data() + r0 * D,
                               A.rstd_post.data() + r0, m.at(o.post_norm), rows, D, true);
-        ops::linear_backward(W.dmixed.data() + r0 * qw, (T*)nullptr, (T*)nullptr, dxm,
-                             (const T*)nullptr, m.at(o.wo), rows, qw, D, false);
+        project_back(m, packed, o.wo, W.dmixed.data() + r0 * qw, dxm, rows, qw, D, false);
       }
       {
         const auto& tasks = after_mlp[size_t(l + 1)];
@@ -610,12 +643,9 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
       // this layer's input.
       if (rows > 0) {
         T* da = W.da.data() + r0 * D;
-        ops::linear_backward(da, (T*)nullptr, (T*)nullptr, W.dq.data() + r0 * qw,
-                             (const T*)nullptr, m.at(o.wq), rows, D, qw, false);
-        ops::linear_backward(da, (T*)nullptr, (T*)nullptr, W.dk.data() + r0 * kw,
-                             (const T*)nullptr, m.at(o.wk), rows, D, kw, true);
-        ops::linear_backward(da, (T*)nullptr, (T*)nullptr, W.dv.data() + r0 * kw,
-                             (const T*)nullptr, m.at(o.wv), rows, D, kw, true);
+        project_back(m, packed, o.wq, da, W.dq.data() + r0 * qw, rows, D, qw, false);
+        project_back(m, packed, o.wk, da, W.dk.data() + r0 * kw, rows, D, kw, true);
+        project_back(m, packed, o.wv, da, W.dv.data() + r0 * kw, rows, D, kw, true);
         T* dh = W.dh.data() + r0 * D;
         std::copy_n(W.dxm.data() + r0 * D, rows * D, dh);
         ops::rmsnorm_backward(dh, (T*)nullptr, da, A.x_in.data() + r0 * D,
@@ -643,7 +673,7 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
 template <class T>
 void forward_chunk(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
                    int64_t batch, int64_t n, MemoryState<T>& state, SegmentActs<T>& acts,
-                   KVCache<T>* cache, bool compute_logits) {
+                   KVCache<T>* cache, bool compute_logits, const PackedWeights* packed) {
   const ModelConfig& c = m.config;
   const int64_t D = c.hidden_size, V = c.vocab_size, r = batch * n;
   const int64_t p0 = cache ? cache->pos : 0;
@@ -671,7 +701,7 @@ void forward_chunk(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
   const bool segment_full = cache && p0 + n == cache->capacity;
   if (use_fast_path(ctx, r)) {
     forward_fast(m, ctx, tokens, batch, n, state, acts, cache, compute_logits, p0,
-                 cache ? segment_full : true);
+                 cache ? segment_full : true, packed);
     if (cache) cache->pos = segment_full ? 0 : p0 + n;
     return;
   }
@@ -729,11 +759,12 @@ void fold_cache_into_memory(const Model<T>& m, KVCache<T>& cache, MemoryState<T>
 template <class T>
 void backward_segment(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
                       const SegmentActs<T>& acts, const T* dlogits,
-                      const MemoryState<T>& state_before, MemoryState<T>& dstate, T* grads) {
+                      const MemoryState<T>& state_before, MemoryState<T>& dstate, T* grads,
+                      const PackedWeights* packed) {
   const ModelConfig& c = m.config;
   const int64_t D = c.hidden_size, V = c.vocab_size, B = acts.batch, n = acts.n, r = B * n;
   if (use_fast_path(ctx, r)) {
-    backward_fast(m, ctx, tokens, acts, dlogits, state_before, dstate, grads);
+    backward_fast(m, ctx, tokens, acts, dlogits, state_before, dstate, grads, packed);
     return;
   }
   std::vector<T> df(size_t(r * D)), dh(size_t(r * D));
@@ -762,11 +793,11 @@ void backward_segment(const Model<T>& m, const ForwardContext<T>& ctx, const int
 #define INFINI_INSTANTIATE(T)                                                                    \
   template void forward_chunk<T>(const Model<T>&, const ForwardContext<T>&, const int32_t*,      \
                                  int64_t, int64_t, MemoryState<T>&, SegmentActs<T>&,             \
-                                 KVCache<T>*, bool);                                             \
+                                 KVCache<T>*, bool, const PackedWeights*);                       \
   template void fold_cache_into_memory<T>(const Model<T>&, KVCache<T>&, MemoryState<T>&);        \
   template void backward_segment<T>(const Model<T>&, const ForwardContext<T>&, const int32_t*,   \
                                     const SegmentActs<T>&, const T*, const MemoryState<T>&,      \
-                                    MemoryState<T>&, T*);
+                                    MemoryState<T>&, T*, const PackedWeights*);
 INFINI_INSTANTIATE(float)
 INFINI_INSTANTIATE(double)
 #undef INFINI_INSTANTIATE

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "model/model.hpp"
+#include "model/packed_weights.hpp"
 #include "model/state.hpp"
 #include "ops/rope.hpp"
 
@@ -83,10 +84,13 @@ struct ForwardContext {
 //   local positions cache->pos ..; when the segment becomes full, the memory is updated with
 //   all of its keys/values and the cache is emptied. finish_segment forces that fold earlier.
 // acts.logits receives [batch*n, V] unless compute_logits is false.
+// packed: the model's weights packed for the native GEMM (pack_weights), or null to pack per
+// call. It must have been packed from m's current weights. Results are the same bits either way.
 template <class T>
 void forward_chunk(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
                    int64_t batch, int64_t n, MemoryState<T>& state, SegmentActs<T>& acts,
-                   KVCache<T>* cache = nullptr, bool compute_logits = true);
+                   KVCache<T>* cache = nullptr, bool compute_logits = true,
+                   const PackedWeights* packed = nullptr);
 
 // Folds the cache's partial segment into memory (as the end of a segment would) and empties it.
 template <class T>
@@ -96,10 +100,12 @@ void fold_cache_into_memory(const Model<T>& m, KVCache<T>& cache, MemoryState<T>
 //   dlogits [r, V]: gradient of the loss with respect to the logits.
 //   state_before: the memory state the forward started from.
 //   dstate: in, gradient with respect to the state after the segment; out, with respect to the
-//   state before it. grads (+=) has the parameter layout.
+//   state before it. grads (+=) has the parameter layout. packed: as for forward_chunk (with
+//   the backward orientation packed too).
 template <class T>
 void backward_segment(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
                       const SegmentActs<T>& acts, const T* dlogits,
-                      const MemoryState<T>& state_before, MemoryState<T>& dstate, T* grads);
+                      const MemoryState<T>& state_before, MemoryState<T>& dstate, T* grads,
+                      const PackedWeights* packed = nullptr);
 
 }  // namespace infini::model

@@ -113,10 +113,18 @@ void micro_kernel(int64_t kc, const float* a, int64_t row_step, int64_t k_step, 
     acc0[i] = _mm512_setzero_ps();
     acc1[i] = _mm512_setzero_ps();
   }
+  // The tile of C is usually cold (activations stream through the step): ask for it now, it
+  // is needed after the k loop. Same for A a few steps ahead (when A is transposed each step is
+  // a new cache line).
+  for (int i = 0; i < R; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 16), _MM_HINT_T0);
+  }
   for (int64_t p = 0; p < kc; ++p) {
     const __m512 b0 = _mm512_loadu_ps(bp + p * kNR);
     const __m512 b1 = _mm512_loadu_ps(bp + p * kNR + 16);
     const float* ap = a + p * k_step;
+    _mm_prefetch(reinterpret_cast<const char*>(ap + 8 * k_step), _MM_HINT_T0);
     for (int i = 0; i < R; ++i) {
       const __m512 av = _mm512_set1_ps(ap[i * row_step]);
       acc0[i] = _mm512_fmadd_ps(av, b0, acc0[i]);

@@ -1,0 +1,57 @@
+#include "model/packed_weights.hpp"
+
+#include <vector>
+
+#include "ops/gemm.hpp"
+
+namespace infini::model {
+
+const ops::PackedMatrix* PackedWeights::forward(int64_t offset) const {
+  const auto it = by_offset.find(offset);
+  return it == by_offset.end() ? nullptr : &it->second.forward;
+}
+
+const ops::PackedMatrix* PackedWeights::backward(int64_t offset) const {
+  const auto it = by_offset.find(offset);
+  return it == by_offset.end() || !it->second.has_backward ? nullptr : &it->second.backward;
+}
+
+void pack_weights(const Model<float>& m, bool backward, int64_t max_bytes, PackedWeights& out) {
+  struct Weight {
+    int64_t offset, out, in;
+  };
+  const ModelConfig& c = m.config;
+  const int64_t D = c.hidden_size, F = c.intermediate_size, qw = c.q_width(), kw = c.kv_width();
+  std::vector<Weight> list;
+  for (const LayerOffsets& o : m.layout.layers) {
+    list.push_back({o.wq, qw, D});
+    list.push_back({o.wk, kw, D});
+    list.push_back({o.wv, kw, D});
+    list.push_back({o.wo, D, qw});
+    list.push_back({o.w_gate, F, D});
+    list.push_back({o.w_up, F, D});
+    list.push_back({o.w_down, D, F});
+  }
+  list.push_back({m.layout.lm_head, c.vocab_size, D});
+
+  int64_t bytes = 0;  // about the weights' own size per orientation (padding aside)
+  for (const Weight& w : list) bytes += w.out * w.in * int64_t(sizeof(float)) * (backward ? 2 : 1);
+  if (ops::gemm_backend() != ops::GemmBackend::Native || bytes > max_bytes) {
+    out.by_offset.clear();
+    return;
+  }
+  // Create every entry first: the map must not change while threads fill it. Entries of
+  // another model (other offsets) are dropped.
+  if (out.by_offset.size() != list.size()) out.by_offset.clear();
+  for (const Weight& w : list) out.by_offset[w.offset].has_backward = backward;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (size_t i = 0; i < list.size(); ++i) {
+    const Weight& w = list[i];
+    PackedWeights::Entry& e = out.by_offset.at(w.offset);
+    const float* W = m.at(w.offset);
+    ops::sgemm_pack(true, w.in, w.out, W, w.in, e.forward);
+    if (backward) ops::sgemm_pack(false, w.out, w.in, W, w.in, e.backward);
+  }
+}
+
+}  // namespace infini::model

@@ -1,0 +1,36 @@
+// The linear weights of a model packed for ops::gemm_packed (infini's AVX-512 GEMM), so that
+// a training step packs each weight once instead of once per thread, segment and pass.
+//
+// Weights change at every optimizer step: a PackedWeights is valid only for the weights it
+// was packed from. sequence_loss packs at the start of each call and passes the result down;
+// nothing keeps it across calls.
+#pragma once
+#include <cstdint>
+#include <unordered_map>
+
+#include "model/model.hpp"
+#include "ops/sgemm.hpp"
+
+namespace infini::model {
+
+struct PackedWeights {
+  struct Entry {
+    ops::PackedMatrix forward;   // W^T [in, out], for y = x W^T
+    ops::PackedMatrix backward;  // W [out, in], for dx = dy W (only when packed for training)
+    bool has_backward = false;
+  };
+  std::unordered_map<int64_t, Entry> by_offset;  // key: the weight's offset in the layout
+
+  // The packed W^T / W of the weight at `offset`, or null when it was not packed.
+  const ops::PackedMatrix* forward(int64_t offset) const;
+  const ops::PackedMatrix* backward(int64_t offset) const;
+  bool empty() const { return by_offset.empty(); }
+};
+
+// Packs every linear weight of `m` (q, k, v, o, gate, up, down of each layer and the LM head),
+// W^T always and W too when `backward`. Reuses the buffers of `out`. When the native GEMM is
+// not in use, or the packed copies would exceed max_bytes, `out` is left empty and the
+// forward packs per call as before.
+void pack_weights(const Model<float>& m, bool backward, int64_t max_bytes, PackedWeights& out);
+
+}  // namespace infini::model
