@@ -1,7 +1,9 @@
 #include "ops/sgemm.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
+#include <utility>
 #include <memory>
 #include <string>
 
@@ -105,9 +107,12 @@ void pack_b(float* dst, const float* b, int64_t ldb, bool trans_b, int64_t p0, i
 // C[0 .. R, 0 .. nv] = alpha * sum_p A[i, p] Bpanel[p, :] + beta C, where A[i, p] is
 // a[i * row_step + p * k_step]. The sum runs over p in order with one FMA per term, so every
 // element of C sees the same operations whatever R, nv or its place in the tile.
-template <int R>
+// kPrefetchB: also fetch the next panel of B (b_next) at the rate this one is read; for the
+// first row tile of a block, which is the one that brings the block's panels into cache.
+template <int R, bool kPrefetchB>
 void micro_kernel(int64_t kc, const float* a, int64_t row_step, int64_t k_step, const float* bp,
-                  float* c, int64_t ldc, float alpha, float beta, int64_t nv) {
+                  const float* b_next, float* c, int64_t ldc, float alpha, float beta,
+                  int64_t nv) {
   __m512 acc0[R], acc1[R];
   for (int i = 0; i < R; ++i) {
     acc0[i] = _mm512_setzero_ps();
@@ -125,6 +130,10 @@ void micro_kernel(int64_t kc, const float* a, int64_t row_step, int64_t k_step, 
     const __m512 b1 = _mm512_loadu_ps(bp + p * kNR + 16);
     const float* ap = a + p * k_step;
     _mm_prefetch(reinterpret_cast<const char*>(ap + 8 * k_step), _MM_HINT_T0);
+    if constexpr (kPrefetchB) {
+      _mm_prefetch(reinterpret_cast<const char*>(b_next + p * kNR), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(b_next + p * kNR + 16), _MM_HINT_T0);
+    }
     for (int i = 0; i < R; ++i) {
       const __m512 av = _mm512_set1_ps(ap[i * row_step]);
       acc0[i] = _mm512_fmadd_ps(av, b0, acc0[i]);
@@ -146,12 +155,16 @@ void micro_kernel(int64_t kc, const float* a, int64_t row_step, int64_t k_step, 
   }
 }
 
-using MicroKernel = void (*)(int64_t, const float*, int64_t, int64_t, const float*, float*,
-                             int64_t, float, float, int64_t);
-constexpr MicroKernel kKernels[kMR + 1] = {
-    nullptr,          micro_kernel<1>, micro_kernel<2>, micro_kernel<3>,  micro_kernel<4>,
-    micro_kernel<5>,  micro_kernel<6>, micro_kernel<7>, micro_kernel<8>,  micro_kernel<9>,
-    micro_kernel<10>, micro_kernel<11>, micro_kernel<12>};
+using MicroKernel = void (*)(int64_t, const float*, int64_t, int64_t, const float*,
+                             const float*, float*, int64_t, float, float, int64_t);
+template <bool kPrefetchB, int... R>
+constexpr std::array<MicroKernel, kMR + 1> kernel_table(std::integer_sequence<int, R...>) {
+  return {nullptr, micro_kernel<R + 1, kPrefetchB>...};
+}
+// kKernels[prefetch B][rows]
+constexpr std::array<MicroKernel, kMR + 1> kKernels[2] = {
+    kernel_table<false>(std::make_integer_sequence<int, kMR>()),
+    kernel_table<true>(std::make_integer_sequence<int, kMR>())};
 
 // Grows `m`'s buffer to at least `floats` (64-byte aligned, for full-vector loads).
 void reserve(PackedMatrix& m, size_t floats) {
@@ -190,9 +203,13 @@ void multiply_block(int64_t m, int64_t kc, int64_t nc, const float* a, int64_t r
   for (int64_t i0 = 0; i0 < m;) {
     const int rows = tile_rows(m - i0);
     const float* ap = a + i0 * row_step;
-    for (int64_t jp = 0; jp < nc; jp += kNR)
-      kKernels[rows](kc, ap, row_step, k_step, block + jp * kc, c + i0 * ldc + jp, ldc, alpha,
-                     beta, std::min<int64_t>(kNR, nc - jp));
+    const bool first = i0 == 0;
+    for (int64_t jp = 0; jp < nc; jp += kNR) {
+      const bool prefetch = first && jp + kNR < nc;
+      kKernels[prefetch][size_t(rows)](kc, ap, row_step, k_step, block + jp * kc,
+                                       block + (jp + kNR) * kc, c + i0 * ldc + jp, ldc, alpha,
+                                       beta, std::min<int64_t>(kNR, nc - jp));
+    }
     i0 += rows;
   }
 }
