@@ -3,13 +3,16 @@
 
     python3 bench/compare.py [--infini build/infini] [--threads 2] [--steps 3]
                              [--torch-steps 2] [--configs small,medium]
-                             [--torch-env fair|plain|both] [--markdown]
+                             [--torch-env fair|plain|both] [--rounds R] [--gemm-ab]
+                             [--markdown]
 
 For each configuration it runs, one right after the other, `/usr/bin/python3
 reference/bench_torch.py ... --threads N --json` and `infini bench ... --threads N --json`,
 and prints the tokens/s of both, their ratio, and infini's model-FLOP utilisation against the
-SGEMM throughput infini measured in the same run. It needs no torch itself (the twin runs
-under /usr/bin/python3, Debian's torch).
+SGEMM throughput infini measured in the same run. With --rounds R all of it is repeated R
+times, one round after the other, and a summary gives the median ratios; --gemm-ab adds a run
+of infini with its GEMMs on OpenBLAS (`infini bench --gemm openblas`). It needs no torch
+itself (the twin runs under /usr/bin/python3, Debian's torch).
 
 The twin's environment (--torch-env):
   fair   OMP_NUM_THREADS = OPENBLAS_NUM_THREADS = N and OMP_WAIT_POLICY=passive, i.e. one
@@ -62,6 +65,14 @@ def run_json(cmd, env) -> dict:
     return res
 
 
+def median(xs):
+    xs = sorted(x for x in xs if not math.isnan(x))
+    if not xs:
+        return math.nan
+    k = len(xs) // 2
+    return xs[k] if len(xs) % 2 else 0.5 * (xs[k - 1] + xs[k])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,7 +86,12 @@ def main():
                     help="comma-separated: " + ", ".join(CONFIGS))
     ap.add_argument("--torch-env", default="fair", choices=["fair", "plain", "both", "none"],
                     help="environment of the PyTorch twin (see above); none: infini only")
-    ap.add_argument("--markdown", action="store_true", help="print a markdown table at the end")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat the whole comparison this many times; the summary gives the "
+                         "median ratio over the rounds (default 1)")
+    ap.add_argument("--gemm-ab", action="store_true",
+                    help="also run infini with --gemm openblas (its GEMMs on OpenBLAS)")
+    ap.add_argument("--markdown", action="store_true", help="print markdown tables at the end")
     args = ap.parse_args()
 
     n = str(args.threads)
@@ -87,60 +103,82 @@ def main():
     }
     wanted = {"fair": ["fair"], "plain": ["plain"], "both": ["fair", "plain"], "none": []}
     wanted = wanted[args.torch_env]
+    gemms = ["default", "openblas"] if args.gemm_ab else ["default"]
 
     rows = []
-    for name in args.configs.split(","):
-        if name not in CONFIGS:
-            sys.exit(f"compare.py: unknown config '{name}' (known: {', '.join(CONFIGS)})")
-        cfg, T, B = CONFIGS[name]
-        common = ["--config", cfg, "--seq-len", str(T), "--batch", str(B), "--json"]
-        load_before = load_avg()
-        torch = {}
-        for te in wanted:
-            torch[te] = run_json(["/usr/bin/python3", "reference/bench_torch.py", *common,
-                                  "--steps", str(args.torch_steps), "--threads", n],
-                                 torch_envs[te])
-        inf = run_json([args.infini, "bench", *common, "--steps", str(args.steps),
-                        "--threads", n], inf_env)
-        row = {"config": name, "T": T, "B": B, "threads": args.threads, "infini": inf,
-               "torch": torch, "load_before": load_before, "load_after": load_avg()}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    for rnd in range(1, args.rounds + 1):
+        for name in args.configs.split(","):
+            if name not in CONFIGS:
+                sys.exit(f"compare.py: unknown config '{name}' (known: {', '.join(CONFIGS)})")
+            cfg, T, B = CONFIGS[name]
+            common = ["--config", cfg, "--seq-len", str(T), "--batch", str(B), "--json"]
+            load_before = load_avg()
+            torch = {}
+            for te in wanted:
+                torch[te] = run_json(["/usr/bin/python3", "reference/bench_torch.py", *common,
+                                      "--steps", str(args.torch_steps), "--threads", n],
+                                     torch_envs[te])
+            inf = {}
+            for g in gemms:
+                extra = [] if g == "default" else ["--gemm", g]
+                inf[g] = run_json([args.infini, "bench", *common, "--steps", str(args.steps),
+                                   "--threads", n, *extra], inf_env)
+            row = {"round": rnd, "config": name, "T": T, "B": B, "threads": args.threads,
+                   "infini": inf, "torch": torch, "load_before": load_before,
+                   "load_after": load_avg()}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
 
     print()
-    hdr = ("| config | T x B | threads | PyTorch env | PyTorch train tok/s | infini train tok/s | "
-           "ratio | PyTorch eval tok/s | infini eval tok/s | ratio | infini prefill tok/s | "
-           "infini train GFLOP/s | SGEMM GFLOP/s | train MFU | eval MFU | prefill MFU | "
-           "train MFU per CPU s | train CPU s/step PyTorch / infini | load |")
+    hdr = ("| round | config | T x B | infini GEMM | PyTorch env | PyTorch train tok/s | "
+           "infini train tok/s | ratio | PyTorch eval tok/s | infini eval tok/s | ratio | "
+           "infini prefill tok/s | infini train GFLOP/s | SGEMM GFLOP/s (OpenBLAS / native) | "
+           "train MFU | eval MFU | prefill MFU | train CPU s/step PyTorch / infini | load |")
     lines = [hdr, "|" + "---|" * (hdr.count("|") - 1)]
+    ratios = {}  # (config, gemm, env) -> [train ratio, ...], [eval ratio, ...]
     for r in rows:
-        i = r["infini"]
-        for te, t in (r["torch"].items() or [("-", None)]):
-            tt = t["train_tokens_per_s"] if t else math.nan
-            te_ = t["eval_tokens_per_s"] if t else math.nan
-            tc = t.get("train_cpu_s_per_step", math.nan) if t else math.nan
-            lines.append(
-                f"| {r['config']} | {r['T']} x {r['B']} | {r['threads']} | {te} | {tt:.1f} | "
-                f"{i['train_tokens_per_s']:.1f} | {i['train_tokens_per_s'] / tt:.1f}x | "
-                f"{te_:.1f} | {i['eval_tokens_per_s']:.1f} | {i['eval_tokens_per_s'] / te_:.1f}x | "
-                f"{i['prefill_tokens_per_s']:.1f} | {i['train_gflops']:.1f} | "
-                f"{i['sgemm_gflops']:.1f} | {100 * i['train_mfu']:.1f}% | "
-                f"{100 * i['eval_mfu']:.1f}% | {100 * i['prefill_mfu']:.1f}% | "
-                f"{100 * i['train_cpu_efficiency']:.1f}% | "
-                f"{tc:.2f} / {i['train_cpu_s_per_step']:.2f} | "
-                f"{r['load_before']}-{r['load_after']} |")
+        for g, i in r["infini"].items():
+            for te, t in (r["torch"].items() or [("-", None)]):
+                tt = t["train_tokens_per_s"] if t else math.nan
+                te_ = t["eval_tokens_per_s"] if t else math.nan
+                tc = t.get("train_cpu_s_per_step", math.nan) if t else math.nan
+                tr, er = i["train_tokens_per_s"] / tt, i["eval_tokens_per_s"] / te_
+                acc = ratios.setdefault((r["config"], i.get("gemm", g), te), ([], []))
+                acc[0].append(tr)
+                acc[1].append(er)
+                lines.append(
+                    f"| {r['round']} | {r['config']} | {r['T']} x {r['B']} | "
+                    f"{i.get('gemm', g)} | {te} | {tt:.1f} | "
+                    f"{i['train_tokens_per_s']:.1f} | {tr:.2f}x | "
+                    f"{te_:.1f} | {i['eval_tokens_per_s']:.1f} | {er:.2f}x | "
+                    f"{i['prefill_tokens_per_s']:.1f} | {i['train_gflops']:.1f} | "
+                    f"{i.get('sgemm_openblas_gflops', math.nan):.1f} / "
+                    f"{i.get('sgemm_native_gflops', math.nan):.1f} | "
+                    f"{100 * i['train_mfu']:.1f}% | "
+                    f"{100 * i['eval_mfu']:.1f}% | {100 * i['prefill_mfu']:.1f}% | "
+                    f"{tc:.2f} / {i['train_cpu_s_per_step']:.2f} | "
+                    f"{r['load_before']}-{r['load_after']} |")
+    summary = ["| config | infini GEMM | PyTorch env | rounds | median train ratio | "
+               "median eval ratio |", "|---|---|---|---|---|---|"]
+    for (cfg, g, te), (tr, er) in ratios.items():
+        summary.append(f"| {cfg} | {g} | {te} | {len(tr)} | {median(tr):.2f}x | "
+                       f"{median(er):.2f}x |")
     if args.markdown:
         print("\n".join(lines))
+        print()
+        print("\n".join(summary))
         return
     for r in rows:
-        i = r["infini"]
-        print(f"{r['config']}: infini train {i['train_tokens_per_s']:.1f} tok/s, "
-              f"MFU {100 * i['train_mfu']:.1f}% of {i['sgemm_gflops']:.1f} GFLOP/s SGEMM")
-        for te, t in r["torch"].items():
-            print(f"  PyTorch ({te}): train {t['train_tokens_per_s']:.1f} tok/s, ratio "
-                  f"{i['train_tokens_per_s'] / t['train_tokens_per_s']:.1f}x; eval "
-                  f"{t['eval_tokens_per_s']:.1f} tok/s, ratio "
-                  f"{i['eval_tokens_per_s'] / t['eval_tokens_per_s']:.1f}x")
+        for g, i in r["infini"].items():
+            print(f"round {r['round']} {r['config']}: infini ({i.get('gemm', g)}) train "
+                  f"{i['train_tokens_per_s']:.1f} tok/s, MFU {100 * i['train_mfu']:.1f}% of "
+                  f"{i['sgemm_gflops']:.1f} GFLOP/s SGEMM")
+            for te, t in r["torch"].items():
+                print(f"  PyTorch ({te}): train {t['train_tokens_per_s']:.1f} tok/s, ratio "
+                      f"{i['train_tokens_per_s'] / t['train_tokens_per_s']:.2f}x; eval "
+                      f"{t['eval_tokens_per_s']:.1f} tok/s, ratio "
+                      f"{i['eval_tokens_per_s'] / t['eval_tokens_per_s']:.2f}x")
+    print("\n".join(summary))
 
 
 if __name__ == "__main__":

@@ -43,3 +43,34 @@ TEST(BenchCommand, RejectsAMissingConfig) {
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("/nonexistent/config.json"), std::string::npos) << r.err;
 }
+
+TEST(BenchCommand, BothGemmBackendsRunTheSameStep) {
+  // --gemm chooses who multiplies: infini's AVX-512 kernel (where the CPU has it) or OpenBLAS.
+  // The JSON says which, and the first step's loss does not depend on it beyond rounding.
+  const std::string cfg = std::string(INFINI_SOURCE_DIR) + "/configs/bench_small.json";
+  const std::string args = "bench --config " + cfg +
+                           " --seq-len 64 --batch 1 --steps 1 --warmup 0 --threads 2 --json";
+  const CliResult blas = run_infini(args + " --no-sgemm --gemm openblas");
+  ASSERT_EQ(blas.code, 0) << blas.err;
+  const auto jb = nlohmann::json::parse(blas.out);
+  EXPECT_EQ(jb.at("gemm").get<std::string>(), "openblas");
+  const CliResult native = run_infini(args + " --gemm native");
+  const CliResult fallback = run_infini(args + " --no-sgemm");
+  ASSERT_EQ(fallback.code, 0) << fallback.err;
+  const auto jf = nlohmann::json::parse(fallback.out);
+  if (native.code != 0) {  // a CPU without AVX-512: refused with a reason, OpenBLAS by default
+    EXPECT_NE(native.err.find("AVX-512"), std::string::npos) << native.err;
+    EXPECT_EQ(jf.at("gemm").get<std::string>(), "openblas");
+    return;
+  }
+  const auto jn = nlohmann::json::parse(native.out);
+  EXPECT_EQ(jn.at("gemm").get<std::string>(), "native-avx512");
+  EXPECT_EQ(jf.at("gemm").get<std::string>(), "native-avx512");  // the default
+  EXPECT_NEAR(jn.at("final_loss").get<double>(), jb.at("final_loss").get<double>(), 1e-4);
+  // The SGEMM reference measures both and takes the faster.
+  const double ob = jn.at("sgemm_openblas_gflops").get<double>();
+  const double nat = jn.at("sgemm_native_gflops").get<double>();
+  EXPECT_GT(ob, 0);
+  EXPECT_GT(nat, 0);
+  EXPECT_DOUBLE_EQ(jn.at("sgemm_gflops").get<double>(), std::max(ob, nat));
+}

@@ -222,7 +222,11 @@ void scale_only(int64_t m, int64_t n, float beta, float* c, int64_t ldc) {
 
 }  // namespace
 
-bool sgemm_native_available() { return true; }
+// This file is compiled for AVX-512 (CMakeLists.txt); the CPU running it may not have it.
+bool sgemm_native_available() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+  return has;
+}
 
 void sgemm_native(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                   const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
@@ -278,12 +282,11 @@ void sgemm_native_packed(bool trans_a, int64_t m, int64_t n, int64_t k, float al
                      p0 == 0 ? beta : 1.0f, c + j0, ldc);
 }
 
-#else  // no AVX-512 in this build: OpenBLAS does all the work (ops/gemm.cpp)
+#else  // a compiler without AVX-512: OpenBLAS does all the work (ops/gemm.cpp)
 
 namespace {
 [[noreturn]] void no_kernel() {
-  throw Error("sgemm: this build has no AVX-512 kernel (configure with -DINFINI_NATIVE=ON on an "
-              "AVX-512 machine)");
+  throw Error("sgemm: this build has no AVX-512 kernel (its compiler lacks -mavx512f)");
 }
 }  // namespace
 

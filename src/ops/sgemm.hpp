@@ -26,15 +26,15 @@ struct PackedMatrix {
   size_t bytes() const { return capacity * sizeof(float); }
 };
 
-// True when this build carries the AVX-512 kernel (compiled with AVX-512F, e.g. -march=native
-// on an AVX-512 machine).
+// True when this build carries the AVX-512 kernel and the CPU running it has AVX-512F. The
+// functions below may be called only then.
 bool sgemm_native_available();
 
 // C[m, n] = alpha op(A) op(B) + beta C, row-major, op(X) = X or X^T; single-threaded. beta == 0
 // never reads C (it may hold NaN). Each element of C is computed by the same sequence of
 // operations whatever m, n, the leading dimensions or the caller's split of rows and columns,
 // so results do not depend on how the work is shared between threads. Throws infini::Error
-// when the build has no kernel (see sgemm_native_available).
+// when the build has no kernel.
 void sgemm_native(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                   const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                   int64_t ldc);
