@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.hpp"
@@ -115,6 +116,48 @@ void causal_softmax_row(T* row, int64_t last, int64_t end) {
   std::fill(row + last + 1, row + end, T(0));
 }
 
+// The keys and values of one head as B operands of its query blocks' products. With the native
+// GEMM each is packed once per head and every block uses a prefix of it (block i sees keys
+// 0 .. e-1); otherwise they are plain pointers for gemm<T>, which packs per call.
+template <class T>
+class HeadOperand {
+ public:
+  // op(B) [k_rows, n_cols] = b (trans = false, b is [k_rows, ldb]) or b^T (trans = true).
+  HeadOperand(PackedMatrix& buffer, bool trans, int64_t k_rows, int64_t n_cols, const T* b,
+              int64_t ldb)
+      : trans_(trans), b_(b), ldb_(ldb) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (gemm_backend() == GemmBackend::Native) {
+        sgemm_pack(trans, k_rows, n_cols, b, ldb, buffer);
+        packed_ = &buffer;
+      }
+    }
+  }
+  // C[m, n] = alpha A op(B)[0 .. k, 0 .. n] (+ beta C), A row-major [m, lda].
+  void multiply(int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, T beta, T* c,
+                int64_t ldc) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (packed_) {
+        sgemm_native_packed(false, m, n, k, alpha, a, lda, *packed_, beta, c, ldc);
+        return;
+      }
+    }
+    gemm<T>(false, trans_, m, n, k, alpha, a, lda, b_, ldb_, beta, c, ldc);
+  }
+
+ private:
+  bool trans_;
+  const T* b_;
+  int64_t ldb_;
+  const PackedMatrix* packed_ = nullptr;
+};
+
+// One packing buffer per thread and role, reused by every head the thread computes.
+PackedMatrix& head_buffer(int role) {
+  thread_local PackedMatrix buffers[2];
+  return buffers[role];
+}
+
 }  // namespace
 
 template <class T>
@@ -122,13 +165,15 @@ void attention_head_forward(T* out, T* probs, const T* q, const T* k, const T* v
                             int64_t p0, int64_t d, int64_t ldq, int64_t ldk, T* scratch) {
   const int64_t ctx = p0 + n;
   const T scale = T(1.0 / std::sqrt(double(d)));
+  const HeadOperand<T> keys(head_buffer(0), true, d, ctx, k, ldk);     // K^T [d, ctx]
+  const HeadOperand<T> values(head_buffer(1), false, ctx, d, v, ldk);  // V [ctx, d]
   for (int64_t i0 = 0; i0 < n; i0 += kAttentionBlock) {
     const int64_t i1 = std::min(n, i0 + kAttentionBlock), m = i1 - i0, e = p0 + i1;
     T* P = probs ? probs + i0 * ctx : scratch;
     // Only keys 0 .. e-1 are visible to any query of this block.
-    gemm<T>(false, true, m, e, d, scale, q + i0 * ldq, ldq, k, ldk, T(0), P, ctx);
+    keys.multiply(m, e, d, scale, q + i0 * ldq, ldq, T(0), P, ctx);
     for (int64_t ii = 0; ii < m; ++ii) causal_softmax_row(P + ii * ctx, p0 + i0 + ii, e);
-    gemm<T>(false, false, m, d, e, T(1), P, ctx, v, ldk, T(0), out + i0 * ldq, ldq);
+    values.multiply(m, d, e, T(1), P, ctx, T(0), out + i0 * ldq, ldq);
   }
 }
 
@@ -138,10 +183,12 @@ void attention_head_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs,
                              int64_t ldk, T* scratch) {
   const T scale = T(1.0 / std::sqrt(double(d)));
   T* dS = scratch;  // [n, n]; row i holds columns 0 .. (end of i's block) - 1
+  const HeadOperand<T> values_t(head_buffer(0), true, d, n, v, ldk);  // V^T [d, n]
+  const HeadOperand<T> keys(head_buffer(1), false, n, d, k, ldk);     // K [n, d]
   for (int64_t i0 = 0; i0 < n; i0 += kAttentionBlock) {
     const int64_t i1 = std::min(n, i0 + kAttentionBlock), m = i1 - i0, e = i1;
     // dP = dO V^T, then dS = P * (dP - rowsum(P * dP)) * scale
-    gemm<T>(false, true, m, e, d, T(1), dout + i0 * ldq, ldq, v, ldk, T(0), dS + i0 * n, n);
+    values_t.multiply(m, e, d, T(1), dout + i0 * ldq, ldq, T(0), dS + i0 * n, n);
     for (int64_t ii = 0; ii < m; ++ii) {
       const int64_t i = i0 + ii;
       T* row = dS + i * n;
@@ -154,7 +201,7 @@ void attention_head_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs,
       std::fill(row + i + 1, row + e, T(0));
     }
     // dQ = dS K  (scale already folded into dS)
-    gemm<T>(false, false, m, d, e, T(1), dS + i0 * n, n, k, ldk, T(0), dq + i0 * ldq, ldq);
+    keys.multiply(m, d, e, T(1), dS + i0 * n, n, T(0), dq + i0 * ldq, ldq);
   }
   // Key block j0..j1 is seen by queries j0 .. n-1 only: dK += dS^T Q, dV += P^T dO over them.
   for (int64_t j0 = 0; j0 < n; j0 += kAttentionBlock) {

@@ -196,19 +196,20 @@ int tile_rows(int64_t remaining) {
   return int((remaining + 1) / 2);
 }
 
-// C[:, j0 .. j0+nc] (+)= alpha A[:, p0 .. p0+kc] Bblock for one packed block.
+// C[:, j0 .. j0+nc] (+)= alpha A[:, p0 .. p0+kc] Bblock for one packed block, whose panels
+// are panel_stride floats apart (kc, or more when only the first kc rows of a block are used).
 void multiply_block(int64_t m, int64_t kc, int64_t nc, const float* a, int64_t row_step,
-                    int64_t k_step, const float* block, float alpha, float beta, float* c,
-                    int64_t ldc) {
+                    int64_t k_step, const float* block, int64_t panel_stride, float alpha,
+                    float beta, float* c, int64_t ldc) {
   for (int64_t i0 = 0; i0 < m;) {
     const int rows = tile_rows(m - i0);
     const float* ap = a + i0 * row_step;
     const bool first = i0 == 0;
     for (int64_t jp = 0; jp < nc; jp += kNR) {
       const bool prefetch = first && jp + kNR < nc;
-      kKernels[prefetch][size_t(rows)](kc, ap, row_step, k_step, block + jp * kc,
-                                       block + (jp + kNR) * kc, c + i0 * ldc + jp, ldc, alpha,
-                                       beta, std::min<int64_t>(kNR, nc - jp));
+      kKernels[prefetch][size_t(rows)](kc, ap, row_step, k_step, block + jp * panel_stride,
+                                       block + (jp + kNR) * panel_stride, c + i0 * ldc + jp,
+                                       ldc, alpha, beta, std::min<int64_t>(kNR, nc - jp));
     }
     i0 += rows;
   }
@@ -244,7 +245,7 @@ void sgemm_native(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, f
     for (int64_t p0 = 0; p0 < k; p0 += lay.kc) {
       const int64_t kc = std::min(lay.kc, k - p0);
       pack_b(buffer.data.get(), b, ldb, trans_b, p0, kc, j0, nc);
-      multiply_block(m, kc, nc, a + p0 * k_step, row_step, k_step, buffer.data.get(), alpha,
+      multiply_block(m, kc, nc, a + p0 * k_step, row_step, k_step, buffer.data.get(), kc, alpha,
                      p0 == 0 ? beta : 1.0f, c + j0, ldc);
     }
   }
@@ -268,7 +269,7 @@ void sgemm_pack(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb,
 void sgemm_native_packed(bool trans_a, int64_t m, int64_t n, int64_t k, float alpha,
                          const float* a, int64_t lda, const PackedMatrix& b, float beta, float* c,
                          int64_t ldc) {
-  if (k != b.k || n > b.n)
+  if (k > b.k || n > b.n)
     throw Error("sgemm: a packed " + std::to_string(b.k) + " x " + std::to_string(b.n) +
                 " matrix used as " + std::to_string(k) + " x " + std::to_string(n));
   if (m <= 0 || n <= 0) return;
@@ -278,8 +279,8 @@ void sgemm_native_packed(bool trans_a, int64_t m, int64_t n, int64_t k, float al
   for (int64_t j0 = 0; j0 < n; j0 += lay.nc)
     for (int64_t p0 = 0; p0 < k; p0 += lay.kc)
       multiply_block(m, std::min(lay.kc, k - p0), std::min(lay.nc, n - j0), a + p0 * k_step,
-                     row_step, k_step, b.data.get() + lay.block(j0, p0), alpha,
-                     p0 == 0 ? beta : 1.0f, c + j0, ldc);
+                     row_step, k_step, b.data.get() + lay.block(j0, p0),
+                     std::min(lay.kc, b.k - p0), alpha, p0 == 0 ? beta : 1.0f, c + j0, ldc);
 }
 
 #else  // a compiler without AVX-512: OpenBLAS does all the work (ops/gemm.cpp)

@@ -43,9 +43,10 @@ void sgemm_native(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, f
 void sgemm_pack(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb,
                 PackedMatrix& out);
 
-// sgemm_native with B packed by sgemm_pack: C[m, n] = alpha op(A) op(B)[:, 0 .. n] + beta C.
-// k must be the packed k; n may be less than the packed n (the first n columns are used). The
-// result is bit-identical to sgemm_native's.
+// sgemm_native with B packed by sgemm_pack: C[m, n] = alpha op(A) op(B)[0 .. k, 0 .. n] + beta C.
+// n and k may be less than the packed ones: the first n columns and k rows are used (a causal
+// attention block sees a prefix of the keys). With the packed k the result is bit-identical to
+// sgemm_native's; with a shorter k the sum is split at the packing's k blocks instead.
 void sgemm_native_packed(bool trans_a, int64_t m, int64_t n, int64_t k, float alpha,
                          const float* a, int64_t lda, const PackedMatrix& b, float beta, float* c,
                          int64_t ldc);
