@@ -156,6 +156,28 @@ TEST_P(Incremental, DecodingEqualsBatchForwardAcrossSegments) {
   }
 }
 
+TEST_P(Incremental, PackedWeightsGiveTheSameLogitsBitForBit) {
+  // A session packs the weights once for the native GEMM; prefill chunks and decode steps
+  // must give the bits an unpacked session gives.
+  const Case c = GetParam();
+  const ModelConfig cfg = make_config(c);
+  const auto m = random_model(cfg, 6);
+  const int64_t T = 3 * c.seg + 2;
+  const auto tok = random_tokens(T, cfg.vocab_size, 7);
+  SessionOptions packed_opts, plain_opts;
+  packed_opts.prefill_chunk = plain_opts.prefill_chunk = 4;
+  plain_opts.max_packed_weight_bytes = 0;
+  Session packed(m, packed_opts), plain(m, plain_opts);
+  for (int64_t t = 0; t < T;) {
+    const int64_t n = t == 0 ? 6 : 1;  // a prefill chunk, then decode steps
+    packed.feed(std::span<const int32_t>(tok.data() + t, size_t(n)));
+    plain.feed(std::span<const int32_t>(tok.data() + t, size_t(n)));
+    t += n;
+    const auto a = packed.logits(), b = plain.logits();
+    ASSERT_TRUE(std::equal(a.begin(), a.end(), b.begin())) << c.name << " at token " << t;
+  }
+}
+
 TEST_P(Incremental, LaterSegmentsDependOnEarlierOnes) {
   // Guards the test above: with memory, a segment's logits must change when the segments
   // before it change; without memory they must not.

@@ -195,8 +195,12 @@ void register_bench(CLI::App& app) {
       model::sequence_loss<float>(m, ctx, ids.data(), B, T, nullptr, {}, ws);
     };
     // Prefill: the prompt goes through every segment, carrying the memory; only the logits
-    // of the last segment are computed (what generation needs to pick its first token).
+    // of the last segment are computed (what generation needs to pick its first token). The
+    // weights are packed once beforehand, as infer::Session does.
     model::SegmentActs<float> pacts;
+    model::PackedWeights prefill_packed;
+    model::pack_weights(m, false, model::SequenceOptions{}.max_packed_weight_bytes,
+                        prefill_packed);
     std::vector<int32_t> seg;
     auto prefill_step = [&] {
       model::MemoryState<float> state = model::MemoryState<float>::zeros(cfg, B);
@@ -207,7 +211,8 @@ void register_bench(CLI::App& app) {
         for (int64_t b = 0; b < B; ++b)
           std::copy_n(ids.data() + b * T + s * N, n, seg.data() + b * n);
         model::forward_chunk<float>(m, ctx, seg.data(), B, n, state, pacts, nullptr,
-                                    (s + 1) * N >= T);
+                                    (s + 1) * N >= T,
+                                    prefill_packed.empty() ? nullptr : &prefill_packed);
       }
     };
     // Median wall seconds and median CPU seconds (all threads) of one step.

@@ -51,6 +51,8 @@ Session::Session(const model::Model<float>& m, const SessionOptions& opts)
                                                                                     : 0;
   last_f_.assign(size_t(c.hidden_size), 0.0f);
   logits_.assign(size_t(c.vocab_size), 0.0f);
+  if (opts.max_packed_weight_bytes > 0)
+    model::pack_weights(m, false, opts.max_packed_weight_bytes, packed_);
   if (opts.reserve_working_memory) {
     // The largest chunk shape: chunk_ queries against a full segment of keys, which also folds
     // the segment into memory. A scratch state absorbs the fold; the cache rows it wrote are
@@ -58,7 +60,8 @@ Session::Session(const model::Model<float>& m, const SessionOptions& opts)
     std::vector<int32_t> dummy(static_cast<size_t>(chunk_), 0);
     model::MemoryState<float> scratch = state_;
     cache_.pos = N - chunk_;
-    model::forward_chunk(m_, ctx_, dummy.data(), 1, chunk_, scratch, acts_, &cache_, false);
+    model::forward_chunk(m_, ctx_, dummy.data(), 1, chunk_, scratch, acts_, &cache_, false,
+                         packed());
     cache_.pos = 0;
   }
 }
@@ -76,7 +79,8 @@ void Session::feed(std::span<const int32_t> tokens) {
     // Never cross a segment boundary within one call: the fold happens exactly at its end.
     const int64_t take = std::min({n - i, chunk_, N - cache_.pos});
     ThreadScope threads(take <= SessionOptions::kDecodeRows ? decode_threads_ : 0);
-    model::forward_chunk(m_, ctx_, tokens.data() + i, 1, take, state_, acts_, &cache_, false);
+    model::forward_chunk(m_, ctx_, tokens.data() + i, 1, take, state_, acts_, &cache_, false,
+                         packed());
     i += take;
   }
   const int64_t last = acts_.n - 1;
@@ -91,8 +95,12 @@ std::span<const float> Session::logits() const {
   if (!logits_valid_) {
     const model::ModelConfig& c = m_.config;
     // Only the last row: prefill never pays the [n, V] projection.
-    ops::linear_forward(logits_.data(), last_f_.data(), m_.at(m_.layout.lm_head),
-                        static_cast<const float*>(nullptr), 1, c.hidden_size, c.vocab_size);
+    if (const ops::PackedMatrix* w = packed_.forward(m_.layout.lm_head))
+      ops::gemm_packed(false, 1, c.vocab_size, c.hidden_size, 1.0f, last_f_.data(),
+                       c.hidden_size, *w, 0.0f, logits_.data(), c.vocab_size);
+    else
+      ops::linear_forward(logits_.data(), last_f_.data(), m_.at(m_.layout.lm_head),
+                          static_cast<const float*>(nullptr), 1, c.hidden_size, c.vocab_size);
     logits_valid_ = true;
   }
   return logits_;

@@ -35,11 +35,16 @@ struct SessionOptions {
   int decode_threads = 0;
   static constexpr int64_t kDecodeRows = 8;
   static constexpr int64_t kSmallModelWeights = int64_t(32) << 20;
+  // The session packs the model's weights once for the native GEMM (a copy of them in the
+  // layout its kernel reads) when the copy takes at most this many bytes, so that neither a
+  // prefill chunk nor a decode step repacks every weight. 0 turns it off.
+  int64_t max_packed_weight_bytes = int64_t(1) << 30;
 };
 
 class Session {
  public:
-  // The model must outlive the session.
+  // The model must outlive the session, and its weights must not change while the session
+  // exists (the session packs them, and hashes them for saved states, once).
   explicit Session(const model::Model<float>& m, const SessionOptions& opts = {});
 
   // Runs tokens through the model (prefill, or one decode step when n == 1). Afterwards
@@ -80,6 +85,8 @@ class Session {
   model::MemoryState<float> state_;
   model::KVCache<float> cache_;
   model::SegmentActs<float> acts_;
+  model::PackedWeights packed_;  // empty when not packed (see max_packed_weight_bytes)
+  const model::PackedWeights* packed() const { return packed_.empty() ? nullptr : &packed_; }
   int64_t chunk_ = 1;
   int decode_threads_ = 0;  // 0: OpenMP's default
   int64_t position_ = 0;

@@ -28,6 +28,41 @@ ops::MemoryShape memory_shape(const ModelConfig& c, int64_t batch, int64_t n, in
   return {batch, n, cap, c.num_heads, c.num_kv_heads, c.head_dim};
 }
 
+// y[rows, out] = x W^T (+ bias), or y += x W^T when `add`: the weight at `w` of the model,
+// from its packed copy when there is one.
+template <class T>
+void project(const Model<T>& m, const PackedWeights* packed, int64_t w, int64_t bias, T* y,
+             const T* x, int64_t rows, int64_t in, int64_t out, bool add = false) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (const ops::PackedMatrix* p = packed ? packed->forward(w) : nullptr) {
+      if (const T* b = m.at(bias))
+        for (int64_t i = 0; i < rows; ++i)
+          for (int64_t j = 0; j < out; ++j) y[i * out + j] = (add ? y[i * out + j] : T(0)) + b[j];
+      ops::gemm_packed(false, rows, out, in, 1.0f, x, in, *p, add || bias >= 0 ? 1.0f : 0.0f, y,
+                       out);
+      return;
+    }
+  }
+  if (add)
+    ops::gemm<T>(false, true, rows, out, in, T(1), x, in, m.at(w), in, T(1), y, out);
+  else
+    ops::linear_forward(y, x, m.at(w), m.at(bias), rows, in, out);
+}
+
+// dx[rows, in] = dy W (= or += when `add`), the input gradient of project().
+template <class T>
+void project_back(const Model<T>& m, const PackedWeights* packed, int64_t w, T* dx, const T* dy,
+                  int64_t rows, int64_t in, int64_t out, bool add) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (const ops::PackedMatrix* p = packed ? packed->backward(w) : nullptr) {
+      ops::gemm_packed(false, rows, in, out, 1.0f, dy, out, *p, add ? 1.0f : 0.0f, dx, in);
+      return;
+    }
+  }
+  ops::linear_backward(dx, (T*)nullptr, (T*)nullptr, dy, (const T*)nullptr, m.at(w), rows, in,
+                       out, add);
+}
+
 // Where one layer's keys and values live during a forward: the activations (training) or the
 // streaming cache.
 template <class T>
@@ -39,7 +74,7 @@ struct KVSlot {
 template <class T>
 void layer_forward_reference(const Model<T>& m, const ForwardContext<T>& ctx, int64_t l, T* x,
                    LayerActs<T>& A, const int32_t* positions, int64_t B, int64_t n,
-                   KVSlot<T> kv, T* M, T* z, bool fold_memory) {
+                   KVSlot<T> kv, T* M, T* z, bool fold_memory, const PackedWeights* packed) {
   const ModelConfig& c = m.config;
   const LayerOffsets& o = m.layout.layers[size_t(l)];
   const int64_t D = c.hidden_size, F = c.intermediate_size, r = B * n;
@@ -56,12 +91,12 @@ void layer_forward_reference(const Model<T>& m, const ForwardContext<T>& ctx, in
   // batch 1 or a whole segment with cap == n).
   resize(A.q, r * qw);
   resize(A.q_rot, r * qw);
-  ops::linear_forward(A.q.data(), A.a.data(), m.at(o.wq), m.at(o.bq), r, D, qw);
+  project(m, packed, o.wq, o.bq, A.q.data(), A.a.data(), r, D, qw);
   T* k_new = kv.k + kv.p0 * kw;
   T* krot_new = kv.k_rot + kv.p0 * kw;
   T* v_new = kv.v + kv.p0 * kw;
-  ops::linear_forward(k_new, A.a.data(), m.at(o.wk), m.at(o.bk), r, D, kw);
-  ops::linear_forward(v_new, A.a.data(), m.at(o.wv), m.at(o.bv), r, D, kw);
+  project(m, packed, o.wk, o.bk, k_new, A.a.data(), r, D, kw);
+  project(m, packed, o.wv, o.bv, v_new, A.a.data(), r, D, kw);
   std::copy_n(A.q.data(), r * qw, A.q_rot.data());
   std::copy_n(k_new, r * kw, krot_new);
   ops::rope_apply(A.q_rot.data(), r, H, positions, ctx.rope, false);
@@ -94,8 +129,7 @@ void layer_forward_reference(const Model<T>& m, const ForwardContext<T>& ctx, in
   // h = h + O Wo^T
   resize(A.x_mid, r * D);
   std::copy_n(x, r * D, A.x_mid.data());
-  ops::gemm<T>(false, true, r, D, qw, T(1), attn_out, qw, m.at(o.wo), qw, T(1), A.x_mid.data(),
-               D);
+  project(m, packed, o.wo, -1, A.x_mid.data(), attn_out, r, qw, D, /*add=*/true);
 
   // h = h + W_down(silu(W_gate m) * W_up m)
   resize(A.rstd_post, r);
@@ -105,11 +139,11 @@ void layer_forward_reference(const Model<T>& m, const ForwardContext<T>& ctx, in
   resize(A.hmid, r * F);
   ops::rmsnorm_forward(A.m.data(), A.rstd_post.data(), A.x_mid.data(), m.at(o.post_norm), r, D,
                        c.rms_norm_eps);
-  ops::linear_forward(A.gate.data(), A.m.data(), m.at(o.w_gate), (const T*)nullptr, r, D, F);
-  ops::linear_forward(A.up.data(), A.m.data(), m.at(o.w_up), (const T*)nullptr, r, D, F);
+  project(m, packed, o.w_gate, -1, A.gate.data(), A.m.data(), r, D, F);
+  project(m, packed, o.w_up, -1, A.up.data(), A.m.data(), r, D, F);
   ops::swiglu_forward(A.hmid.data(), A.gate.data(), A.up.data(), r * F);
   std::copy_n(A.x_mid.data(), r * D, x);
-  ops::gemm<T>(false, true, r, D, F, T(1), A.hmid.data(), F, m.at(o.w_down), F, T(1), x, D);
+  project(m, packed, o.w_down, -1, x, A.hmid.data(), r, F, D, /*add=*/true);
 }
 
 template <class T>
@@ -211,41 +245,6 @@ bool use_fast_path(const ForwardContext<T>& ctx, int64_t rows) {
 // [first, last) of this thread's share of `total` items.
 inline std::pair<int64_t, int64_t> share(int64_t total, int t, int nt) {
   return {total * t / nt, total * (t + 1) / nt};
-}
-
-// y[rows, out] = x W^T (+ bias), or y += x W^T when `add`: the weight at `w` of the model,
-// from its packed copy when there is one.
-template <class T>
-void project(const Model<T>& m, const PackedWeights* packed, int64_t w, int64_t bias, T* y,
-             const T* x, int64_t rows, int64_t in, int64_t out, bool add = false) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (const ops::PackedMatrix* p = packed ? packed->forward(w) : nullptr) {
-      if (const T* b = m.at(bias))
-        for (int64_t i = 0; i < rows; ++i)
-          for (int64_t j = 0; j < out; ++j) y[i * out + j] = (add ? y[i * out + j] : T(0)) + b[j];
-      ops::gemm_packed(false, rows, out, in, 1.0f, x, in, *p, add || bias >= 0 ? 1.0f : 0.0f, y,
-                       out);
-      return;
-    }
-  }
-  if (add)
-    ops::gemm<T>(false, true, rows, out, in, T(1), x, in, m.at(w), in, T(1), y, out);
-  else
-    ops::linear_forward(y, x, m.at(w), m.at(bias), rows, in, out);
-}
-
-// dx[rows, in] = dy W (= or += when `add`), the input gradient of project().
-template <class T>
-void project_back(const Model<T>& m, const PackedWeights* packed, int64_t w, T* dx, const T* dy,
-                  int64_t rows, int64_t in, int64_t out, bool add) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (const ops::PackedMatrix* p = packed ? packed->backward(w) : nullptr) {
-      ops::gemm_packed(false, rows, in, out, 1.0f, dy, out, *p, add ? 1.0f : 0.0f, dx, in);
-      return;
-    }
-  }
-  ops::linear_backward(dx, (T*)nullptr, (T*)nullptr, dy, (const T*)nullptr, m.at(w), rows, in,
-                       out, add);
 }
 
 // Threads for one chunk: a barrier costs microseconds (milliseconds on a busy machine), so tiny
@@ -726,7 +725,7 @@ void forward_chunk(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
     T* M = c.use_memory ? state.M_layer(l) : nullptr;
     T* z = c.use_memory ? state.z_layer(l) : nullptr;
     layer_forward_reference(m, ctx, l, h.data(), A, acts.positions.data(), batch, n, kv, M, z,
-                            cache ? segment_full : true);
+                            cache ? segment_full : true, packed);
   }
   if (cache) cache->pos = segment_full ? 0 : p0 + n;
 
@@ -738,8 +737,7 @@ void forward_chunk(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
                        r, D, c.rms_norm_eps);
   if (compute_logits) {
     resize(acts.logits, r * V);
-    ops::linear_forward(acts.logits.data(), acts.f.data(), m.at(m.layout.lm_head),
-                        (const T*)nullptr, r, D, V);
+    project(m, packed, m.layout.lm_head, -1, acts.logits.data(), acts.f.data(), r, D, V);
   }
 }
 
