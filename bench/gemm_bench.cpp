@@ -1,15 +1,29 @@
 // Matmul paths of the model: y = x W^T (forward), dx = dy W and dW += dy^T x (backward), at the
 // shapes of configs/bench_small.json and bench_medium.json (512 rows = one segment's tokens),
-// plus the square SGEMM the utilisation figures are measured against.
+// plus the square SGEMM the utilisation figures are measured against. Each runs on infini's
+// AVX-512 kernel (gemm:0) and on OpenBLAS (gemm:1); LinearForwardPacked is the forward with W
+// packed in advance, as a training step and a session use it.
 #include "bench_util.hpp"
 #include "ops/gemm.hpp"
+#include "ops/sgemm.hpp"
 
 using namespace infini;
 
 namespace {
 
+// The last argument of every benchmark: 0 = native kernel, 1 = OpenBLAS. False when skipped.
+bool use_backend(benchmark::State& state, int64_t arg) {
+  if (arg == 0 && !ops::sgemm_native_available()) {
+    state.SkipWithError("no AVX-512 kernel on this CPU or build");
+    return false;
+  }
+  ops::set_gemm_backend(arg == 0 ? ops::GemmBackend::Native : ops::GemmBackend::OpenBLAS);
+  return true;
+}
+
 // Args: rows, in, out.
 void BM_LinearForward(benchmark::State& state) {
+  if (!use_backend(state, state.range(3))) return;
   const int64_t r = state.range(0), in = state.range(1), out = state.range(2);
   auto x = bench::random_floats(r * in, 1), w = bench::random_floats(out * in, 2);
   std::vector<float> y(size_t(r * out));
@@ -20,7 +34,22 @@ void BM_LinearForward(benchmark::State& state) {
   bench::set_flops(state, 2.0 * r * in * out);
 }
 
+void BM_LinearForwardPacked(benchmark::State& state) {
+  if (!use_backend(state, 0)) return;
+  const int64_t r = state.range(0), in = state.range(1), out = state.range(2);
+  auto x = bench::random_floats(r * in, 1), w = bench::random_floats(out * in, 2);
+  std::vector<float> y(size_t(r * out));
+  ops::PackedMatrix wt;
+  ops::sgemm_pack(true, in, out, w.data(), in, wt);
+  for (auto _ : state) {
+    ops::gemm_packed(false, r, out, in, 1.0f, x.data(), in, wt, 0.0f, y.data(), out);
+    benchmark::DoNotOptimize(y.data());
+  }
+  bench::set_flops(state, 2.0 * r * in * out);
+}
+
 void BM_LinearBackwardInput(benchmark::State& state) {
+  if (!use_backend(state, state.range(3))) return;
   const int64_t r = state.range(0), in = state.range(1), out = state.range(2);
   auto dy = bench::random_floats(r * out, 1), w = bench::random_floats(out * in, 2);
   std::vector<float> dx(size_t(r * in));
@@ -33,6 +62,7 @@ void BM_LinearBackwardInput(benchmark::State& state) {
 }
 
 void BM_LinearBackwardWeight(benchmark::State& state) {
+  if (!use_backend(state, state.range(3))) return;
   const int64_t r = state.range(0), in = state.range(1), out = state.range(2);
   auto dy = bench::random_floats(r * out, 1), x = bench::random_floats(r * in, 2);
   std::vector<float> dw(size_t(out * in));
@@ -46,6 +76,7 @@ void BM_LinearBackwardWeight(benchmark::State& state) {
 
 // Args: m, n, k (row-major, no transposes).
 void BM_Sgemm(benchmark::State& state) {
+  if (!use_backend(state, state.range(3))) return;
   const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
   auto a = bench::random_floats(m * k, 1), b = bench::random_floats(k * n, 2);
   std::vector<float> c(size_t(m * n));
@@ -56,18 +87,24 @@ void BM_Sgemm(benchmark::State& state) {
   bench::set_flops(state, 2.0 * m * n * k);
 }
 
-void LinearShapes(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"rows", "in", "out"});
-  for (auto [in, out] : {std::pair{256, 256}, {256, 704}, {704, 256}, {256, 320},  // small
-                         {512, 512}, {512, 1408}, {1408, 512}, {512, 320}})        // medium
-    b->Args({512, in, out});
+void LinearShapes(benchmark::internal::Benchmark* b, bool both_backends) {
+  b->ArgNames({"rows", "in", "out", "gemm"});
+  for (int64_t backend : both_backends ? std::vector<int64_t>{0, 1} : std::vector<int64_t>{0})
+    for (auto [in, out] : {std::pair{256, 256}, {256, 704}, {704, 256}, {256, 320},  // small
+                           {512, 512}, {512, 1408}, {1408, 512}, {512, 320}})        // medium
+      b->Args({512, in, out, backend});
 }
+void BothBackends(benchmark::internal::Benchmark* b) { LinearShapes(b, true); }
+void NativeOnly(benchmark::internal::Benchmark* b) { LinearShapes(b, false); }
 
 }  // namespace
 
-BENCHMARK(BM_LinearForward)->Apply(LinearShapes)->UseRealTime();
-BENCHMARK(BM_LinearBackwardInput)->Apply(LinearShapes)->UseRealTime();
-BENCHMARK(BM_LinearBackwardWeight)->Apply(LinearShapes)->UseRealTime();
-BENCHMARK(BM_Sgemm)->ArgNames({"m", "n", "k"})->Args({1024, 1024, 1024})->Args({4096, 1024, 1024})
+BENCHMARK(BM_LinearForward)->Apply(BothBackends)->UseRealTime();
+BENCHMARK(BM_LinearForwardPacked)->Apply(NativeOnly)->UseRealTime();
+BENCHMARK(BM_LinearBackwardInput)->Apply(BothBackends)->UseRealTime();
+BENCHMARK(BM_LinearBackwardWeight)->Apply(BothBackends)->UseRealTime();
+BENCHMARK(BM_Sgemm)->ArgNames({"m", "n", "k", "gemm"})
+    ->Args({1024, 1024, 1024, 0})->Args({4096, 1024, 1024, 0})
+    ->Args({1024, 1024, 1024, 1})->Args({4096, 1024, 1024, 1})
     ->UseRealTime();
 BENCHMARK_MAIN();
