@@ -199,7 +199,7 @@ void register_bench(CLI::App& app) {
     // weights are packed once beforehand, as infer::Session does.
     model::SegmentActs<float> pacts;
     model::PackedWeights prefill_packed;
-    model::pack_weights(m, false, model::SequenceOptions{}.max_packed_weight_bytes,
+    model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes,
                         prefill_packed);
     std::vector<int32_t> seg;
     auto prefill_step = [&] {

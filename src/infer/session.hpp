@@ -38,7 +38,7 @@ struct SessionOptions {
   // The session packs the model's weights once for the native GEMM (a copy of them in the
   // layout its kernel reads) when the copy takes at most this many bytes, so that neither a
   // prefill chunk nor a decode step repacks every weight. 0 turns it off.
-  int64_t max_packed_weight_bytes = int64_t(1) << 30;
+  int64_t max_packed_weight_bytes = model::kDefaultMaxPackedWeightBytes;
 };
 
 class Session {

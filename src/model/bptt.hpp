@@ -31,7 +31,7 @@ struct SequenceOptions {
   // Each call packs the linear weights once for the native GEMM (W^T, and W when computing
   // gradients), rather than once per thread, segment and pass, when the copies take at most
   // this many bytes. 0 turns it off. Results are the same bits either way.
-  int64_t max_packed_weight_bytes = int64_t(1) << 30;  // 1 GiB
+  int64_t max_packed_weight_bytes = kDefaultMaxPackedWeightBytes;
 };
 
 struct LossResult {

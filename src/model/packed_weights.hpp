@@ -27,6 +27,9 @@ struct PackedWeights {
   bool empty() const { return by_offset.empty(); }
 };
 
+// The default limit on the packed copies (SequenceOptions, SessionOptions and the evaluators).
+constexpr int64_t kDefaultMaxPackedWeightBytes = int64_t(1) << 30;  // 1 GiB
+
 // Packs every linear weight of `m` (q, k, v, o, gate, up, down of each layer and the LM head),
 // W^T always and W too when `backward`. Reuses the buffers of `out`. When the native GEMM is
 // not in use, or the packed copies would exceed max_bytes, `out` is left empty and the

@@ -56,7 +56,8 @@ int32_t argmax_row(const float* row, int64_t V) {
 std::string finish_and_decode(const model::Model<float>& m, const model::ForwardContext<float>& ctx,
                               const PasskeyPrompt& p, int64_t from,
                               model::MemoryState<float>& state, model::SegmentActs<float>& acts,
-                              const io::Tokenizer& tok, int64_t max_new) {
+                              const io::Tokenizer& tok, int64_t max_new,
+                              const model::PackedWeights* packed) {
   const int64_t N = m.config.segment_length, V = m.config.vocab_size;
   model::KVCache<float> cache = model::KVCache<float>::make(m.config);
   std::vector<int32_t> buf(static_cast<size_t>(N));
@@ -68,7 +69,8 @@ std::string finish_and_decode(const model::Model<float>& m, const model::Forward
     const bool last = n == left;
     if (last && n > 1) n -= 1;  // the final token runs alone, with logits
     p.tokens(pos, n, buf.data());
-    model::forward_chunk<float>(m, ctx, buf.data(), 1, n, state, acts, &cache, last && n == left);
+    model::forward_chunk<float>(m, ctx, buf.data(), 1, n, state, acts, &cache, last && n == left,
+                                packed);
     pos += n;
   }
   std::vector<int32_t> out;
@@ -80,7 +82,7 @@ std::string finish_and_decode(const model::Model<float>& m, const model::Forward
     bool stopped = false;
     leading_digits(text, &stopped);
     if (stopped || i + 1 == max_new) break;
-    model::forward_chunk<float>(m, ctx, &t, 1, 1, state, acts, &cache, true);
+    model::forward_chunk<float>(m, ctx, &t, 1, 1, state, acts, &cache, true, packed);
   }
   return text;
 }
@@ -155,7 +157,10 @@ std::string answer_prompt(const model::Model<float>& m, const PasskeyPrompt& p,
   model::ForwardContext<float> ctx(m.config);
   model::MemoryState<float> state = model::MemoryState<float>::zeros(m.config, 1);
   model::SegmentActs<float> acts;
-  return finish_and_decode(m, ctx, p, 0, state, acts, tok, max_new);
+  model::PackedWeights packed;
+  model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes, packed);
+  return finish_and_decode(m, ctx, p, 0, state, acts, tok, max_new,
+                           packed.empty() ? nullptr : &packed);
 }
 
 PasskeyEvalResult evaluate_passkey(const model::Model<float>& m, const PasskeyGenerator& gen,
@@ -173,6 +178,10 @@ PasskeyEvalResult evaluate_passkey(const model::Model<float>& m, const PasskeyGe
   model::ForwardContext<float> ctx(c);
   model::SegmentActs<float> acts;
   PasskeyEvalResult res;
+  // The weights packed once for every prompt (native GEMM), as a generation session does.
+  model::PackedWeights packed_weights;
+  model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes, packed_weights);
+  const model::PackedWeights* packed = packed_weights.empty() ? nullptr : &packed_weights;
 
   for (size_t li = 0; li < o.lengths.size(); ++li) {
     const int64_t L = o.lengths[li];
@@ -199,14 +208,15 @@ PasskeyEvalResult evaluate_passkey(const model::Model<float>& m, const PasskeyGe
       std::vector<int32_t> seg(static_cast<size_t>(B * N));
       for (int64_t s = 0; s < full; ++s) {
         for (int64_t b = 0; b < B; ++b) prompts[size_t(b0 + b)].tokens(s * N, N, seg.data() + b * N);
-        model::forward_chunk<float>(m, ctx, seg.data(), B, N, state, acts, nullptr, false);
+        model::forward_chunk<float>(m, ctx, seg.data(), B, N, state, acts, nullptr, false,
+                                    packed);
       }
       for (int64_t b = 0; b < B; ++b) {
         const PasskeyPrompt& p = prompts[size_t(b0 + b)];
         model::MemoryState<float> one = model::MemoryState<float>::zeros(c, 1);
         if (c.use_memory) state.copy_sequence(b, one, 0);
         decoded[size_t(b0 + b)] = finish_and_decode(m, ctx, p, full * N, one, acts, gen.tokenizer(),
-                                                     int64_t(p.answer.size()));
+                                                     int64_t(p.answer.size()), packed);
       }
     }
     std::vector<PasskeyCell> cells;

@@ -8,7 +8,8 @@
 namespace infini::train {
 
 DocumentLoss document_loss(const model::Model<float>& m, const model::ForwardContext<float>& ctx,
-                           const int32_t* tokens, int64_t n, model::SegmentActs<float>& acts) {
+                           const int32_t* tokens, int64_t n, model::SegmentActs<float>& acts,
+                           const model::PackedWeights* packed) {
   const int64_t N = m.config.segment_length, V = m.config.vocab_size;
   DocumentLoss r;
   model::MemoryState<float> state = model::MemoryState<float>::zeros(m.config, 1);
@@ -19,7 +20,8 @@ DocumentLoss document_loss(const model::Model<float>& m, const model::ForwardCon
     targets.resize(size_t(len));
     for (int64_t i = 0; i < len; ++i)
       targets[size_t(i)] = start + i + 1 < n ? tokens[start + i + 1] : -1;
-    model::forward_chunk(m, ctx, tokens + start, 1, len, state, acts);
+    model::forward_chunk(m, ctx, tokens + start, 1, len, state, acts,
+                         (model::KVCache<float>*)nullptr, true, packed);
     const double l =
         ops::cross_entropy<float>(acts.logits.data(), targets.data(), len, V, nullptr, 0.0f);
     const int64_t cnt = std::min(len, n - 1 - start);
@@ -49,6 +51,8 @@ EvalResult evaluate_documents(const model::Model<float>& m, const std::vector<Do
                               int64_t max_tokens) {
   model::ForwardContext<float> ctx(m.config);
   model::SegmentActs<float> acts;
+  model::PackedWeights packed;  // once for every document
+  model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes, packed);
   EvalResult r;
   std::vector<double> seg_loss;
   std::vector<int64_t> seg_count;
@@ -57,7 +61,8 @@ EvalResult evaluate_documents(const model::Model<float>& m, const std::vector<Do
   for (const auto& d : docs) {
     const int64_t n = std::min<int64_t>(int64_t(d.tokens.size()), left);
     if (n < 2) break;
-    const DocumentLoss dl = document_loss(m, ctx, d.tokens.data(), n, acts);
+    const DocumentLoss dl =
+        document_loss(m, ctx, d.tokens.data(), n, acts, packed.empty() ? nullptr : &packed);
     total += dl.loss_sum;
     r.predicted += dl.predicted;
     r.tokens += n;

@@ -20,8 +20,10 @@ struct DocumentLoss {
   std::vector<double> segment_loss;    // summed loss of the predictions made in segment s
   std::vector<int64_t> segment_count;  // predictions made in segment s
 };
+// packed: m's weights packed for the native GEMM (model::pack_weights), or null.
 DocumentLoss document_loss(const model::Model<float>& m, const model::ForwardContext<float>& ctx,
-                           const int32_t* tokens, int64_t n, model::SegmentActs<float>& acts);
+                           const int32_t* tokens, int64_t n, model::SegmentActs<float>& acts,
+                           const model::PackedWeights* packed = nullptr);
 
 struct SegmentBucket {
   int64_t first = 0, last = 0;  // segment indices (0-based, inclusive)
