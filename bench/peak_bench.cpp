@@ -41,7 +41,7 @@ void BM_FmaPeak(benchmark::State& state) {
   float total = 0;
   for (int i = 0; i < kAcc; ++i) total += sum(acc[i]);
   benchmark::DoNotOptimize(total);
-  bench::set_flops(state, 2.0 * kLanes * kAcc * double(kSteps));
+  infini::bench::set_flops(state, 2.0 * kLanes * kAcc * double(kSteps));
 }
 
 }  // namespace
