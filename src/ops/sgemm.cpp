@@ -113,7 +113,10 @@ template <int R, bool kPrefetchB>
 void micro_kernel(int64_t kc, const float* a, int64_t row_step, int64_t k_step, const float* bp,
                   const float* b_next, float* c, int64_t ldc, float alpha, float beta,
                   int64_t nv) {
+  // Every loop over the R rows is unrolled so that the accumulators live in registers only
+  // (otherwise GCC zeroes them with a memset on the stack and spills them after the k loop).
   __m512 acc0[R], acc1[R];
+#pragma GCC unroll 16
   for (int i = 0; i < R; ++i) {
     acc0[i] = _mm512_setzero_ps();
     acc1[i] = _mm512_setzero_ps();
@@ -121,6 +124,7 @@ void micro_kernel(int64_t kc, const float* a, int64_t row_step, int64_t k_step, 
   // The tile of C is usually cold (activations stream through the step): ask for it now, it
   // is needed after the k loop. Same for A a few steps ahead (when A is transposed each step is
   // a new cache line).
+#pragma GCC unroll 16
   for (int i = 0; i < R; ++i) {
     _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 16), _MM_HINT_T0);
@@ -134,6 +138,7 @@ void micro_kernel(int64_t kc, const float* a, int64_t row_step, int64_t k_step, 
       _mm_prefetch(reinterpret_cast<const char*>(b_next + p * kNR), _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(b_next + p * kNR + 16), _MM_HINT_T0);
     }
+#pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       const __m512 av = _mm512_set1_ps(ap[i * row_step]);
       acc0[i] = _mm512_fmadd_ps(av, b0, acc0[i]);
@@ -142,6 +147,7 @@ void micro_kernel(int64_t kc, const float* a, int64_t row_step, int64_t k_step, 
   }
   const __mmask16 m0 = first_lanes(nv), m1 = first_lanes(nv - 16);
   const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 16
   for (int i = 0; i < R; ++i) {
     float* ci = c + i * ldc;
     __m512 r0 = _mm512_mul_ps(va, acc0[i]);
