@@ -43,10 +43,11 @@ void project(const Model<T>& m, const PackedWeights* packed, int64_t w, int64_t 
       return;
     }
   }
-  if (add)
-    ops::gemm<T>(false, true, rows, out, in, T(1), x, in, m.at(w), in, T(1), y, out);
-  else
-    ops::linear_forward(y, x, m.at(w), m.at(bias), rows, in, out);
+  if (!add) return ops::linear_forward(y, x, m.at(w), m.at(bias), rows, in, out);
+  if (const T* b = m.at(bias))
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < out; ++j) y[i * out + j] += b[j];
+  ops::gemm<T>(false, true, rows, out, in, T(1), x, in, m.at(w), in, T(1), y, out);
 }
 
 // dx[rows, in] = dy W (= or += when `add`), the input gradient of project().

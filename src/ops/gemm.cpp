@@ -46,7 +46,8 @@ void split_over_threads(int64_t m, int64_t n, int64_t k, bool rows_only, const P
 
 void set_gemm_backend(GemmBackend backend) {
   if (backend == GemmBackend::Native && !sgemm_native_available())
-    throw Error("the native GEMM kernel needs an AVX-512 build; this build has only OpenBLAS");
+    throw Error("the native GEMM kernel needs a CPU with AVX-512F and a compiler that builds it; "
+                "here only OpenBLAS is available");
   g_backend.store(backend);
 }
 

@@ -231,7 +231,9 @@ void scale_only(int64_t m, int64_t n, float beta, float* c, int64_t ldc) {
 
 // This file is compiled for AVX-512 (CMakeLists.txt); the CPU running it may not have it.
 bool sgemm_native_available() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+  // Called from static initialisers too (ops/gemm.cpp), so make sure CPU detection has run.
+  static const bool has = (__builtin_cpu_init(), __builtin_cpu_supports("avx512f") &&
+                                                     __builtin_cpu_supports("fma"));
   return has;
 }
 
