@@ -3,17 +3,19 @@
 #include <algorithm>
 #include <array>
 #include <cstdlib>
-#include <utility>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "core/error.hpp"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
 // GCC 12 warns that the "undefined" vectors inside its AVX-512 intrinsics may be used
 // uninitialised (GCC bug 105593, fixed in GCC 13); they are not.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #endif
 
 namespace infini::ops {
