@@ -199,8 +199,7 @@ void register_bench(CLI::App& app) {
     // weights are packed once beforehand, as infer::Session does.
     model::SegmentActs<float> pacts;
     model::PackedWeights prefill_packed;
-    model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes,
-                        prefill_packed);
+    model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes, prefill_packed);
     std::vector<int32_t> seg;
     auto prefill_step = [&] {
       model::MemoryState<float> state = model::MemoryState<float>::zeros(cfg, B);
@@ -211,8 +210,7 @@ void register_bench(CLI::App& app) {
         for (int64_t b = 0; b < B; ++b)
           std::copy_n(ids.data() + b * T + s * N, n, seg.data() + b * n);
         model::forward_chunk<float>(m, ctx, seg.data(), B, n, state, pacts, nullptr,
-                                    (s + 1) * N >= T,
-                                    prefill_packed.empty() ? nullptr : &prefill_packed);
+                                    (s + 1) * N >= T, &prefill_packed);
       }
     };
     // Median wall seconds and median CPU seconds (all threads) of one step.

@@ -61,7 +61,7 @@ Session::Session(const model::Model<float>& m, const SessionOptions& opts)
     model::MemoryState<float> scratch = state_;
     cache_.pos = N - chunk_;
     model::forward_chunk(m_, ctx_, dummy.data(), 1, chunk_, scratch, acts_, &cache_, false,
-                         packed());
+                         &packed_);
     cache_.pos = 0;
   }
 }
@@ -80,7 +80,7 @@ void Session::feed(std::span<const int32_t> tokens) {
     const int64_t take = std::min({n - i, chunk_, N - cache_.pos});
     ThreadScope threads(take <= SessionOptions::kDecodeRows ? decode_threads_ : 0);
     model::forward_chunk(m_, ctx_, tokens.data() + i, 1, take, state_, acts_, &cache_, false,
-                         packed());
+                         &packed_);
     i += take;
   }
   const int64_t last = acts_.n - 1;

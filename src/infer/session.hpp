@@ -86,7 +86,6 @@ class Session {
   model::KVCache<float> cache_;
   model::SegmentActs<float> acts_;
   model::PackedWeights packed_;  // empty when not packed (see max_packed_weight_bytes)
-  const model::PackedWeights* packed() const { return packed_.empty() ? nullptr : &packed_; }
   int64_t chunk_ = 1;
   int decode_threads_ = 0;  // 0: OpenMP's default
   int64_t position_ = 0;

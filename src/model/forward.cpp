@@ -33,21 +33,18 @@ ops::MemoryShape memory_shape(const ModelConfig& c, int64_t batch, int64_t n, in
 template <class T>
 void project(const Model<T>& m, const PackedWeights* packed, int64_t w, int64_t bias, T* y,
              const T* x, int64_t rows, int64_t in, int64_t out, bool add = false) {
+  // The bias goes in first (as ops::linear_forward does), then the product is added to it.
+  if (const T* b = m.at(bias))
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < out; ++j) y[i * out + j] = (add ? y[i * out + j] : T(0)) + b[j];
+  const T beta = add || bias >= 0 ? T(1) : T(0);
   if constexpr (std::is_same_v<T, float>) {
     if (const ops::PackedMatrix* p = packed ? packed->forward(w) : nullptr) {
-      if (const T* b = m.at(bias))
-        for (int64_t i = 0; i < rows; ++i)
-          for (int64_t j = 0; j < out; ++j) y[i * out + j] = (add ? y[i * out + j] : T(0)) + b[j];
-      ops::gemm_packed(false, rows, out, in, 1.0f, x, in, *p, add || bias >= 0 ? 1.0f : 0.0f, y,
-                       out);
+      ops::gemm_packed(false, rows, out, in, 1.0f, x, in, *p, beta, y, out);
       return;
     }
   }
-  if (!add) return ops::linear_forward(y, x, m.at(w), m.at(bias), rows, in, out);
-  if (const T* b = m.at(bias))
-    for (int64_t i = 0; i < rows; ++i)
-      for (int64_t j = 0; j < out; ++j) y[i * out + j] += b[j];
-  ops::gemm<T>(false, true, rows, out, in, T(1), x, in, m.at(w), in, T(1), y, out);
+  ops::gemm<T>(false, true, rows, out, in, T(1), x, in, m.at(w), in, beta, y, out);
 }
 
 // dx[rows, in] = dy W (= or += when `add`), the input gradient of project().

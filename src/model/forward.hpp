@@ -84,8 +84,9 @@ struct ForwardContext {
 //   local positions cache->pos ..; when the segment becomes full, the memory is updated with
 //   all of its keys/values and the cache is emptied. finish_segment forces that fold earlier.
 // acts.logits receives [batch*n, V] unless compute_logits is false.
-// packed: the model's weights packed for the native GEMM (pack_weights), or null to pack per
-// call. It must have been packed from m's current weights. Results are the same bits either way.
+// packed: the model's weights packed for the native GEMM (pack_weights), or null (or empty) to
+// pack per call. It must have been packed from m's current weights. Results are the same bits
+// either way.
 template <class T>
 void forward_chunk(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
                    int64_t batch, int64_t n, MemoryState<T>& state, SegmentActs<T>& acts,

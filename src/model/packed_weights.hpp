@@ -21,7 +21,8 @@ struct PackedWeights {
   };
   std::unordered_map<int64_t, Entry> by_offset;  // key: the weight's offset in the layout
 
-  // The packed W^T / W of the weight at `offset`, or null when it was not packed.
+  // The packed W^T / W of the weight at `offset`, or null when it was not packed (an empty
+  // PackedWeights therefore acts as no packing at all).
   const ops::PackedMatrix* forward(int64_t offset) const;
   const ops::PackedMatrix* backward(int64_t offset) const;
   bool empty() const { return by_offset.empty(); }

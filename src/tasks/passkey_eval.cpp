@@ -159,8 +159,7 @@ std::string answer_prompt(const model::Model<float>& m, const PasskeyPrompt& p,
   model::SegmentActs<float> acts;
   model::PackedWeights packed;
   model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes, packed);
-  return finish_and_decode(m, ctx, p, 0, state, acts, tok, max_new,
-                           packed.empty() ? nullptr : &packed);
+  return finish_and_decode(m, ctx, p, 0, state, acts, tok, max_new, &packed);
 }
 
 PasskeyEvalResult evaluate_passkey(const model::Model<float>& m, const PasskeyGenerator& gen,
@@ -179,9 +178,8 @@ PasskeyEvalResult evaluate_passkey(const model::Model<float>& m, const PasskeyGe
   model::SegmentActs<float> acts;
   PasskeyEvalResult res;
   // The weights packed once for every prompt (native GEMM), as a generation session does.
-  model::PackedWeights packed_weights;
-  model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes, packed_weights);
-  const model::PackedWeights* packed = packed_weights.empty() ? nullptr : &packed_weights;
+  model::PackedWeights packed;
+  model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes, packed);
 
   for (size_t li = 0; li < o.lengths.size(); ++li) {
     const int64_t L = o.lengths[li];
@@ -209,14 +207,14 @@ PasskeyEvalResult evaluate_passkey(const model::Model<float>& m, const PasskeyGe
       for (int64_t s = 0; s < full; ++s) {
         for (int64_t b = 0; b < B; ++b) prompts[size_t(b0 + b)].tokens(s * N, N, seg.data() + b * N);
         model::forward_chunk<float>(m, ctx, seg.data(), B, N, state, acts, nullptr, false,
-                                    packed);
+                                    &packed);
       }
       for (int64_t b = 0; b < B; ++b) {
         const PasskeyPrompt& p = prompts[size_t(b0 + b)];
         model::MemoryState<float> one = model::MemoryState<float>::zeros(c, 1);
         if (c.use_memory) state.copy_sequence(b, one, 0);
         decoded[size_t(b0 + b)] = finish_and_decode(m, ctx, p, full * N, one, acts, gen.tokenizer(),
-                                                     int64_t(p.answer.size()), packed);
+                                                     int64_t(p.answer.size()), &packed);
       }
     }
     std::vector<PasskeyCell> cells;

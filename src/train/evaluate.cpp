@@ -61,8 +61,7 @@ EvalResult evaluate_documents(const model::Model<float>& m, const std::vector<Do
   for (const auto& d : docs) {
     const int64_t n = std::min<int64_t>(int64_t(d.tokens.size()), left);
     if (n < 2) break;
-    const DocumentLoss dl =
-        document_loss(m, ctx, d.tokens.data(), n, acts, packed.empty() ? nullptr : &packed);
+    const DocumentLoss dl = document_loss(m, ctx, d.tokens.data(), n, acts, &packed);
     total += dl.loss_sum;
     r.predicted += dl.predicted;
     r.tokens += n;
