@@ -88,7 +88,8 @@ def model_flops_prefill(cfg, tokens):
 
 
 def sgemm_gflops(infini, model_dir):
-    """SGEMM GFLOP/s measured by `infini bench` (cblas_sgemm 1024^3 and 4096x1024x1024)."""
+    """SGEMM GFLOP/s measured by `infini bench`: the faster of OpenBLAS and infini's kernel on
+    1024^3 and 4096x1024x1024, rows 1024 and 1040 floats apart."""
     r = subprocess.run([infini, "bench", "--config", model_dir, "--seq-len", "256", "--steps", "1",
                         "--warmup", "0", "--json"], check=True, capture_output=True, text=True)
     return json.loads(r.stdout)["sgemm_gflops"]
