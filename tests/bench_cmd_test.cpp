@@ -37,6 +37,22 @@ TEST(BenchCommand, ReportsThroughputAndCountsModelFlops) {
   EXPECT_NEAR(j.at("model_gflop_per_train_step").get<double>(), 3 * forward / 1e9, 1e-9);
 }
 
+TEST(BenchCommand, TextReportSaysWhenThereIsNoSgemmReference) {
+  // With --no-sgemm nothing was measured to divide by: the text says n/a rather than 0%.
+  const std::string cfg = std::string(INFINI_SOURCE_DIR) + "/configs/tiny.json";
+  const CliResult r = run_infini("bench --config " + cfg +
+                                 " --seq-len 16 --steps 1 --warmup 0 --threads 1 --no-sgemm");
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  for (const char* kind : {"  train ", "  eval ", "  prefill "}) {
+    const size_t at = r.out.find(kind);
+    ASSERT_NE(at, std::string::npos) << kind << "\n" << r.out;
+    const std::string line = r.out.substr(at, r.out.find('\n', at) - at);
+    EXPECT_NE(line.find("MFU   n/a"), std::string::npos) << line;
+    EXPECT_EQ(line.find('%'), std::string::npos) << line;
+  }
+  EXPECT_EQ(r.out.find("SGEMM"), std::string::npos) << r.out;
+}
+
 TEST(BenchCommand, RejectsAMissingConfig) {
   const CliResult r =
       run_infini("bench --config /nonexistent/config.json --seq-len 8 --no-sgemm --json");

@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -156,7 +157,9 @@ void register_bench(CLI::App& app) {
                   "where the CPU has AVX-512) or openblas")
       ->capture_default_str()
       ->check(CLI::IsMember({"native", "openblas"}));
-  cmd->add_flag("--no-sgemm", o->no_sgemm, "Skip the SGEMM reference measurement");
+  cmd->add_flag("--no-sgemm", o->no_sgemm,
+                "Skip the SGEMM reference measurement (MFU is then not reported: n/a in the "
+                "text, 0 in --json)");
   cmd->add_flag("--json", o->json, "Print one JSON object instead of text");
   cmd->callback([o] {
     if (o->threads > 0) omp_set_num_threads(o->threads);
@@ -317,14 +320,20 @@ void register_bench(CLI::App& app) {
     std::printf("infini bench (%d threads): B=%lld T=%lld N=%lld, median of %lld steps\n",
                 threads, (long long)B, (long long)T, (long long)cfg.segment_length,
                 (long long)o->steps);
-    std::printf("  train   %9.1f tokens/s  %7.1f GFLOP/s  MFU %5.1f%%  (%.3f s/step, %.3f CPU s, "
+    // Without the SGEMM reference (--no-sgemm) there is nothing to divide by: "n/a", not 0%.
+    auto mfu = [&](double gflops) {
+      char text[16] = "  n/a";
+      if (sgemm > 0) std::snprintf(text, sizeof text, "%5.1f%%", 100 * util(gflops));
+      return std::string(text);
+    };
+    std::printf("  train   %9.1f tokens/s  %7.1f GFLOP/s  MFU %s  (%.3f s/step, %.3f CPU s, "
                 "loss %.4f)\n",
-                double(tokens) / t_train, train_gflops, 100 * util(train_gflops), t_train,
+                double(tokens) / t_train, train_gflops, mfu(train_gflops).c_str(), t_train,
                 c_train, last_loss);
-    std::printf("  eval    %9.1f tokens/s  %7.1f GFLOP/s  MFU %5.1f%%\n", double(tokens) / t_eval,
-                eval_gflops, 100 * util(eval_gflops));
-    std::printf("  prefill %9.1f tokens/s  %7.1f GFLOP/s  MFU %5.1f%%\n",
-                double(tokens) / t_prefill, prefill_gflops, 100 * util(prefill_gflops));
+    std::printf("  eval    %9.1f tokens/s  %7.1f GFLOP/s  MFU %s\n", double(tokens) / t_eval,
+                eval_gflops, mfu(eval_gflops).c_str());
+    std::printf("  prefill %9.1f tokens/s  %7.1f GFLOP/s  MFU %s\n", double(tokens) / t_prefill,
+                prefill_gflops, mfu(prefill_gflops).c_str());
     std::printf("  model FLOPs/step: train %.2f G (matmul %.1f%%, attention %.1f%%, "
                 "memory %.1f%%)\n",
                 3 * f.forward / 1e9, 100 * f.matmul / f.forward, 100 * f.attention / f.forward,
