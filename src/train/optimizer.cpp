@@ -65,6 +65,10 @@ void AdamW::step(float* params, const float* grads, double lr_factor) {
   ++t_;
   const double b1 = opts_.beta1, b2 = opts_.beta2;
   const double bc1 = 1.0 - std::pow(b1, double(t_)), bc2 = 1.0 - std::pow(b2, double(t_));
+  // One parallel region for all ranges (a model has dozens; waking the threads for each cost
+  // more than the small ones' work), no barrier between them. Element-wise, so any thread
+  // split gives the same bits.
+#pragma omp parallel if (size_ > 65536)
   for (const auto& g : groups_) {
     const float decay = float(1.0 - g.lr * lr_factor * g.weight_decay);
     const float step_size = float(g.lr * lr_factor / bc1);
@@ -75,8 +79,7 @@ void AdamW::step(float* params, const float* grads, double lr_factor) {
       const float* gr = grads + r.offset;
       float* m = m_.data() + r.offset;
       float* v = v_.data() + r.offset;
-      // Element-wise, so any thread split gives the same bits.
-#pragma omp parallel for schedule(static) if (r.count > 65536)
+#pragma omp for schedule(static) nowait
       for (int64_t i = 0; i < r.count; ++i) {
         m[i] = fb1 * m[i] + (1.0f - fb1) * gr[i];
         v[i] = fb2 * v[i] + (1.0f - fb2) * gr[i] * gr[i];
