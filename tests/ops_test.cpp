@@ -1,5 +1,7 @@
 // Every op's backward against central finite differences in double precision, and the BLAS
 // GEMM against the plain loop. Each loss is a random projection L = sum_i w_i out_i.
+#include <limits>
+
 #include <gtest/gtest.h>
 
 #include "ops/activation.hpp"
@@ -186,6 +188,43 @@ TEST(Attention, CachedPrefixMatchesWholeSegment) {
   ops::local_attention_forward(part.data(), (double*)nullptr, q.data() + 3 * qw, k.data(),
                                v.data(), {1, 3, 3, 8, H, Hkv, d});
   for (int64_t i = 0; i < 3 * qw; ++i) EXPECT_NEAR(part[i], full[3 * qw + i], 1e-12);
+}
+
+TEST(Attention, HeadKernelsOverManyBlocksMatchTheReference) {
+  // One head over several query and key blocks (n a multiple of neither), with every buffer
+  // the kernels write into starting as NaN: an entry they read without writing it first
+  // (e.g. a masked probability that a key block of the backward covers) poisons the result.
+  const int64_t n = 2 * ops::kKeyBlock + ops::kAttentionBlock / 2 + 3, d = 8;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  auto q = random_vec(n * d, 1), k = random_vec(n * d, 2), v = random_vec(n * d, 3);
+  auto dout = random_vec(n * d, 4);
+  const ops::AttentionShape s{1, n, 0, n, 1, 1, d};
+  std::vector<double> out_ref(n * d), probs_ref(n * n);
+  ops::local_attention_forward_reference(out_ref.data(), probs_ref.data(), q.data(), k.data(),
+                                         v.data(), s);
+  std::vector<double> dq_ref(n * d), dk_ref(n * d), dv_ref(n * d);
+  ops::local_attention_backward_reference(dq_ref.data(), dk_ref.data(), dv_ref.data(),
+                                          dout.data(), probs_ref.data(), q.data(), k.data(),
+                                          v.data(), s);
+
+  std::vector<double> out(n * d, nan), probs(n * n, nan), scratch(n * n, nan);
+  ops::attention_head_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), n, 0, d,
+                              d, d, scratch.data());
+  EXPECT_LT(rel_err(out, out_ref), 1e-12);
+  std::vector<double> dq(n * d, nan), dk(n * d, 0.0), dv(n * d, 0.0);
+  std::fill(scratch.begin(), scratch.end(), nan);
+  ops::attention_head_backward(dq.data(), dk.data(), dv.data(), dout.data(), probs.data(),
+                               q.data(), k.data(), v.data(), n, d, d, d, scratch.data());
+  EXPECT_LT(rel_err(dq, dq_ref), 1e-12);
+  EXPECT_LT(rel_err(dk, dk_ref), 1e-12);
+  EXPECT_LT(rel_err(dv, dv_ref), 1e-12);
+
+  // Without probs (streaming), the scratch rows hold the block's probabilities.
+  std::vector<double> out2(n * d, nan);
+  std::fill(scratch.begin(), scratch.end(), nan);
+  ops::attention_head_forward(out2.data(), (double*)nullptr, q.data(), k.data(), v.data(), n, 0,
+                              d, d, d, scratch.data());
+  EXPECT_LT(rel_err(out2, out_ref), 1e-12);
 }
 
 class MemoryTest : public ::testing::TestWithParam<AttnCase> {};

@@ -152,6 +152,13 @@ class HeadOperand {
   const PackedMatrix* packed_ = nullptr;
 };
 
+// Where a query block's rows stop being written: the backward's dK and dV read whole key
+// blocks of these rows (kKeyBlock may be larger than a query block), so the masked entries
+// up to the end of the key block that holds the block's last key must be zeros too.
+int64_t written_end(int64_t e, int64_t total) {
+  return std::min(total, (e + kKeyBlock - 1) / kKeyBlock * kKeyBlock);
+}
+
 // One packing buffer per thread and role, reused by every head the thread computes.
 PackedMatrix& head_buffer(int role) {
   thread_local PackedMatrix buffers[2];
@@ -172,7 +179,8 @@ void attention_head_forward(T* out, T* probs, const T* q, const T* k, const T* v
     T* P = probs ? probs + i0 * ctx : scratch;
     // Only keys 0 .. e-1 are visible to any query of this block.
     keys.multiply(m, e, d, scale, q + i0 * ldq, ldq, T(0), P, ctx);
-    for (int64_t ii = 0; ii < m; ++ii) causal_softmax_row(P + ii * ctx, p0 + i0 + ii, e);
+    const int64_t end = probs ? written_end(e, ctx) : e;
+    for (int64_t ii = 0; ii < m; ++ii) causal_softmax_row(P + ii * ctx, p0 + i0 + ii, end);
     values.multiply(m, d, e, T(1), P, ctx, T(0), out + i0 * ldq, ldq);
   }
 }
@@ -187,6 +195,7 @@ void attention_head_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs,
   const HeadOperand<T> keys(head_buffer(1), false, n, d, k, ldk);     // K [n, d]
   for (int64_t i0 = 0; i0 < n; i0 += kAttentionBlock) {
     const int64_t i1 = std::min(n, i0 + kAttentionBlock), m = i1 - i0, e = i1;
+    const int64_t end = written_end(e, n);
     // dP = dO V^T, then dS = P * (dP - rowsum(P * dP)) * scale
     values_t.multiply(m, e, d, T(1), dout + i0 * ldq, ldq, T(0), dS + i0 * n, n);
     for (int64_t ii = 0; ii < m; ++ii) {
@@ -198,14 +207,14 @@ void attention_head_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs,
       for (int64_t j = 0; j <= i; ++j) dot += prow[j] * row[j];
 #pragma omp simd
       for (int64_t j = 0; j <= i; ++j) row[j] = prow[j] * (row[j] - dot) * scale;
-      std::fill(row + i + 1, row + e, T(0));
+      std::fill(row + i + 1, row + end, T(0));
     }
     // dQ = dS K  (scale already folded into dS)
     keys.multiply(m, d, e, T(1), dS + i0 * n, n, T(0), dq + i0 * ldq, ldq);
   }
   // Key block j0..j1 is seen by queries j0 .. n-1 only: dK += dS^T Q, dV += P^T dO over them.
-  for (int64_t j0 = 0; j0 < n; j0 += kAttentionBlock) {
-    const int64_t j1 = std::min(n, j0 + kAttentionBlock), mk = j1 - j0, rows = n - j0;
+  for (int64_t j0 = 0; j0 < n; j0 += kKeyBlock) {
+    const int64_t j1 = std::min(n, j0 + kKeyBlock), mk = j1 - j0, rows = n - j0;
     gemm<T>(true, false, mk, d, rows, T(1), dS + j0 * n + j0, n, q + j0 * ldq, ldq, T(1),
             dk + j0 * ldk, ldk);
     gemm<T>(true, false, mk, d, rows, T(1), probs + j0 * n + j0, n, dout + j0 * ldq, ldq, T(1),

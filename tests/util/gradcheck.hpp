@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -34,11 +35,14 @@ inline std::vector<double> numeric_grad(const std::function<double()>& f, std::v
   return g;
 }
 
-// max |a - b| relative to max(|b|, floor).
+// max |a - b| relative to max(|b|, floor); infinite when the sizes differ or either holds a
+// NaN (std::max would drop it).
 inline double rel_err(const std::vector<double>& a, const std::vector<double>& b,
                       double floor = 1e-8) {
+  if (a.size() != b.size()) return std::numeric_limits<double>::infinity();
   double num = 0, den = floor;
   for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(a[i]) || std::isnan(b[i])) return std::numeric_limits<double>::infinity();
     num = std::max(num, std::abs(a[i] - b[i]));
     den = std::max(den, std::abs(b[i]));
   }
