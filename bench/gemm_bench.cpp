@@ -2,7 +2,8 @@
 // shapes of configs/bench_small.json and bench_medium.json (512 rows = one segment's tokens),
 // plus the square SGEMM the utilisation figures are measured against. Each runs on infini's
 // AVX-512 kernel (gemm:0) and on OpenBLAS (gemm:1); LinearForwardPacked is the forward with W
-// packed in advance, as a training step and a session use it.
+// packed in advance, as a training step and a session use it, and LinearForwardPackedCold
+// the same with the weights out of cache.
 #include "bench_util.hpp"
 #include "ops/gemm.hpp"
 #include "ops/sgemm.hpp"
@@ -43,6 +44,24 @@ void BM_LinearForwardPacked(benchmark::State& state) {
   ops::sgemm_pack(true, in, out, w.data(), in, wt);
   for (auto _ : state) {
     ops::gemm_packed(false, r, out, in, 1.0f, x.data(), in, wt, 0.0f, y.data(), out);
+    benchmark::DoNotOptimize(y.data());
+  }
+  bench::set_flops(state, 2.0 * r * in * out);
+}
+
+// The same with weights that are not in cache, as in a training step, where each layer's
+// packed weights come back from memory: 64 copies (100-380 MB), one after the other.
+void BM_LinearForwardPackedCold(benchmark::State& state) {
+  if (!use_backend(state, 0)) return;
+  const int64_t r = state.range(0), in = state.range(1), out = state.range(2);
+  auto x = bench::random_floats(r * in, 1), w = bench::random_floats(out * in, 2);
+  std::vector<float> y(size_t(r * out));
+  std::vector<ops::PackedMatrix> wt(64);
+  for (auto& p : wt) ops::sgemm_pack(true, in, out, w.data(), in, p);
+  size_t i = 0;
+  for (auto _ : state) {
+    ops::gemm_packed(false, r, out, in, 1.0f, x.data(), in, wt[i], 0.0f, y.data(), out);
+    i = (i + 1) % wt.size();
     benchmark::DoNotOptimize(y.data());
   }
   bench::set_flops(state, 2.0 * r * in * out);
@@ -104,6 +123,12 @@ void NativeOnly(benchmark::internal::Benchmark* b) { LinearShapes(b, false); }
 
 BENCHMARK(BM_LinearForward)->Apply(BothBackends)->UseRealTime();
 BENCHMARK(BM_LinearForwardPacked)->Apply(NativeOnly)->UseRealTime();
+BENCHMARK(BM_LinearForwardPackedCold)
+    ->ArgNames({"rows", "in", "out", "gemm"})
+    ->ArgsProduct({{256, 512}, {512}, {1408}, {0}})
+    ->Args({256, 1408, 512, 0})
+    ->Args({256, 256, 704, 0})
+    ->UseRealTime();
 BENCHMARK(BM_LinearBackwardInput)->Apply(BothBackends)->UseRealTime();
 BENCHMARK(BM_LinearBackwardWeight)->Apply(BothBackends)->UseRealTime();
 BENCHMARK(BM_Sgemm)->ArgNames({"m", "n", "k", "pad", "gemm"})
