@@ -27,6 +27,9 @@
 
 #include "model/model.hpp"
 #include "util/cli.hpp"
+#include "util/nan_max.hpp"
+
+using infini::testing::nan_max;
 
 extern char** environ;
 namespace fs = std::filesystem;
@@ -166,7 +169,7 @@ TEST_F(Mpi, TwoRanksMatchOneProcessAtTheSameGlobalBatch) {
   const auto wa = weights(env_->dir / "single/final"), wb = weights(env_->dir / "pair/final");
   ASSERT_EQ(wa.size(), wb.size());
   float worst = 0;
-  for (size_t i = 0; i < wa.size(); ++i) worst = std::max(worst, std::fabs(wa[i] - wb[i]));
+  for (size_t i = 0; i < wa.size(); ++i) worst = nan_max(worst, std::fabs(wa[i] - wb[i]));
   EXPECT_LE(worst, 1e-5f);
   // Only rank 0 logs: one start line, and rank 1 created no temp files in --out.
   EXPECT_EQ(count(pair_->err, "mpi: 2 processes"), 1u) << pair_->err;

@@ -12,6 +12,7 @@
 #include "ops/norm.hpp"
 #include "ops/rope.hpp"
 #include "util/gradcheck.hpp"
+#include "util/nan_max.hpp"
 
 using namespace infini;
 using namespace infini::testing;
@@ -142,6 +143,18 @@ TEST(CrossEntropy, BackwardAndIgnoredRows) {
   std::vector<double> zero(rows * V, 0.0);
   EXPECT_NEAR(ops::cross_entropy<double>(zero.data(), tgt.data(), rows, V, nullptr, 0),
               3 * std::log(7.0), 1e-12);
+}
+
+TEST(TestHarness, NaNsAreNeverAMatch) {
+  // The comparisons every test here relies on must fail on NaN (std::max silently drops it).
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  EXPECT_FALSE(rel_err({1.0, nan, 2.0}, {1.0, 0.0, 2.0}) < 1.0);
+  EXPECT_FALSE(rel_err({1.0, 0.0}, {nan, 0.0}) < 1.0);
+  EXPECT_FALSE(rel_err({1.0}, {1.0, 2.0}) < 1.0);
+  double worst = 0;
+  for (double x : {0.5, nan, 0.25, 2.0}) worst = nan_max(worst, x);
+  EXPECT_TRUE(std::isnan(worst));
+  EXPECT_EQ(nan_max(nan_max(0.0, 0.5), 0.25), 0.5);
 }
 
 struct AttnCase {

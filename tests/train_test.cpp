@@ -19,7 +19,9 @@
 #include "train/metrics.hpp"
 #include "train/optimizer.hpp"
 #include "train/trainer.hpp"
+#include "util/nan_max.hpp"
 
+using infini::testing::nan_max;
 using namespace infini;
 using namespace infini::train;
 namespace fs = std::filesystem;
@@ -538,9 +540,9 @@ TEST(Trainer, AccumulationAndShardsSumToTheFullBatchGradient) {
   EXPECT_NEAR(s0.loss_sum + s1.loss_sum, full.loss_sum, 1e-6 * full.loss_sum);
   double scale = 0, err_acc = 0, err_dp = 0;
   for (size_t i = 0; i < g_full.size(); ++i) {
-    scale = std::max(scale, std::abs(g_full[i]));
-    err_acc = std::max(err_acc, std::abs(g_acc[i] - g_full[i]));
-    err_dp = std::max(err_dp, std::abs(g0[i] + g1[i] - g_full[i]));
+    scale = nan_max(scale, std::abs(g_full[i]));
+    err_acc = nan_max(err_acc, std::abs(g_acc[i] - g_full[i]));
+    err_dp = nan_max(err_dp, std::abs(g0[i] + g1[i] - g_full[i]));
   }
   EXPECT_GT(scale, 0);
   EXPECT_LT(err_acc, 1e-5 * scale);
