@@ -87,7 +87,7 @@ Stats stream(const ModelConfig& cfg, double init_std, const std::vector<int32_t>
   for (size_t i = 0; i < sd.z.size(); ++i) {
     EXPECT_GT(sf.z[i], 0.0f) << "z entries sum sigma(k) > 0";
     st.z_rel = nan_max(st.z_rel, std::abs(sf.z[i] - sd.z[i]) / sd.z[i]);
-    st.z_max = std::max(st.z_max, sd.z[i]);
+    st.z_max = nan_max(st.z_max, sd.z[i]);
   }
   for (size_t i = 0; i < ad.logits.size(); ++i)
     st.logit = nan_max(st.logit, std::abs(double(af.logits[i]) - ad.logits[i]));

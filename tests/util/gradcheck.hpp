@@ -9,6 +9,8 @@
 #include <random>
 #include <vector>
 
+#include "util/nan_max.hpp"
+
 namespace infini::testing {
 
 inline std::vector<double> random_vec(size_t n, uint64_t seed, double scale = 1.0) {
@@ -35,16 +37,15 @@ inline std::vector<double> numeric_grad(const std::function<double()>& f, std::v
   return g;
 }
 
-// max |a - b| relative to max(|b|, floor); infinite when the sizes differ or either holds a
-// NaN (std::max would drop it).
+// max |a - b| relative to max(|b|, floor); NaN when either holds a NaN, infinite when the
+// sizes differ, so that no tolerance accepts them.
 inline double rel_err(const std::vector<double>& a, const std::vector<double>& b,
                       double floor = 1e-8) {
   if (a.size() != b.size()) return std::numeric_limits<double>::infinity();
   double num = 0, den = floor;
   for (size_t i = 0; i < a.size(); ++i) {
-    if (std::isnan(a[i]) || std::isnan(b[i])) return std::numeric_limits<double>::infinity();
-    num = std::max(num, std::abs(a[i] - b[i]));
-    den = std::max(den, std::abs(b[i]));
+    num = nan_max(num, std::abs(a[i] - b[i]));
+    den = nan_max(den, std::abs(b[i]));
   }
   return num / den;
 }
