@@ -2,8 +2,9 @@
 // shapes of configs/bench_small.json and bench_medium.json (512 rows = one segment's tokens),
 // plus the square SGEMM the utilisation figures are measured against. Each runs on infini's
 // AVX-512 kernel (gemm:0) and on OpenBLAS (gemm:1); LinearForwardPacked is the forward with W
-// packed in advance, as a training step and a session use it, and LinearForwardPackedCold
-// the same with the weights out of cache.
+// packed in advance, as a training step and a session use it, LinearForwardPackedCold
+// the same with the weights out of cache, and LinearBackwardWeightBlocks the weight gradient
+// in the training step's 128-column tasks.
 #include "bench_util.hpp"
 #include "ops/gemm.hpp"
 #include "ops/sgemm.hpp"
@@ -93,6 +94,22 @@ void BM_LinearBackwardWeight(benchmark::State& state) {
   bench::set_flops(state, 2.0 * r * in * out);
 }
 
+// The weight gradient as a training step computes it: dW[:, o0 .. o0+128] += dy^T x[:, o0 ..]
+// for each block of 128 columns (src/model/forward.cpp, one task each), accumulating.
+void BM_LinearBackwardWeightBlocks(benchmark::State& state) {
+  if (!use_backend(state, state.range(3))) return;
+  const int64_t r = state.range(0), in = state.range(1), out = state.range(2);
+  auto dy = bench::random_floats(r * out, 1), x = bench::random_floats(r * in, 2);
+  std::vector<float> dw(size_t(out * in));
+  for (auto _ : state) {
+    for (int64_t o0 = 0; o0 < in; o0 += 128)
+      ops::gemm<float>(true, false, out, std::min<int64_t>(128, in - o0), r, 1.0f, dy.data(), out,
+                       x.data() + o0, in, 1.0f, dw.data() + o0, in);
+    benchmark::DoNotOptimize(dw.data());
+  }
+  bench::set_flops(state, 2.0 * r * in * out);
+}
+
 // Args: m, n, k (row-major, no transposes), pad (floats added to every row; `infini bench`
 // measures its reference with pad 0 and 16, because rows exactly 4 KiB apart share cache sets).
 void BM_Sgemm(benchmark::State& state) {
@@ -131,6 +148,7 @@ BENCHMARK(BM_LinearForwardPackedCold)
     ->UseRealTime();
 BENCHMARK(BM_LinearBackwardInput)->Apply(BothBackends)->UseRealTime();
 BENCHMARK(BM_LinearBackwardWeight)->Apply(BothBackends)->UseRealTime();
+BENCHMARK(BM_LinearBackwardWeightBlocks)->Apply(NativeOnly)->UseRealTime();
 BENCHMARK(BM_Sgemm)->ArgNames({"m", "n", "k", "pad", "gemm"})
     ->ArgsProduct({{1024, 4096}, {1024}, {1024}, {0, 16}, {0, 1}})
     ->UseRealTime();
