@@ -1400,6 +1400,12 @@ const std::vector<Case>& cases() {
          return Args{"bench", "--config", fixture().config, "--seed", "-1"};
        },
        "--seed: must be a non-negative integer"},
+      {"BenchTooManyTokensPerStep",  // was "out of memory" (exit 3) after the model was built
+       [](const fs::path&) {
+         return Args{"bench", "--config", fixture().config, "--seq-len", "1073741824", "--batch",
+                     "1048576"};
+       },
+       "--batch x --seq-len (1125899906842624 tokens per step) is above the limit of 2^28"},
       {"BenchConfigNotJson",
        [](const fs::path& d) {
          write_bytes(d / "config.json", "{");

@@ -162,6 +162,7 @@ void register_bench(CLI::App& app) {
                 "text, 0 in --json)");
   cmd->add_flag("--json", o->json, "Print one JSON object instead of text");
   cmd->callback([o] {
+    check_tokens_per_step(o->batch, o->seq_len, "--seq-len");  // the same limit as train
     if (o->threads > 0) omp_set_num_threads(o->threads);
     const int threads = omp_get_max_threads();
     openblas_set_num_threads(threads);
