@@ -122,13 +122,23 @@ void run_train(Opts& o, RunFlags& flags, train::Distributed& dist) {
   // Only rank 0 writes into --out; other ranks tokenize in memory (no race on the cache).
   if (dist.rank() != 0) dopt.cache_path.clear();
   dopt.tokenizer_id = tokenizer_identity(tokenizer_json);
+  // --out is made before the data is read (the token cache lives there); a run that made it
+  // and then fails on its data removes it again, so a bad --data leaves nothing behind.
+  bool made_out = false;
   if (dist.rank() == 0) {
     std::error_code ec;
-    fs::create_directories(o.out, ec);
+    made_out = !fs::exists(o.out, ec) && fs::create_directories(o.out, ec);
     if (!fs::is_directory(o.out)) throw Error("cannot create --out " + o.out);
   }
   std::string data_log;
-  tr::Corpus corpus = tr::load_corpus(*tok, dopt, &data_log);
+  tr::Corpus corpus;
+  try {
+    corpus = tr::load_corpus(*tok, dopt, &data_log);
+  } catch (...) {
+    std::error_code ec;
+    if (made_out) fs::remove_all(o.out, ec);
+    throw;
+  }
   std::fputs(data_log.c_str(), log);
   dist.check_same(tr::hash_text(corpus.fingerprint),
                   "the training data (--data/--val-data files, their contents or the tokenizer)");
