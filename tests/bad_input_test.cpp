@@ -788,7 +788,8 @@ const std::vector<Case>& cases() {
                      "--max-new-tokens", "1"};
        },
        "state"},
-      {"UnknownSubcommand", [](const fs::path&) { return Args{"frobnicate"}; }, "subcommand"},
+      {"UnknownSubcommand", [](const fs::path&) { return Args{"frobnicate"}; },
+       "unknown subcommand 'frobnicate'"},
       {"UnexpectedArgument",
        [](const fs::path&) { return Args{"eval", "--model", "m", "--data", "d", "extra"}; },
        "extra"},

@@ -132,3 +132,17 @@ TEST(Cli, HelpForEverySubcommand) {
   }
   EXPECT_EQ(run_infini("--help").code, 0);
 }
+
+TEST(Cli, BareCommandPrintsUsageAndAnUnknownSubcommandIsNamed) {
+  CliResult bare = run_infini("");
+  EXPECT_EQ(bare.code, 1);
+  EXPECT_NE(bare.out.find("SUBCOMMAND"), std::string::npos) << bare.out;
+  EXPECT_NE(bare.out.find("passkey"), std::string::npos) << bare.out;
+  CliResult unknown = run_infini("frobnicate --model x");
+  EXPECT_EQ(unknown.code, 1);
+  EXPECT_EQ(unknown.err.find("infini: error: unknown subcommand 'frobnicate' (subcommands: init, "),
+            0u)
+      << unknown.err;
+  EXPECT_NE(unknown.err.find(", bench; see --help)"), std::string::npos) << unknown.err;
+  EXPECT_EQ(std::count(unknown.err.begin(), unknown.err.end(), '\n'), 1) << unknown.err;
+}

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <string>
 
 #include "cli/commands.hpp"
 #include "cli/common.hpp"
@@ -33,6 +34,27 @@ int main(int argc, char** argv) {
   infini::cli::register_lora(app);
   infini::cli::register_bench(app);
   infini::cli::check_numeric_options(app);
+  // Bare `infini` prints its usage; an unknown word where the subcommand goes is named, with
+  // the subcommands there are (CLI11 says only "A subcommand is required").
+  if (argc == 1) {
+    app.name(argv[0]);  // what parse() would set, for the usage line
+    std::fputs(app.help().c_str(), stdout);
+    return 1;
+  }
+  if (argv[1][0] != '-') {
+    std::string names;
+    bool known = false;
+    for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+      known = known || sub->check_name(argv[1]);
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!known) {
+      std::fprintf(stderr,
+                   "infini: error: unknown subcommand '%s' (subcommands: %s; see --help)\n",
+                   argv[1], names.c_str());
+      return 1;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
