@@ -1173,6 +1173,14 @@ const std::vector<Case>& cases() {
          return resume_args(run);
        },
        nullptr},
+      {"ResumeTrainerJsonLrOutOfRange",  // was: one step, then "a weight non-finite"
+       [](const fs::path& d) {
+         const fs::path run = copy_run(d);
+         edit_json(run / kStep1 / "trainer.json", [](json& j) { j["args"]["--lr"] = 1e300; });
+         return resume_args(run);
+       },
+       "the record of --lr (1e+300) is not a valid value: Value 1e+300 not in range",
+       "run/final", RLIM_INFINITY, true},
       {"ResumeTrainerJsonEmpty",
        [](const fs::path& d) {
          const fs::path run = copy_run(d);

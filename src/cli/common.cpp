@@ -120,6 +120,30 @@ nlohmann::json RunFlags::record() const {
   return j;
 }
 
+namespace {
+// A recorded number goes through the flag's own CLI11 validators (ranges, finiteness), as the
+// same value typed on the command line would: a hand-edited or damaged record is refused
+// before the run starts, not found later as a non-finite weight. Strings are paths and names
+// whose checks (a file that exists) concern the run's start, so they are not re-run.
+void check_recorded_value(CLI::Option& opt, const nlohmann::json& rec, const std::string& source) {
+  if (!rec.is_number()) return;
+  const std::string text = rec.dump();
+  for (int i = 0;; ++i) {
+    CLI::Validator* check = nullptr;
+    try {
+      check = opt.get_validator(i);
+    } catch (const CLI::OptionNotFound&) {
+      break;
+    }
+    std::string value = text;  // a validator may rewrite its argument
+    const std::string why = (*check)(value);
+    if (!why.empty())
+      throw Error(source + ": the record of " + opt.get_name() + " (" + text +
+                  ") is not a valid value: " + why);
+  }
+}
+}  // namespace
+
 std::vector<RunFlags::Change> RunFlags::restore(const nlohmann::json& rec,
                                                 const std::string& source) {
   if (!rec.is_object()) throw Error(source + " has no record of the run's flags");
@@ -149,6 +173,7 @@ std::vector<RunFlags::Change> RunFlags::restore(const nlohmann::json& rec,
     } catch (const nlohmann::json::exception&) {
       throw Error(source + ": the record of " + flag + " (" + r->dump() + ") is not a valid value");
     }
+    check_recorded_value(*e.opt, *r, source);
   }
   return changes;
 }
