@@ -138,6 +138,7 @@ TEST(Cli, BareCommandPrintsUsageAndAnUnknownSubcommandIsNamed) {
   EXPECT_EQ(bare.code, 1);
   EXPECT_NE(bare.out.find("SUBCOMMAND"), std::string::npos) << bare.out;
   EXPECT_NE(bare.out.find("passkey"), std::string::npos) << bare.out;
+  EXPECT_EQ(bare.err, "infini: error: a subcommand is required (see --help)\n");
   CliResult unknown = run_infini("frobnicate --model x");
   EXPECT_EQ(unknown.code, 1);
   EXPECT_EQ(unknown.err.find("infini: error: unknown subcommand 'frobnicate' (subcommands: init, "),

@@ -34,11 +34,13 @@ int main(int argc, char** argv) {
   infini::cli::register_lora(app);
   infini::cli::register_bench(app);
   infini::cli::check_numeric_options(app);
-  // Bare `infini` prints its usage; an unknown word where the subcommand goes is named, with
-  // the subcommands there are (CLI11 says only "A subcommand is required").
+  // Bare `infini` prints its usage (and, on stderr, the one-line reason of every bad input);
+  // an unknown word where the subcommand goes is named, with the subcommands there are (CLI11
+  // says only "A subcommand is required").
   if (argc == 1) {
     app.name(argv[0]);  // what parse() would set, for the usage line
     std::fputs(app.help().c_str(), stdout);
+    std::fputs("infini: error: a subcommand is required (see --help)\n", stderr);
     return 1;
   }
   if (argv[1][0] != '-') {
