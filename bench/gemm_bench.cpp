@@ -4,8 +4,9 @@
 // AVX-512 kernel (gemm:0) and on OpenBLAS (gemm:1); LinearForwardPacked is the forward with W
 // packed in advance, as a training step and a session use it, LinearForwardPackedCold
 // the same with the weights out of cache, and LinearBackwardWeightBlocks the weight gradient
-// in the training step's 128-column tasks.
+// in the training step's column tasks (model::kGradBlock).
 #include "bench_util.hpp"
+#include "model/forward.hpp"
 #include "ops/gemm.hpp"
 #include "ops/sgemm.hpp"
 
@@ -94,17 +95,17 @@ void BM_LinearBackwardWeight(benchmark::State& state) {
   bench::set_flops(state, 2.0 * r * in * out);
 }
 
-// The weight gradient as a training step computes it: dW[:, o0 .. o0+128] += dy^T x[:, o0 ..]
-// for each block of 128 columns (src/model/forward.cpp, one task each), accumulating.
+// The weight gradient as a training step computes it: dW[:, o0 .. o0+B] += dy^T x[:, o0 ..]
+// for each block of B = model::kGradBlock columns (one task each), accumulating.
 void BM_LinearBackwardWeightBlocks(benchmark::State& state) {
   if (!use_backend(state, state.range(3))) return;
   const int64_t r = state.range(0), in = state.range(1), out = state.range(2);
   auto dy = bench::random_floats(r * out, 1), x = bench::random_floats(r * in, 2);
   std::vector<float> dw(size_t(out * in));
   for (auto _ : state) {
-    for (int64_t o0 = 0; o0 < in; o0 += 128)
-      ops::gemm<float>(true, false, out, std::min<int64_t>(128, in - o0), r, 1.0f, dy.data(), out,
-                       x.data() + o0, in, 1.0f, dw.data() + o0, in);
+    for (int64_t o0 = 0; o0 < in; o0 += model::kGradBlock)
+      ops::gemm<float>(true, false, out, std::min(model::kGradBlock, in - o0), r, 1.0f, dy.data(),
+                       out, x.data() + o0, in, 1.0f, dw.data() + o0, in);
     benchmark::DoNotOptimize(dw.data());
   }
   bench::set_flops(state, 2.0 * r * in * out);

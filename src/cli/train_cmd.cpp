@@ -127,7 +127,7 @@ void run_train(Opts& o, RunFlags& flags, train::Distributed& dist) {
   bool made_out = false;
   if (dist.rank() == 0) {
     std::error_code ec;
-    made_out = !fs::exists(o.out, ec) && fs::create_directories(o.out, ec);
+    made_out = fs::create_directories(o.out, ec);  // false when it was there already
     if (!fs::is_directory(o.out)) throw Error("cannot create --out " + o.out);
   }
   std::string data_log;

@@ -414,11 +414,6 @@ struct GradTask {
   int64_t out, in, o0, o1;  // columns o0..o1 of dw (Linear: of its `in` columns)
 };
 
-// Columns of dW per task: large enough for an efficient GEMM, small enough to balance threads.
-// A task computes dW[:, o0 .. o1] += dY^T X[:, o0 .. o1], so it packs only its own columns of
-// X (blocks of rows would each pack the whole of X: measured 12% slower).
-constexpr int64_t kGradBlock = 128;
-
 template <class T>
 void add_linear_grad(std::vector<GradTask<T>>& tasks, const T* dy, const T* x, T* dw, T* db,
                      int64_t out, int64_t in) {
