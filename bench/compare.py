@@ -3,8 +3,8 @@
 
     python3 bench/compare.py [--infini build/infini] [--threads 2] [--steps 3]
                              [--torch-steps 2] [--configs small,medium]
-                             [--torch-env fair|plain|both] [--rounds R] [--gemm-ab]
-                             [--markdown]
+                             [--torch-env fair|plain|both] [--torch-bf16] [--rounds R]
+                             [--gemm-ab] [--markdown]
 
 For each configuration it runs, one right after the other, `/usr/bin/python3
 reference/bench_torch.py ... --threads N --json` and `infini bench ... --threads N --json`,
@@ -19,6 +19,9 @@ The twin's environment (--torch-env):
          pool of N threads and the waiting policy infini uses (default).
   plain  the environment as given: torch.set_num_threads(N) only. Debian's torch then also
          starts OpenBLAS's own pthread pool (one thread per core), both pools spinning.
+--torch-bf16 also runs the twin, in each of those environments, with `--autocast bf16`
+(torch.autocast to bfloat16 around forward and loss, as "<env>-bf16"): what a PyTorch user
+gets from BF16 matrix products, for reference; infini itself always computes in float32.
 infini always gets OMP_NUM_THREADS = OPENBLAS_NUM_THREADS = N (and restarts itself with
 passive waiting unless OMP_WAIT_POLICY is set). The machine's load average is printed with
 every row: numbers are only comparable within one run.
@@ -86,6 +89,8 @@ def main():
                     help="comma-separated: " + ", ".join(CONFIGS))
     ap.add_argument("--torch-env", default="fair", choices=["fair", "plain", "both", "none"],
                     help="environment of the PyTorch twin (see above); none: infini only")
+    ap.add_argument("--torch-bf16", action="store_true",
+                    help="also run the twin under torch.autocast(bfloat16) in each environment")
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat the whole comparison this many times; the summary gives the "
                          "median ratio over the rounds (default 1)")
@@ -102,7 +107,9 @@ def main():
         "plain": dict(os.environ),
     }
     wanted = {"fair": ["fair"], "plain": ["plain"], "both": ["fair", "plain"], "none": []}
-    wanted = wanted[args.torch_env]
+    wanted = [(te, []) for te in wanted[args.torch_env]]
+    if args.torch_bf16:
+        wanted += [(te + "-bf16", ["--autocast", "bf16"]) for te, _ in wanted]
     gemms = ["default", "openblas"] if args.gemm_ab else ["default"]
 
     rows = []
@@ -114,10 +121,10 @@ def main():
             common = ["--config", cfg, "--seq-len", str(T), "--batch", str(B), "--json"]
             load_before = load_avg()
             torch = {}
-            for te in wanted:
+            for te, extra in wanted:
                 torch[te] = run_json(["/usr/bin/python3", "reference/bench_torch.py", *common,
-                                      "--steps", str(args.torch_steps), "--threads", n],
-                                     torch_envs[te])
+                                      "--steps", str(args.torch_steps), "--threads", n, *extra],
+                                     torch_envs[te.removesuffix("-bf16")])
             inf = {}
             for g in gemms:
                 extra = [] if g == "default" else ["--gemm", g]

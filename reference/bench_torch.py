@@ -6,6 +6,7 @@
 One training step = forward over all segments of a [B, T] batch of random tokens, the loss
 of SPEC §2, full-BPTT backward, and a torch.optim.AdamW step. One warm-up step, then K timed
 steps. Eval = the forward (and loss) only, under torch.no_grad(), also 1 warm-up + K timed.
+--autocast bf16 runs forward and loss under torch.autocast(bfloat16), for comparison only.
 CFG.json is a SPEC config (a model directory is accepted too: its config.json is used);
 the weights are random.
 """
@@ -13,6 +14,7 @@ the weights are random.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -35,6 +37,11 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", action="store_true", help="print one JSON object only")
+    ap.add_argument("--autocast", choices=["none", "bf16"], default="none",
+                    help="bf16: run forward and loss under torch.autocast (bfloat16 matrix "
+                         "products, float32 weights, AdamW and gradients), as a PyTorch user "
+                         "would to train faster on a CPU with AVX-512 BF16; not SPEC's float32 "
+                         "arithmetic")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -50,20 +57,29 @@ def main():
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randint(0, min(cfg.vocab_size, 256), (args.batch, args.seq_len), generator=gen).to(dev)
 
+    def autocast():
+        if args.autocast == "bf16":
+            return torch.autocast(dev.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def loss_of_batch():
+        with autocast():
+            return ir.lm_loss(ir.forward(cfg, P, x).float(), x)
+
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        loss = ir.lm_loss(ir.forward(cfg, P, x), x)
+        loss = loss_of_batch()
         loss.backward()
         opt.step()
         return float(loss)
 
     def eval_step():
         with torch.no_grad():
-            return float(ir.lm_loss(ir.forward(cfg, P, x), x))
+            return float(loss_of_batch())
 
     tokens = args.batch * args.seq_len
     train_step()  # warm-up
@@ -93,6 +109,7 @@ def main():
         "batch": args.batch,
         "steps": args.steps,
         "segment_length": cfg.segment_length,
+        "autocast": args.autocast,
         "final_loss": loss,
         # CPU seconds of all threads per step: insensitive to other load on the machine.
         "train_cpu_s_per_step": c_train / args.steps,
