@@ -240,6 +240,39 @@ TEST(Attention, HeadKernelsOverManyBlocksMatchTheReference) {
   EXPECT_LT(rel_err(out2, out_ref), 1e-12);
 }
 
+TEST(Attention, FloatSoftmaxMasksWhatItDoesNotOwn) {
+  // The float forward's softmax walks rows in whole 16-wide blocks past the last visible key,
+  // masking the rest: with the probability and scratch buffers starting as NaN, and a cached
+  // prefix (p0) that puts row ends at every offset within a block, the output and the saved
+  // probabilities must still match the double reference, and masked entries must be 0.
+  const int64_t n = ops::kAttentionBlock + 21, p0 = 7, ctx = p0 + n, d = 16;
+  auto qd = random_vec(n * d, 1), kd = random_vec(ctx * d, 2), vd = random_vec(ctx * d, 3);
+  const ops::AttentionShape s{1, n, p0, ctx, 1, 1, d};
+  std::vector<double> out_ref(n * d), probs_ref(n * ctx);
+  ops::local_attention_forward_reference(out_ref.data(), probs_ref.data(), qd.data(), kd.data(),
+                                         vd.data(), s);
+  const std::vector<float> q(qd.begin(), qd.end()), k(kd.begin(), kd.end()),
+      v(vd.begin(), vd.end());
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const bool keep_probs : {true, false}) {
+    std::vector<float> out(n * d, nan), probs(n * ctx, nan), scratch(n * ctx, nan);
+    ops::attention_head_forward(out.data(), keep_probs ? probs.data() : nullptr, q.data(),
+                                k.data(), v.data(), n, p0, d, d, d, scratch.data());
+    for (int64_t i = 0; i < n * d; ++i)
+      ASSERT_NEAR(out[i], out_ref[i], 1e-5) << "keep_probs " << keep_probs << " at " << i;
+    if (!keep_probs) continue;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < ctx; ++j) {
+        const float p = probs[i * ctx + j];
+        if (j <= p0 + i) {
+          ASSERT_NEAR(p, probs_ref[i * ctx + j], 1e-6) << i << ", " << j;
+        } else if (!std::isnan(p)) {
+          ASSERT_EQ(p, 0.0f) << i << ", " << j;  // a masked entry it wrote must be zero
+        }
+      }
+  }
+}
+
 class MemoryTest : public ::testing::TestWithParam<AttnCase> {};
 
 TEST_P(MemoryTest, RetrieveBackward) {

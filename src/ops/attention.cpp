@@ -99,21 +99,57 @@ void local_attention_backward_reference(T* dq, T* dk, T* dv, const T* dout, cons
 
 namespace {
 
-// Softmax over row[0 .. last] in place; row[last+1 .. end) is set to 0.
+// Softmax over row[0 .. last] in place; row[last+1 .. end) is set to 0 (its values on entry
+// are not used and may be anything, NaN included). The row is walked in whole blocks of W up
+// to the first multiple of W past `last` (within `end`), the entries past `last` masked
+// out, so that the loops compile to full vectors without a scalar tail, and the lanes are
+// reduced pairwise (scalar tails of up to W - 1 exps and a serial 16-lane reduction per row
+// made attention_bench's forward 8-12% slower).
 template <class T>
 void causal_softmax_row(T* row, int64_t last, int64_t end) {
-  const T mx = max_of(row, last + 1);
-  T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j <= last; ++j) {
-    const T e = fast_exp(row[j] - mx);
-    row[j] = e;
-    sum += e;
+  constexpr int64_t W = 16;
+  const int64_t blocked = std::min(end, (last + W) / W * W) / W * W;
+  const T lowest = -std::numeric_limits<T>::infinity();
+  T lane[W];
+  std::fill_n(lane, W, lowest);
+  for (int64_t j0 = 0; j0 < blocked; j0 += W) {
+    const int in_row = int(std::min<int64_t>(last - j0, W));  // lanes k <= in_row are in it
+#pragma omp simd
+    for (int k = 0; k < int(W); ++k) {
+      const T x = row[j0 + k];
+      const T v = k <= in_row ? x : lowest;
+      lane[k] = v > lane[k] ? v : lane[k];
+    }
+  }
+  // Lanes reduced pairwise (a serial chain over 16 lanes costs as much as a short row).
+  for (int64_t w = W / 2; w >= 1; w /= 2)
+    for (int64_t k = 0; k < w; ++k) lane[k] = lane[k + w] > lane[k] ? lane[k + w] : lane[k];
+  T mx = lane[0];
+  for (int64_t j = blocked; j <= last; ++j) mx = row[j] > mx ? row[j] : mx;
+
+  std::fill_n(lane, W, T(0));
+  for (int64_t j0 = 0; j0 < blocked; j0 += W) {
+    const int in_row = int(std::min<int64_t>(last - j0, W));
+#pragma omp simd
+    for (int k = 0; k < int(W); ++k) {
+      const T e = fast_exp(row[j0 + k] - mx);
+      const T v = k <= in_row ? e : T(0);
+      row[j0 + k] = v;
+      lane[k] += v;
+    }
+  }
+  for (int64_t w = W / 2; w >= 1; w /= 2)
+    for (int64_t k = 0; k < w; ++k) lane[k] += lane[k + w];
+  T sum = lane[0];
+  for (int64_t j = blocked; j <= last; ++j) {
+    row[j] = fast_exp(row[j] - mx);
+    sum += row[j];
   }
   const T inv = T(1) / sum;
+  const int64_t valid = std::max(blocked, last + 1);  // zeros past `last` stay zeros
 #pragma omp simd
-  for (int64_t j = 0; j <= last; ++j) row[j] *= inv;
-  std::fill(row + last + 1, row + end, T(0));
+  for (int64_t j = 0; j < valid; ++j) row[j] *= inv;
+  std::fill(row + valid, row + end, T(0));
 }
 
 // The keys and values of one head as B operands of its query blocks' products. With the native
