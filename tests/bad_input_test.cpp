@@ -1279,6 +1279,12 @@ const std::vector<Case>& cases() {
                      d / "run", "--steps", "1", "--seq-len", "8"};
        },
        "data path /dev/null is not a regular file or a directory", "run"},
+      {"TrainDataIsADeviceOutWithNewParents",  // only the innermost directory was removed
+       [](const fs::path& d) {
+         return Args{"train", "--config", fixture().config, "--data", "/dev/null", "--out",
+                     d / "new" / "deeper" / "run", "--steps", "1", "--seq-len", "8"};
+       },
+       "data path /dev/null is not a regular file or a directory", "new"},
 
       // ---- generate: saved states and outputs
       {"GenerateTruncatedStateFile",

@@ -123,11 +123,15 @@ void run_train(Opts& o, RunFlags& flags, train::Distributed& dist) {
   if (dist.rank() != 0) dopt.cache_path.clear();
   dopt.tokenizer_id = tokenizer_identity(tokenizer_json);
   // --out is made before the data is read (the token cache lives there); a run that made it
-  // and then fails on its data removes it again, so a bad --data leaves nothing behind.
-  bool made_out = false;
+  // and then fails on its data removes again what it made, new parent directories included,
+  // so a bad --data leaves nothing behind.
+  fs::path made_root;  // the outermost directory this run created, if any
   if (dist.rank() == 0) {
+    fs::path top = o.out;
+    while (top.has_parent_path() && top.parent_path() != top && !fs::exists(top.parent_path()))
+      top = top.parent_path();
     std::error_code ec;
-    made_out = fs::create_directories(o.out, ec);  // false when it was there already
+    if (fs::create_directories(o.out, ec)) made_root = top;  // false when it was there already
     if (!fs::is_directory(o.out)) throw Error("cannot create --out " + o.out);
   }
   std::string data_log;
@@ -136,7 +140,7 @@ void run_train(Opts& o, RunFlags& flags, train::Distributed& dist) {
     corpus = tr::load_corpus(*tok, dopt, &data_log);
   } catch (...) {
     std::error_code ec;
-    if (made_out) fs::remove_all(o.out, ec);
+    if (!made_root.empty()) fs::remove_all(made_root, ec);
     throw;
   }
   std::fputs(data_log.c_str(), log);
