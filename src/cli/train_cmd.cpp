@@ -127,10 +127,11 @@ void run_train(Opts& o, RunFlags& flags, train::Distributed& dist) {
   // so a bad --data leaves nothing behind.
   fs::path made_root;  // the outermost directory this run created, if any
   if (dist.rank() == 0) {
-    fs::path top = o.out;
-    while (top.has_parent_path() && top.parent_path() != top && !fs::exists(top.parent_path()))
-      top = top.parent_path();
     std::error_code ec;
+    fs::path top = o.out;
+    while (top.has_parent_path() && top.parent_path() != top &&
+           !fs::exists(top.parent_path(), ec))
+      top = top.parent_path();
     if (fs::create_directories(o.out, ec)) made_root = top;  // false when it was there already
     if (!fs::is_directory(o.out)) throw Error("cannot create --out " + o.out);
   }

@@ -121,7 +121,6 @@ void causal_softmax_row(T* row, int64_t last, int64_t end) {
       lane[k] = v > lane[k] ? v : lane[k];
     }
   }
-  // Lanes reduced pairwise (a serial chain over 16 lanes costs as much as a short row).
   for (int64_t w = W / 2; w >= 1; w /= 2)
     for (int64_t k = 0; k < w; ++k) lane[k] = lane[k + w] > lane[k] ? lane[k + w] : lane[k];
   T mx = lane[0];
