@@ -107,9 +107,10 @@ def main():
         "plain": dict(os.environ),
     }
     wanted = {"fair": ["fair"], "plain": ["plain"], "both": ["fair", "plain"], "none": []}
-    wanted = [(te, []) for te in wanted[args.torch_env]]
+    # (label, environment, extra arguments of bench_torch.py)
+    wanted = [(te, te, []) for te in wanted[args.torch_env]]
     if args.torch_bf16:
-        wanted += [(te + "-bf16", ["--autocast", "bf16"]) for te, _ in wanted]
+        wanted += [(te + "-bf16", te, ["--autocast", "bf16"]) for _, te, _ in wanted]
     gemms = ["default", "openblas"] if args.gemm_ab else ["default"]
 
     rows = []
@@ -121,10 +122,10 @@ def main():
             common = ["--config", cfg, "--seq-len", str(T), "--batch", str(B), "--json"]
             load_before = load_avg()
             torch = {}
-            for te, extra in wanted:
-                torch[te] = run_json(["/usr/bin/python3", "reference/bench_torch.py", *common,
-                                      "--steps", str(args.torch_steps), "--threads", n, *extra],
-                                     torch_envs[te.removesuffix("-bf16")])
+            for label, te, extra in wanted:
+                torch[label] = run_json(["/usr/bin/python3", "reference/bench_torch.py", *common,
+                                         "--steps", str(args.torch_steps), "--threads", n,
+                                         *extra], torch_envs[te])
             inf = {}
             for g in gemms:
                 extra = [] if g == "default" else ["--gemm", g]
