@@ -223,15 +223,22 @@ void register_bench(CLI::App& app) {
                                     (s + 1) * N >= T, &prefill_packed);
       }
     };
-    // Median wall seconds and median CPU seconds (all threads) of one step.
-    auto timed = [&](auto&& step) {
-      for (int64_t i = 0; i < o->warmup; ++i) step();
+    // Median wall seconds and median CPU seconds (all threads) of one step. Steps of 5 s or
+    // more are reported on stderr as they finish, so a long run shows that it is moving.
+    auto timed = [&](const char* kind, auto&& step) {
+      const int64_t total = o->warmup + o->steps;
       std::vector<double> secs, cpu;
-      for (int64_t i = 0; i < o->steps; ++i) {
+      for (int64_t i = 0; i < total; ++i) {
         const double c0 = process_cpu_seconds();
         Stopwatch sw;
         step();
-        secs.push_back(sw.seconds());
+        const double s = sw.seconds();
+        if (s >= 5.0)
+          std::fprintf(stderr, "bench: %s step %lld of %lld%s: %.1f s\n", kind,
+                       static_cast<long long>(i + 1), static_cast<long long>(total),
+                       i < o->warmup ? " (warm-up)" : "", s);
+        if (i < o->warmup) continue;
+        secs.push_back(s);
         cpu.push_back(process_cpu_seconds() - c0);
       }
       return std::pair{median(secs), median(cpu)};
@@ -253,9 +260,9 @@ void register_bench(CLI::App& app) {
       }
     };
     reference();
-    const auto [t_train, c_train] = timed(train_step);
-    const auto [t_eval, c_eval] = timed(eval_step);
-    const auto [t_prefill, c_prefill] = timed(prefill_step);
+    const auto [t_train, c_train] = timed("train", train_step);
+    const auto [t_eval, c_eval] = timed("eval", eval_step);
+    const auto [t_prefill, c_prefill] = timed("prefill", prefill_step);
     reference();
     const double sgemm_openblas = std::max(sq.wall, tall.wall);
     const double sgemm_native = std::max(native_sq.wall, native_tall.wall);
@@ -318,9 +325,9 @@ void register_bench(CLI::App& app) {
       std::printf("%s\n", j.dump().c_str());
       return;
     }
-    std::printf("infini bench (%d threads): B=%lld T=%lld N=%lld, median of %lld steps\n",
-                threads, (long long)B, (long long)T, (long long)cfg.segment_length,
-                (long long)o->steps);
+    std::printf("infini bench (%d thread%s): B=%lld T=%lld N=%lld, median of %lld step%s\n",
+                threads, threads == 1 ? "" : "s", (long long)B, (long long)T,
+                (long long)cfg.segment_length, (long long)o->steps, o->steps == 1 ? "" : "s");
     // Without the SGEMM reference (--no-sgemm) there is nothing to divide by: "n/a", not 0%.
     auto mfu = [&](double gflops) {
       char text[16] = "  n/a";
