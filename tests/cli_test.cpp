@@ -1,11 +1,15 @@
 // The SPEC §6 command-line contract, run through the built binary as an outside check would.
 #include <gtest/gtest.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -146,4 +150,30 @@ TEST(Cli, BareCommandPrintsUsageAndAnUnknownSubcommandIsNamed) {
       << unknown.err;
   EXPECT_NE(unknown.err.find(", bench; see --help)"), std::string::npos) << unknown.err;
   EXPECT_EQ(std::count(unknown.err.begin(), unknown.err.end(), '\n'), 1) << unknown.err;
+}
+
+// infini restarts itself once to wait passively (src/cli/main.cpp). With thread binding asked
+// for, libgomp has bound the first process to one CPU before main runs; the restart used to
+// inherit that CPU, and every thread of the run shared it (half speed on two cores, and the
+// documented mpirun line put 16 threads on one core).
+TEST(Cli, RestartKeepsEveryPlaceOfAThreadBinding) {
+  cpu_set_t allowed;
+  ASSERT_EQ(sched_getaffinity(0, sizeof allowed, &allowed), 0);
+  if (CPU_COUNT(&allowed) < 2) GTEST_SKIP() << "needs two CPUs";
+  const std::string bench = std::string(" ") + INFINI_BINARY + " bench --config " +
+                            INFINI_SOURCE_DIR + "/configs/tiny.json --seq-len 64 --steps 1 " +
+                            "--warmup 0 --no-sgemm --threads 2";
+  for (const char* binding : {"OMP_PROC_BIND=true", "OMP_PROC_BIND=close OMP_PLACES=cores"}) {
+    CliResult r = infini::testutil::run_shell(
+        std::string("env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT OMP_DISPLAY_AFFINITY=true ") +
+        binding + bench);
+    ASSERT_EQ(r.code, 0) << binding << "\n" << r.err;
+    // libgomp's lines: "level 1 thread 0x... affinity 0"; the two threads on two CPUs.
+    std::vector<std::string> cpus;
+    std::istringstream lines(r.err);
+    for (std::string line; std::getline(lines, line);)
+      if (line.rfind("level 1 thread", 0) == 0) cpus.push_back(line.substr(line.rfind(' ') + 1));
+    ASSERT_EQ(cpus.size(), 2u) << binding << "\n" << r.err;
+    EXPECT_NE(cpus[0], cpus[1]) << binding << "\n" << r.err;
+  }
 }

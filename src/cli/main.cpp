@@ -1,21 +1,57 @@
 // infini: the command-line front end. Only this file decides to exit.
+#include <omp.h>
+#include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <string>
+#include <vector>
 
 #include "cli/commands.hpp"
 #include "cli/common.hpp"
 #include "core/error.hpp"
 
+namespace {
+
+// When thread binding is asked for (OMP_PROC_BIND, OMP_PLACES, GOMP_CPU_AFFINITY), libgomp
+// binds the initial thread to the first place as it loads, and a restarted process inherits
+// that one place: all its threads would share one core. Gives this thread the CPUs of all
+// places back (the CPUs libgomp found allowed, as the binding asked), so that the restart
+// computes the same places. False if that cannot be done.
+bool unbind_for_restart() {
+  if (omp_get_proc_bind() == omp_proc_bind_false) return true;  // nothing was bound
+  std::vector<int> cpus;
+  for (int p = 0; p < omp_get_num_places(); ++p) {
+    std::vector<int> ids(static_cast<size_t>(omp_get_place_num_procs(p)));
+    omp_get_place_proc_ids(p, ids.data());
+    cpus.insert(cpus.end(), ids.begin(), ids.end());
+  }
+  if (cpus.empty()) return false;
+  int top = 0;
+  for (const int c : cpus) top = std::max(top, c);
+  cpu_set_t* set = CPU_ALLOC(top + 1);
+  if (!set) return false;
+  const size_t bytes = CPU_ALLOC_SIZE(top + 1);
+  CPU_ZERO_S(bytes, set);
+  for (const int c : cpus) CPU_SET_S(c, bytes, set);
+  const bool ok = sched_setaffinity(0, bytes, set) == 0;
+  CPU_FREE(set);
+  return ok;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   // libgomp reads OMP_WAIT_POLICY once, when it loads. By default a waiting thread spins for
   // milliseconds, which on a busy shared machine costs more than the work (training measured
   // 1.5x slower, docs/benchmarks.md); passive waiting costs microseconds per barrier on an idle
-  // one. Unless the user chose, restart once with passive waiting (on failure, carry on).
-  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT")) {
+  // one. Unless the user chose, restart once with passive waiting (on failure, carry on; where
+  // the binding cannot be undone, carry on without the restart).
+  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT") &&
+      unbind_for_restart()) {
     setenv("OMP_WAIT_POLICY", "passive", 1);
     execv("/proc/self/exe", argv);
   }
