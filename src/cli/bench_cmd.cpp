@@ -232,14 +232,14 @@ void register_bench(CLI::App& app) {
         const double c0 = process_cpu_seconds();
         Stopwatch sw;
         step();
-        const double s = sw.seconds();
+        const double s = sw.seconds(), c = process_cpu_seconds() - c0;
         if (s >= 5.0)
           std::fprintf(stderr, "bench: %s step %lld of %lld%s: %.1f s\n", kind,
                        static_cast<long long>(i + 1), static_cast<long long>(total),
                        i < o->warmup ? " (warm-up)" : "", s);
         if (i < o->warmup) continue;
         secs.push_back(s);
-        cpu.push_back(process_cpu_seconds() - c0);
+        cpu.push_back(c);
       }
       return std::pair{median(secs), median(cpu)};
     };

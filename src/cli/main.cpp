@@ -29,7 +29,7 @@ bool unbind_for_restart() {
     omp_get_place_proc_ids(p, ids.data());
     cpus.insert(cpus.end(), ids.begin(), ids.end());
   }
-  if (cpus.empty()) return false;
+  if (cpus.empty()) return true;  // no places: libgomp bound nothing
   int top = 0;
   for (const int c : cpus) top = std::max(top, c);
   cpu_set_t* set = CPU_ALLOC(top + 1);
