@@ -30,8 +30,7 @@ bool unbind_for_restart() {
     cpus.insert(cpus.end(), ids.begin(), ids.end());
   }
   if (cpus.empty()) return true;  // no places: libgomp bound nothing
-  int top = 0;
-  for (const int c : cpus) top = std::max(top, c);
+  const int top = *std::max_element(cpus.begin(), cpus.end());
   cpu_set_t* set = CPU_ALLOC(top + 1);
   if (!set) return false;
   const size_t bytes = CPU_ALLOC_SIZE(top + 1);
