@@ -255,12 +255,44 @@ def tokenizers():
     put("tokenizer", "invalid-utf8-qwen3", b"\x01ab\xff\xfe\xc3(\xed\xa0\x80z")
 
 
+# ---------------------------------------------------------------- token cache
+def token_caches():
+    # The layout of src/train/data.cpp (serialize_token_cache) with fingerprint "fp", the one
+    # the target expects; the target also tries every input with its checksum made valid.
+    def fnv1a(b):
+        h = 0xcbf29ce484222325
+        for x in b:
+            h = ((h ^ x) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+        return h
+
+    def cache(docs, fp="fp", version=1, counts=None):
+        # counts: the header's token counts when they should lie about the data.
+        counts = counts or [len(t) for _, _, t in docs]
+        header = json.dumps({"fingerprint": fp, "documents": [
+            {"name": n, "val": v, "tokens": c} for (n, v, _), c in zip(docs, counts)]},
+            separators=(",", ":")).encode()
+        data = b"".join(struct.pack(f"<{len(t)}i", *t) for _, _, t in docs)
+        return (b"INFTOKC1" + struct.pack("<IIQ", version, 0, len(header)) + header + data +
+                struct.pack("<Q", fnv1a(data)))
+
+    put("token_cache", "valid-two-docs", cache([("a.txt", False, [1, 2, 3]), ("b", True, [4])]))
+    put("token_cache", "valid-empty-doc", cache([("e", False, []), ("f", False, [7, 8])]))
+    put("token_cache", "valid-no-docs", cache([]))
+    put("token_cache", "near-other-fingerprint", cache([("a", False, [1])], fp="other"))
+    put("token_cache", "near-bad-version", cache([("a", False, [1])], version=2))
+    put("token_cache", "near-truncated", cache([("a", False, [1, 2, 3, 4])])[:-5])
+    # 2^64 - 1 + 5 wraps around to the 4 tokens there are.
+    put("token_cache", "near-wrapping-counts",
+        cache([("a", False, [1, 2, 3, 4]), ("b", False, [])], counts=[2**64 - 1, 5]))
+
+
 if __name__ == "__main__":
     golden_safetensors()
     synthetic_safetensors()
     configs()
     states()
     tokenizers()
+    token_caches()
     for t in sorted(os.listdir(OUT)):
         files = os.listdir(os.path.join(OUT, t))
         size = sum(os.path.getsize(os.path.join(OUT, t, f)) for f in files)

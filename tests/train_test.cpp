@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -268,6 +269,50 @@ TEST(Data, CorruptCacheFailsItsChecksum) {
   EXPECT_FALSE(load_token_cache(path, "fp", back, why));
   EXPECT_EQ(why, "checksum mismatch");
   fs::remove_all(dir);
+}
+
+// A cache whose header was rewritten (as an attacker or a broken tool might) with `docs`
+// for its document list, the tokens and their checksum left as they were.
+std::string with_documents(const std::string& cache, const std::string& docs) {
+  uint64_t hlen = 0;
+  std::memcpy(&hlen, cache.data() + 16, 8);
+  const std::string header = R"({"fingerprint":"fp","documents":)" + docs + "}";
+  std::string out = cache.substr(0, 16);
+  const uint64_t n = header.size();
+  out.append(reinterpret_cast<const char*>(&n), 8);
+  return out + header + cache.substr(24 + hlen);
+}
+
+TEST(Data, HostileCacheHeadersAreRejectedWithoutAllocating) {
+  const std::vector<CachedDoc> docs = {{"a", false, {1, 2, 3}}, {"b", true, {4}}};
+  const std::string cache = serialize_token_cache("fp", docs);
+  std::vector<CachedDoc> back;
+  std::string why;
+  ASSERT_TRUE(parse_token_cache(with_documents(cache, R"([{"tokens":4}])"), "fp", back, why))
+      << why;  // the same tokens as one nameless document: the rewriting itself is sound
+  EXPECT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].tokens, (std::vector<int32_t>{1, 2, 3, 4}));
+  const std::vector<CachedDoc> before = back;
+  struct Case {
+    std::string docs, why;
+  };
+  const Case cases[] = {
+      // Counts that wrap around to the 4 tokens there are (2^64 - 1 + 5), or one huge count.
+      {R"([{"tokens":18446744073709551615},{"tokens":5}])", "truncated or oversized token data"},
+      {R"([{"tokens":4611686018427387905}])", "truncated or oversized token data"},
+      {R"([{"tokens":5}])", "truncated or oversized token data"},
+      {R"([{"tokens":-1},{"tokens":5}])", "corrupt header"},
+      {R"([{"tokens":4.0}])", "corrupt header"},
+      {R"([{"name":7,"tokens":4}])", "corrupt header"},
+      {R"([{"val":"yes","tokens":4}])", "corrupt header"},
+      {R"([4])", "corrupt header"},
+      {R"([{}])", "corrupt header"},
+  };
+  for (const Case& c : cases) {
+    EXPECT_FALSE(parse_token_cache(with_documents(cache, c.docs), "fp", back, why)) << c.docs;
+    EXPECT_EQ(why, c.why) << c.docs;
+    EXPECT_EQ(back.size(), before.size()) << "a rejected cache must leave docs alone";
+  }
 }
 
 TEST(Data, SplitHoldsOutWholeDocumentsOrTheTailOfASingleOne) {

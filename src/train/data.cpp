@@ -111,8 +111,8 @@ std::vector<std::string> list_input_files(const std::vector<std::string>& paths)
   return out;
 }
 
-void save_token_cache(const std::string& path, const std::string& fingerprint,
-                      const std::vector<CachedDoc>& docs) {
+std::string serialize_token_cache(const std::string& fingerprint,
+                                  const std::vector<CachedDoc>& docs) {
   nlohmann::json header = {{"fingerprint", fingerprint}, {"documents", nlohmann::json::array()}};
   int64_t total = 0;
   for (const auto& d : docs) {
@@ -133,19 +133,18 @@ void save_token_cache(const std::string& path, const std::string& fingerprint,
   for (const auto& d : docs)
     out.append(reinterpret_cast<const char*>(d.tokens.data()), d.tokens.size() * 4);
   put<uint64_t>(out, fnv1a(out.data() + tokens_at, out.size() - tokens_at));
-  std::error_code ec;
-  if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path(), ec);
-  model::write_file_atomic(path, out);
+  return out;
 }
 
-bool load_token_cache(const std::string& path, const std::string& fingerprint,
-                      std::vector<CachedDoc>& docs, std::string& why) {
+void save_token_cache(const std::string& path, const std::string& fingerprint,
+                      const std::vector<CachedDoc>& docs) {
   std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) {
-    why = "no cache file yet";
-    return false;
-  }
-  const std::string bytes = io::read_file(path);
+  if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path(), ec);
+  model::write_file_atomic(path, serialize_token_cache(fingerprint, docs));
+}
+
+bool parse_token_cache(std::string_view bytes, const std::string& fingerprint,
+                       std::vector<CachedDoc>& docs, std::string& why) {
   const size_t fixed = sizeof kMagic + 4 + 4 + 8;
   if (bytes.size() < fixed || std::memcmp(bytes.data(), kMagic, sizeof kMagic) != 0) {
     why = "not a token cache file";
@@ -164,9 +163,8 @@ bool load_token_cache(const std::string& path, const std::string& fingerprint,
     why = "truncated header";
     return false;
   }
-  nlohmann::json header = nlohmann::json::parse(bytes.begin() + long(fixed),
-                                                bytes.begin() + long(fixed + hlen), nullptr,
-                                                /*allow_exceptions=*/false);
+  const nlohmann::json header =
+      nlohmann::json::parse(bytes.substr(fixed, hlen), nullptr, /*allow_exceptions=*/false);
   if (header.is_discarded() || !header.is_object() || !header.contains("fingerprint") ||
       !header["fingerprint"].is_string() || !header.contains("documents") ||
       !header["documents"].is_array()) {
@@ -177,13 +175,29 @@ bool load_token_cache(const std::string& path, const std::string& fingerprint,
     why = "inputs or tokenizer changed";
     return false;
   }
+  // Every count is checked against the bytes that are there before anything is allocated:
+  // a hostile header could otherwise ask for 2^64 - 1 tokens, or make the sum wrap around.
   const size_t tokens_at = fixed + hlen;
+  const uint64_t room = bytes.size() - tokens_at < 8 ? 0 : (bytes.size() - tokens_at - 8) / 4;
+  std::vector<CachedDoc> read;
   uint64_t total = 0;
-  try {
-    for (const auto& d : header["documents"]) total += d.at("tokens").get<uint64_t>();
-  } catch (const nlohmann::json::exception&) {
-    why = "corrupt header";
-    return false;
+  for (const auto& d : header["documents"]) {
+    const auto n = d.is_object() ? d.find("tokens") : d.end();
+    const auto name = d.is_object() ? d.find("name") : d.end();
+    const auto val = d.is_object() ? d.find("val") : d.end();
+    if (!d.is_object() || n == d.end() || !n->is_number_unsigned() ||
+        (name != d.end() && !name->is_string()) || (val != d.end() && !val->is_boolean())) {
+      why = "corrupt header";
+      return false;
+    }
+    if (n->get<uint64_t>() > room - total) {
+      why = "truncated or oversized token data";
+      return false;
+    }
+    total += n->get<uint64_t>();
+    read.push_back({name != d.end() ? name->get<std::string>() : std::string(),
+                    val != d.end() && val->get<bool>(),
+                    {}});
   }
   if (bytes.size() - tokens_at != total * 4 + 8) {
     why = "truncated or oversized token data";
@@ -195,18 +209,26 @@ bool load_token_cache(const std::string& path, const std::string& fingerprint,
     why = "checksum mismatch";
     return false;
   }
-  docs.clear();
   size_t at = tokens_at;
+  size_t i = 0;
   for (const auto& d : header["documents"]) {
-    CachedDoc c;
-    c.name = d.value("name", std::string());
-    c.val = d.value("val", false);
-    c.tokens.resize(d["tokens"].get<size_t>());
-    std::memcpy(c.tokens.data(), bytes.data() + at, c.tokens.size() * 4);
-    at += c.tokens.size() * 4;
-    docs.push_back(std::move(c));
+    std::vector<int32_t>& tokens = read[i++].tokens;
+    tokens.resize(d.at("tokens").get<size_t>());
+    if (!tokens.empty()) std::memcpy(tokens.data(), bytes.data() + at, tokens.size() * 4);
+    at += tokens.size() * 4;
   }
+  docs = std::move(read);
   return true;
+}
+
+bool load_token_cache(const std::string& path, const std::string& fingerprint,
+                      std::vector<CachedDoc>& docs, std::string& why) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) {
+    why = "no cache file yet";
+    return false;
+  }
+  return parse_token_cache(io::read_file(path), fingerprint, docs, why);
 }
 
 Corpus load_corpus(const io::Tokenizer& tok, const DataOptions& opts, std::string* log) {

@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -78,7 +79,8 @@ Corpus load_corpus(const io::Tokenizer& tok, const DataOptions& opts, std::strin
 // The binary token cache: magic "INFTOKC1", u32 version, u32 0, u64 header length, a JSON
 // header (fingerprint, documents with their roles and lengths), int32 tokens, u64 FNV-1a of
 // the tokens. load_token_cache returns false (with `why`) when the file is missing, of
-// another version or fingerprint, truncated or corrupt; it never trusts a partial file.
+// another version or fingerprint, truncated or corrupt; it never trusts a partial file, and
+// no header, however hostile, makes it allocate more than the file holds.
 struct CachedDoc {
   std::string name;
   bool val = false;
@@ -88,6 +90,11 @@ void save_token_cache(const std::string& path, const std::string& fingerprint,
                       const std::vector<CachedDoc>& docs);
 bool load_token_cache(const std::string& path, const std::string& fingerprint,
                       std::vector<CachedDoc>& docs, std::string& why);
+// The file's bytes, and their reading (what save and load do after and before the I/O).
+std::string serialize_token_cache(const std::string& fingerprint,
+                                  const std::vector<CachedDoc>& docs);
+bool parse_token_cache(std::string_view bytes, const std::string& fingerprint,
+                       std::vector<CachedDoc>& docs, std::string& why);
 
 // 64-bit FNV-1a, for fingerprints and checksums.
 uint64_t fnv1a(const void* data, size_t n, uint64_t h = 0xcbf29ce484222325ULL);
