@@ -4,10 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
-#include <fstream>
 #include <random>
 
 #include "core/error.hpp"
+#include "core/process.hpp"
 #include "io/tokenizer.hpp"
 #include "model/forward.hpp"
 #include "model/model.hpp"
@@ -204,14 +204,6 @@ model::Model<float> micro_model(int64_t seg) {
   return model::init_model(c, {1, 0.5, 0.0});
 }
 
-double vm_hwm_mb() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
-  return 0;
-}
-
 }  // namespace
 
 TEST(PasskeyEval, StreamedAnswerEqualsOneForwardOverTheWholePrompt) {
@@ -260,10 +252,10 @@ TEST(PasskeyEval, MemoryDoesNotGrowWithLength) {
   o.trials = 1;
   o.lengths = {4096};
   evaluate_passkey(m, gen, o);  // warm up allocations
-  const double before = vm_hwm_mb();
+  const double before = peak_rss_mb();
   o.lengths = {1 << 20};
   const PasskeyEvalResult r = evaluate_passkey(m, gen, o);
-  const double after = vm_hwm_mb();
+  const double after = peak_rss_mb();
   EXPECT_LT(after - before, 2.0) << "peak RSS grew from " << before << " MB to " << after << " MB";
   ASSERT_EQ(r.per_length.size(), 1u);
   EXPECT_EQ(r.per_length[0].length, 1 << 20);

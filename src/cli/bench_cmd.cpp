@@ -10,7 +10,6 @@
 // The recomputation of each segment's forward during BPTT is not counted: it is work the
 // implementation chooses to do, not work the model needs.
 #include <cblas.h>
-#include <time.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -37,13 +36,6 @@ extern "C" void openblas_set_num_threads(int);
 namespace infini::cli {
 
 namespace {
-
-// CPU seconds used by every thread of this process so far.
-double process_cpu_seconds() {
-  timespec t{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
-}
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());

@@ -13,12 +13,10 @@
 #include <string>
 #include <vector>
 
+#include "core/process.hpp"
 #include "model/bptt.hpp"
 
 namespace infini::cli {
-
-// Peak resident set size of this process in MiB (from /proc/self/status VmHWM).
-double peak_rss_mb();
 
 class Stopwatch {
  public:

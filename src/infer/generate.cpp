@@ -1,25 +1,10 @@
 #include "infer/generate.hpp"
 
-#include <time.h>
-
 #include <algorithm>
-#include <chrono>
+
+#include "core/process.hpp"
 
 namespace infini::infer {
-
-namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-}  // namespace
-
-double process_cpu_seconds() {
-  timespec t{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
-}
 
 FeedStats feed_text(Session& s, const io::Tokenizer& tok, TextChunkReader& reader) {
   FeedStats st;

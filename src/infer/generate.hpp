@@ -43,10 +43,6 @@ struct GenerateResult {
   double cpu_seconds = 0;      // CPU time of the process (all threads) over the same span
 };
 
-// CPU time used by this process so far, all threads (CLOCK_PROCESS_CPUTIME_ID). Unlike wall
-// time it barely moves when other programs compete for the cores.
-double process_cpu_seconds();
-
 // Samples up to max_new_tokens tokens starting from the session's current logits and passes
 // text to `emit` as soon as it is complete UTF-8 and cannot be part of a stop string.
 GenerateResult generate(Session& s, const io::Tokenizer& tok, Sampler& sampler,

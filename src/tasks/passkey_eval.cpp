@@ -1,32 +1,18 @@
 #include "tasks/passkey_eval.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <sstream>
 
 #include "core/error.hpp"
+#include "core/process.hpp"
 #include "io/tokenizer_unicode.hpp"
 #include "model/forward.hpp"
 
 namespace infini::tasks {
 
 namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-double peak_rss_mb() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
-  return 0.0;
-}
 
 uint64_t splitmix(uint64_t x) {
   x += 0x9E3779B97F4A7C15ULL;

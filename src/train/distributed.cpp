@@ -1,12 +1,12 @@
 #include "train/distributed.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
 
+#include "core/process.hpp"
 #include "train/data.hpp"
 
 #ifdef INFINI_WITH_MPI
@@ -32,11 +32,6 @@ uint64_t hash_text(const std::string& s) { return fnv1a(s.data(), s.size()); }
 #ifdef INFINI_WITH_MPI
 
 namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 void mpi_check(int rc, const char* what) {
   if (rc != MPI_SUCCESS) {

@@ -3,11 +3,11 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 
+#include "core/process.hpp"
 #include "io/text.hpp"
 #include "model/model.hpp"
 #include "train/checkpoint.hpp"
@@ -18,10 +18,6 @@ namespace infini::train {
 namespace fs = std::filesystem;
 
 namespace {
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 std::string duration_text(double s) {
   if (!std::isfinite(s) || s < 0) return "?";
