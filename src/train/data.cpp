@@ -175,7 +175,7 @@ bool parse_token_cache(std::string_view bytes, const std::string& fingerprint,
     why = "inputs or tokenizer changed";
     return false;
   }
-  // Every count is checked against the bytes that are there before anything is allocated:
+  // Every count is checked against the bytes that are there before its tokens are allocated:
   // a hostile header could otherwise ask for 2^64 - 1 tokens, or make the sum wrap around.
   const size_t tokens_at = fixed + hlen;
   const uint64_t room = bytes.size() - tokens_at < 8 ? 0 : (bytes.size() - tokens_at - 8) / 4;
@@ -196,8 +196,7 @@ bool parse_token_cache(std::string_view bytes, const std::string& fingerprint,
     }
     total += n->get<uint64_t>();
     read.push_back({name != d.end() ? name->get<std::string>() : std::string(),
-                    val != d.end() && val->get<bool>(),
-                    {}});
+                    val != d.end() && val->get<bool>(), std::vector<int32_t>(n->get<size_t>())});
   }
   if (bytes.size() - tokens_at != total * 4 + 8) {
     why = "truncated or oversized token data";
@@ -210,12 +209,9 @@ bool parse_token_cache(std::string_view bytes, const std::string& fingerprint,
     return false;
   }
   size_t at = tokens_at;
-  size_t i = 0;
-  for (const auto& d : header["documents"]) {
-    std::vector<int32_t>& tokens = read[i++].tokens;
-    tokens.resize(d.at("tokens").get<size_t>());
-    if (!tokens.empty()) std::memcpy(tokens.data(), bytes.data() + at, tokens.size() * 4);
-    at += tokens.size() * 4;
+  for (CachedDoc& c : read) {
+    if (!c.tokens.empty()) std::memcpy(c.tokens.data(), bytes.data() + at, c.tokens.size() * 4);
+    at += c.tokens.size() * 4;
   }
   docs = std::move(read);
   return true;
