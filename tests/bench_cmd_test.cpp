@@ -11,6 +11,7 @@
 
 using infini::testutil::CliResult;
 using infini::testutil::run_infini;
+using infini::testutil::run_shell;
 
 TEST(BenchCommand, ReportsThroughputAndCountsModelFlops) {
   // configs/bench_small.json, 300 tokens: segments of 256 and 44.
@@ -35,6 +36,17 @@ TEST(BenchCommand, ReportsThroughputAndCountsModelFlops) {
       2 * p_mm * tokens + L * 4 * d * H * pairs + L * 2 * d * d * tokens * (H + 2 * H);
   EXPECT_NEAR(j.at("model_gflop_per_eval_step").get<double>(), forward / 1e9, 1e-9);
   EXPECT_NEAR(j.at("model_gflop_per_train_step").get<double>(), 3 * forward / 1e9, 1e-9);
+}
+
+TEST(BenchCommand, ReportsTheThreadsThatRanNotTheThreadsAskedFor) {
+  // OMP_THREAD_LIMIT caps every parallel region below --threads / OMP_NUM_THREADS; the report
+  // (and the utilisation derived from it) must say how many threads actually computed.
+  const std::string cfg = std::string(INFINI_SOURCE_DIR) + "/configs/tiny.json";
+  const CliResult r = run_shell("OMP_THREAD_LIMIT=1 " + std::string(INFINI_BINARY) +
+                                " bench --config " + cfg +
+                                " --seq-len 16 --steps 1 --warmup 0 --threads 2 --no-sgemm --json");
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out).at("threads").get<int>(), 1);
 }
 
 TEST(BenchCommand, TextReportSaysWhenThereIsNoSgemmReference) {

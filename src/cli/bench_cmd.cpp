@@ -156,7 +156,7 @@ void register_bench(CLI::App& app) {
   cmd->callback([o] {
     check_tokens_per_step(o->batch, o->seq_len, "--seq-len");  // the same limit as train
     if (o->threads > 0) omp_set_num_threads(o->threads);
-    const int threads = omp_get_max_threads();
+    const int threads = omp_threads();
     openblas_set_num_threads(threads);
     if (o->gemm == "native" && !ops::sgemm_native_available())
       throw Error("--gemm native: this CPU or build has no AVX-512 kernel; use --gemm openblas");

@@ -209,10 +209,10 @@ std::optional<std::string> prepare_resume(const std::string& out, bool resume, R
   const auto st = nlohmann::json::parse(io::read_file(where), nullptr, false);
   const auto threads = st.is_object() ? st.find("omp_threads") : st.end();
   if (threads != st.end() && threads->is_number_integer() &&
-      threads->get<int64_t>() != omp_get_max_threads())
+      threads->get<int64_t>() != omp_threads())
     std::fprintf(log, "note: the checkpoint was written with %lld threads, this run uses %d; "
                  "results will not be bit-identical to an uninterrupted run\n",
-                 (long long)threads->get<int64_t>(), omp_get_max_threads());
+                 (long long)threads->get<int64_t>(), omp_threads());
   return dir;
 }
 

@@ -489,7 +489,7 @@ void run_passkey_eval(const EvalOpts& o) {
                                              : "none";
     j["gates"] = gate_table(m);
     j["seconds"] = sw.seconds();
-    j["threads"] = omp_get_max_threads();
+    j["threads"] = omp_threads();
     j["peak_rss_mb"] = peak_rss_mb();
     if (!o.plot.empty()) j["plot"] = o.plot;
     std::printf("%s\n", j.dump().c_str());
@@ -498,7 +498,7 @@ void run_passkey_eval(const EvalOpts& o) {
     if (m.config.use_memory)
       std::printf("\nMemory gates sigmoid(beta) per layer and head:\n%s", gate_text(m).c_str());
     std::printf("\n%.1f s in all, %d threads, peak RSS %.0f MB\n", sw.seconds(),
-                omp_get_max_threads(), peak_rss_mb());
+                omp_threads(), peak_rss_mb());
   }
 }
 

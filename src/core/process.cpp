@@ -1,6 +1,9 @@
 #include "core/process.hpp"
 
+#include <omp.h>
 #include <time.h>
+
+#include <algorithm>
 
 #include <chrono>
 #include <fstream>
@@ -25,5 +28,7 @@ double peak_rss_mb() {
     if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
   return 0.0;
 }
+
+int omp_threads() { return std::max(1, std::min(omp_get_max_threads(), omp_get_thread_limit())); }
 
 }  // namespace infini

@@ -1,4 +1,5 @@
-// What this process has used so far: time and memory, for progress lines and reports.
+// What this process has used so far (time, memory) and the threads it computes with, for
+// progress lines and reports.
 #pragma once
 
 namespace infini {
@@ -13,5 +14,9 @@ double process_cpu_seconds();
 // Peak resident set size of this process in MiB (VmHWM of /proc/self/status); 0 where that
 // cannot be read.
 double peak_rss_mb();
+
+// Threads an OpenMP parallel region of this process gets: omp_get_max_threads() capped by
+// OMP_THREAD_LIMIT, which omp_get_max_threads() does not reflect.
+int omp_threads();
 
 }  // namespace infini

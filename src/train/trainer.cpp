@@ -187,7 +187,7 @@ std::string Trainer::save_checkpoint(std::FILE* log) {
                              {"tokens_seen", tokens_seen_},
                              {"data", source_.state()},
                              {"data_fingerprint", source_.fingerprint()},
-                             {"omp_threads", omp_get_max_threads()},
+                             {"omp_threads", omp_threads()},
                              {"args", opts_.run_record}};
   last_checkpoint_ = commit_checkpoint(
       opts_.out, step_,
