@@ -6,21 +6,10 @@
 #include <queue>
 #include <stdexcept>
 
+#include "core/hash.hpp"
 #include "io/tokenizer_unicode.hpp"
 
 namespace infini::io::tok {
-namespace {
-
-uint64_t mix(uint64_t x) {  // splitmix64 finaliser: cheap and well distributed
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
-}
-
-}  // namespace
 
 void BpeModel::PairMap::reserve(size_t n) {
   size_t cap = 16;
@@ -40,7 +29,7 @@ void BpeModel::PairMap::insert_or_assign(uint64_t key, Merge m) {
     for (size_t i = 0; i < old_keys.size(); ++i)
       if (old_keys[i] != kEmpty) insert_or_assign(old_keys[i], old_vals[i]);
   }
-  for (size_t i = mix(key) & mask_;; i = (i + 1) & mask_) {
+  for (size_t i = mix64(key) & mask_;; i = (i + 1) & mask_) {
     if (keys_[i] == kEmpty) {
       keys_[i] = key;
       vals_[i] = m;
@@ -56,7 +45,7 @@ void BpeModel::PairMap::insert_or_assign(uint64_t key, Merge m) {
 
 const BpeModel::Merge* BpeModel::PairMap::find(uint64_t key) const {
   if (keys_.empty()) return nullptr;
-  for (size_t i = mix(key) & mask_;; i = (i + 1) & mask_) {
+  for (size_t i = mix64(key) & mask_;; i = (i + 1) & mask_) {
     if (keys_[i] == key) return &vals_[i];
     if (keys_[i] == kEmpty) return nullptr;
   }

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/error.hpp"
+#include "core/hash.hpp"
 #include "core/process.hpp"
 #include "io/tokenizer_unicode.hpp"
 #include "model/forward.hpp"
@@ -13,13 +14,6 @@
 namespace infini::tasks {
 
 namespace {
-
-uint64_t splitmix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
 
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
@@ -174,9 +168,9 @@ PasskeyEvalResult evaluate_passkey(const model::Model<float>& m, const PasskeyGe
     std::vector<PasskeyPrompt> prompts;
     for (size_t di = 0; di < o.depths.size(); ++di)
       for (int64_t t = 0; t < o.trials; ++t) {
-        std::mt19937_64 rng(splitmix(o.seed ^ splitmix(uint64_t(L) * 1315423911ULL +
-                                                         uint64_t(di) * 2654435761ULL +
-                                                         uint64_t(t))));
+        std::mt19937_64 rng(splitmix64_at(o.seed ^ splitmix64_at(uint64_t(L) * 1315423911ULL +
+                                                                 uint64_t(di) * 2654435761ULL +
+                                                                 uint64_t(t))));
         prompts.push_back(gen.make(L, o.depths[di], gen.random_key(rng)));
       }
     std::vector<std::string> decoded(prompts.size());

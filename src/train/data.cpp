@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "core/error.hpp"
+#include "core/hash.hpp"
 #include "io/text.hpp"
 #include "model/model.hpp"
 
@@ -18,14 +19,6 @@ namespace {
 
 constexpr char kMagic[8] = {'I', 'N', 'F', 'T', 'O', 'K', 'C', '1'};
 constexpr uint32_t kCacheVersion = 1;
-
-// splitmix64: a tiny, well-mixed generator whose output is the same on every platform.
-uint64_t splitmix(uint64_t& s) {
-  uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
 
 template <class T>
 void put(std::string& out, T v) {
@@ -325,13 +318,13 @@ void WindowSource::start_epoch(int64_t epoch) {
   uint64_t s = seed_ * 0x2545f4914f6cdd1dULL + uint64_t(epoch) + 1;
   const int64_t L = int64_t(stream_.size());
   // A new offset each epoch shifts the window boundaries, so epochs differ in more than order.
-  offset_ = int64_t(splitmix(s) % uint64_t(seq_len_));
+  offset_ = int64_t(splitmix64(s) % uint64_t(seq_len_));
   if (L - offset_ < seq_len_) offset_ = 0;
   const int64_t count = (L - offset_) / seq_len_;
   order_.resize(size_t(count));
   for (int64_t i = 0; i < count; ++i) order_[size_t(i)] = offset_ + i * seq_len_;
   for (int64_t i = count - 1; i > 0; --i)  // Fisher-Yates
-    std::swap(order_[size_t(i)], order_[size_t(splitmix(s) % uint64_t(i + 1))]);
+    std::swap(order_[size_t(i)], order_[size_t(splitmix64(s) % uint64_t(i + 1))]);
 }
 
 void WindowSource::next(int64_t batch, int64_t seq_len, Batch& out) {
