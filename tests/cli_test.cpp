@@ -137,6 +137,17 @@ TEST(Cli, HelpForEverySubcommand) {
   EXPECT_EQ(run_infini("--help").code, 0);
 }
 
+TEST(Cli, VersionSaysTheReleaseAndWhatMultiplies) {
+  const CliResult r =
+      infini::testutil::run_shell("OMP_NUM_THREADS=1 " + std::string(INFINI_BINARY) + " --version");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("infini " INFINI_VERSION "\n", 0), 0u) << r.out;
+  EXPECT_NE(r.out.find("matrix products: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("OpenMP: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(", 1 thread\n"), std::string::npos) << r.out;
+  EXPECT_TRUE(r.err.empty()) << r.err;
+}
+
 TEST(Cli, BareCommandPrintsUsageAndAnUnknownSubcommandIsNamed) {
   CliResult bare = run_infini("");
   EXPECT_EQ(bare.code, 1);

@@ -13,8 +13,28 @@
 #include "cli/commands.hpp"
 #include "cli/common.hpp"
 #include "core/error.hpp"
+#include "ops/sgemm.hpp"
 
 namespace {
+
+// `infini --version`: the release, and what this build and this CPU multiply with, which is
+// what a bug report or a benchmark figure needs next to it.
+std::string version_text() {
+  std::string s = "infini " INFINI_VERSION "\n";
+  s += std::string("matrix products: ") +
+       (infini::ops::sgemm_native_available() ? "infini's AVX-512 kernel (this CPU has AVX-512)"
+                                              : "OpenBLAS (no AVX-512 kernel on this CPU or build)") +
+       "\n";
+#ifdef INFINI_WITH_MPI
+  s += "distributed training: MPI\n";
+#else
+  s += "distributed training: not built (no MPI found at build time)\n";
+#endif
+  const int threads = infini::omp_threads();
+  s += "OpenMP: " + std::to_string(_OPENMP) + ", " + std::to_string(threads) +
+       (threads == 1 ? " thread" : " threads");  // CLI11 ends the line
+  return s;
+}
 
 // When thread binding is asked for (OMP_PROC_BIND, OMP_PLACES, GOMP_CPU_AFFINITY), libgomp
 // binds the initial thread to the first place as it loads, and a restarted process inherits
@@ -57,6 +77,7 @@ int main(int argc, char** argv) {
   CLI::App app{"infini: Infini-attention transformers (compressive memory across segments)"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Print help for every subcommand");
+  app.set_version_flag("--version", version_text());
   infini::cli::register_init(app);
   infini::cli::register_eval(app);
   infini::cli::register_grad(app);
