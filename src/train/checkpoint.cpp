@@ -49,6 +49,23 @@ void fsync_tree(const fs::path& dir) {
   fsync_path(dir.string());
 }
 
+// Makes `tmp` afresh (whatever an earlier run left there is removed), lets `fill` write into
+// it and syncs it all to disk; on any failure `tmp` is removed and the error passes on.
+void fill_fresh_directory(const fs::path& tmp,
+                          const std::function<void(const std::string& dir)>& fill) {
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  if (ec) throw Error("cannot create " + tmp.string() + ": " + ec.message());
+  try {
+    fill(tmp.string());
+    fsync_tree(tmp);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
 }  // namespace
 
 void fsync_path(const std::string& path) {
@@ -131,16 +148,7 @@ std::string commit_checkpoint(const std::string& out, int64_t step,
   if (ec) throw Error("cannot create " + root.string() + ": " + ec.message());
   const std::string name = checkpoint_name(step);
   const fs::path tmp = root / (".tmp-" + name + "-" + std::to_string(::getpid()));
-  fs::remove_all(tmp, ec);
-  fs::create_directory(tmp, ec);
-  if (ec) throw Error("cannot create " + tmp.string() + ": " + ec.message());
-  try {
-    fill(tmp.string());
-    fsync_tree(tmp);
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
-  }
+  fill_fresh_directory(tmp, fill);
   const fs::path final_dir = root / name;
   if (fs::exists(final_dir)) {
     // The same step saved again (e.g. a resumed run re-reaching it): swap the old one out.
@@ -196,17 +204,8 @@ void publish_directory(const std::string& dest,
   const std::string base = d.filename().string();
   const fs::path tmp = parent / (".tmp-" + base + "-" + std::to_string(::getpid()));
   const fs::path old = parent / (".old-" + base + "-" + std::to_string(::getpid()));
+  fill_fresh_directory(tmp, fill);
   std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  if (ec) throw Error("cannot create " + tmp.string() + ": " + ec.message());
-  try {
-    fill(tmp.string());
-    fsync_tree(tmp);
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
-  }
   const bool had = fs::exists(d);
   if (had) {
     fs::remove_all(old, ec);
