@@ -76,7 +76,7 @@ int main(int argc, char** argv) {
   CLI::App app{"infini: Infini-attention transformers (compressive memory across segments)"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Print help for every subcommand");
-  app.set_version_flag("--version", version_text());
+  app.set_version_flag("--version", version_text);  // built only when asked for
   infini::cli::register_init(app);
   infini::cli::register_eval(app);
   infini::cli::register_grad(app);
