@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -36,6 +37,32 @@ TEST(BenchCommand, ReportsThroughputAndCountsModelFlops) {
       2 * p_mm * tokens + L * 4 * d * H * pairs + L * 2 * d * d * tokens * (H + 2 * H);
   EXPECT_NEAR(j.at("model_gflop_per_eval_step").get<double>(), forward / 1e9, 1e-9);
   EXPECT_NEAR(j.at("model_gflop_per_train_step").get<double>(), 3 * forward / 1e9, 1e-9);
+}
+
+namespace {
+// The first processor's "model name" in /proc/cpuinfo, "" where there is none.
+std::string first_cpu_name() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line) && !line.empty())
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "";
+}
+}  // namespace
+
+TEST(BenchCommand, SaysWhichCpuTheFiguresComeFrom) {
+  // Figures from two machines are only comparable with the CPU named next to them.
+  const std::string cfg = std::string(INFINI_SOURCE_DIR) + "/configs/tiny.json";
+  const std::string args = " --seq-len 16 --steps 1 --warmup 0 --threads 1 --no-sgemm";
+  const CliResult json = run_infini("bench --config " + cfg + args + " --json");
+  ASSERT_EQ(json.code, 0) << json.out << json.err;
+  const std::string cpu = nlohmann::json::parse(json.out).at("cpu").get<std::string>();
+  const CliResult text = run_infini("bench --config " + cfg + args);
+  ASSERT_EQ(text.code, 0) << text.out << text.err;
+  EXPECT_NE(text.out.find("thread of " + cpu + "):"), std::string::npos) << text.out;
+  const std::string name = first_cpu_name();
+  if (name.empty()) GTEST_SKIP() << "no model name in /proc/cpuinfo";
+  EXPECT_EQ(cpu.rfind(name + " (family ", 0), 0u) << cpu;
 }
 
 TEST(BenchCommand, ReportsTheThreadsThatRanNotTheThreadsAskedFor) {

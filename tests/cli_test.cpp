@@ -142,6 +142,8 @@ TEST(Cli, VersionSaysTheReleaseAndWhatMultiplies) {
       infini::testutil::run_shell("OMP_NUM_THREADS=1 " + std::string(INFINI_BINARY) + " --version");
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out.rfind("infini " INFINI_VERSION "\n", 0), 0u) << r.out;
+  EXPECT_NE(r.out.find("\nCPU: "), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("CPU: unknown"), std::string::npos) << r.out;  // Linux has /proc/cpuinfo
   EXPECT_NE(r.out.find("matrix products: "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("OpenMP: "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find(", 1 thread\n"), std::string::npos) << r.out;

@@ -307,6 +307,7 @@ void register_bench(CLI::App& app) {
                         {"eval_mfu", util(eval_gflops)},
                         {"prefill_mfu", util(prefill_gflops)},
                         {"final_loss", last_loss},
+                        {"cpu", cpu_model()},
                         {"blas_core", ops::blas_core_name()},
                         {"gemm", ops::gemm_backend_name()},
                         {"omp_wait_policy", std::getenv("OMP_WAIT_POLICY")
@@ -317,9 +318,10 @@ void register_bench(CLI::App& app) {
       std::printf("%s\n", j.dump().c_str());
       return;
     }
-    std::printf("infini bench (%d thread%s): B=%lld T=%lld N=%lld, median of %lld step%s\n",
-                threads, threads == 1 ? "" : "s", (long long)B, (long long)T,
-                (long long)cfg.segment_length, (long long)o->steps, o->steps == 1 ? "" : "s");
+    std::printf("infini bench (%d thread%s of %s): B=%lld T=%lld N=%lld, median of %lld step%s\n",
+                threads, threads == 1 ? "" : "s", cpu_model().c_str(), (long long)B,
+                (long long)T, (long long)cfg.segment_length, (long long)o->steps,
+                o->steps == 1 ? "" : "s");
     // Without the SGEMM reference (--no-sgemm) there is nothing to divide by: "n/a", not 0%.
     auto mfu = [&](double gflops) {
       char text[16] = "  n/a";

@@ -21,6 +21,7 @@ namespace {
 // what a bug report or a benchmark figure needs next to it.
 std::string version_text() {
   std::string s = "infini " INFINI_VERSION "\n";
+  s += "CPU: " + infini::cpu_model() + "\n";
   s += infini::ops::sgemm_native_available()
            ? "matrix products: infini's AVX-512 kernel (this CPU has AVX-512)\n"
            : "matrix products: OpenBLAS (no AVX-512 kernel on this CPU or build)\n";

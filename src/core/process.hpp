@@ -1,6 +1,8 @@
-// What this process has used so far (time, memory) and the threads it computes with, for
-// progress lines and reports.
+// What this process has used so far (time, memory), the threads it computes with and the CPU
+// it runs on, for progress lines and reports.
 #pragma once
+
+#include <string>
 
 namespace infini {
 
@@ -18,5 +20,10 @@ double peak_rss_mb();
 // Threads an OpenMP parallel region of this process gets: omp_get_max_threads() capped by
 // OMP_THREAD_LIMIT, which omp_get_max_threads() does not reflect.
 int omp_threads();
+
+// The CPU as /proc/cpuinfo names it, with its family and model numbers, e.g. "AMD EPYC
+// (family 25, model 17)": speed figures depend on it (two CPUs that both have AVX-512 may
+// differ twofold in FMA throughput). "unknown" where /proc/cpuinfo cannot be read.
+std::string cpu_model();
 
 }  // namespace infini
