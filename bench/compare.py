@@ -10,7 +10,9 @@ For each configuration it runs, one right after the other, `/usr/bin/python3
 reference/bench_torch.py ... --threads N --json` and `infini bench ... --threads N --json`,
 and prints the tokens/s of both, their ratio, and infini's model-FLOP utilisation against the
 SGEMM throughput infini measured in the same run. With --rounds R all of it is repeated R
-times, one round after the other, and a summary gives the median ratios; --gemm-ab adds a run
+times, one round after the other, and a summary gives the median ratios and what 4x the
+twin's training speed would ask of the machine: its model FLOP/s as a share of the FMA
+ceiling `infini bench` measured (over 100%: no float32 program can do it here); --gemm-ab adds a run
 of infini with its GEMMs on OpenBLAS (`infini bench --gemm openblas`). It needs no torch
 itself (the twin runs under /usr/bin/python3, Debian's torch).
 
@@ -151,9 +153,13 @@ def main():
                 te_ = t["eval_tokens_per_s"] if t else math.nan
                 tc = t.get("train_cpu_s_per_step", math.nan) if t else math.nan
                 tr, er = i["train_tokens_per_s"] / tt, i["eval_tokens_per_s"] / te_
-                acc = ratios.setdefault((r["config"], i.get("gemm", g), te), ([], []))
+                acc = ratios.setdefault((r["config"], i.get("gemm", g), te), ([], [], []))
                 acc[0].append(tr)
                 acc[1].append(er)
+                # What 4x the twin would ask of the hardware: model FLOP/s over the FMA ceiling.
+                peak = i.get("fma_peak_gflops", 0)
+                acc[2].append(4 * tt * i["model_gflop_per_train_step"] / (r["T"] * r["B"]) / peak
+                              if peak else math.nan)
                 lines.append(
                     f"| {r['round']} | {r['config']} | {r['T']} x {r['B']} | "
                     f"{i.get('gemm', g)} | {te} | {tt:.1f} | "
@@ -167,10 +173,11 @@ def main():
                     f"{tc:.2f} / {i['train_cpu_s_per_step']:.2f} | "
                     f"{r['load_before']}-{r['load_after']} |")
     summary = ["| config | infini GEMM | PyTorch env | rounds | median train ratio | "
-               "median eval ratio |", "|---|---|---|---|---|---|"]
-    for (cfg, g, te), (tr, er) in ratios.items():
+               "median eval ratio | 4x the twin's training needs, of the FMA ceiling |",
+               "|---|---|---|---|---|---|---|"]
+    for (cfg, g, te), (tr, er, need) in ratios.items():
         summary.append(f"| {cfg} | {g} | {te} | {len(tr)} | {median(tr):.2f}x | "
-                       f"{median(er):.2f}x |")
+                       f"{median(er):.2f}x | {100 * median(need):.0f}% |")
     # The ratio depends on the CPU: where AVX-512 FMAs run at AVX2's rate (Zen 4), OpenBLAS's
     # kernels reach the same peak as infini's and the twin's products are as fast as infini's.
     cpus = sorted({i.get("cpu", "?") for r in rows for i in r["infini"].values()})

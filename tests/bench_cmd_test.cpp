@@ -90,6 +90,7 @@ TEST(BenchCommand, TextReportSaysWhenThereIsNoSgemmReference) {
     EXPECT_EQ(line.find('%'), std::string::npos) << line;
   }
   EXPECT_EQ(r.out.find("SGEMM"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("FMA ceiling"), std::string::npos) << r.out;
 }
 
 TEST(BenchCommand, RejectsAMissingConfig) {
@@ -128,4 +129,7 @@ TEST(BenchCommand, BothGemmBackendsRunTheSameStep) {
   EXPECT_GT(ob, 0);
   EXPECT_GT(nat, 0);
   EXPECT_DOUBLE_EQ(jn.at("sgemm_gflops").get<double>(), std::max(ob, nat));
+  // and the FMA ceiling beside it; --no-sgemm measures neither.
+  EXPECT_GT(jn.at("fma_peak_gflops").get<double>(), 0);
+  EXPECT_EQ(jf.at("fma_peak_gflops").get<double>(), 0);
 }

@@ -1,0 +1,42 @@
+// ops::fma_chains and fma_peak_gflops: the FMA ceiling `infini bench` reports next to SGEMM.
+#include "ops/fma_peak.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+namespace {
+
+// Vector lanes the widest FMA this CPU has works on: what fma_chains should pick.
+int expected_lanes() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) return 16;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 8;
+#endif
+  return 1;
+}
+
+}  // namespace
+
+TEST(FmaPeak, ChainsDoTheArithmeticTheyCount) {
+  const int64_t steps = 1000;
+  float sink = 0;
+  const double flops = infini::ops::fma_chains(steps, &sink);
+  const int lanes = expected_lanes();
+  EXPECT_EQ(flops, 2.0 * lanes * 24 * double(steps));
+  // Chain i: x <- 0.9999 x + 1e-4 from 0.001 i, i.e. x_n = a^n x_0 + b (1 - a^n) / (1 - a);
+  // every lane of every chain is summed into sink.
+  const double a = 0.9999, b = 1e-4, an = std::pow(a, double(steps));
+  double want = 0;
+  for (int i = 0; i < 24; ++i) want += an * 0.001 * i + b * (1 - an) / (1 - a);
+  EXPECT_NEAR(sink, lanes * want, 1e-4 * lanes * want);
+}
+
+TEST(FmaPeak, ReportsAPositiveRateOnEveryThreadCount) {
+  for (int threads : {1, 2}) {
+    const double gflops = infini::ops::fma_peak_gflops(threads, 1 << 14, 2);
+    EXPECT_GT(gflops, 0.0) << threads;
+    EXPECT_TRUE(std::isfinite(gflops)) << threads;
+  }
+}
