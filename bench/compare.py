@@ -12,9 +12,9 @@ and prints the tokens/s of both, their ratio, and infini's model-FLOP utilisatio
 SGEMM throughput infini measured in the same run. With --rounds R all of it is repeated R
 times, one round after the other, and a summary gives the median ratios and what 4x the
 twin's training speed would ask of the machine: its model FLOP/s as a share of the FMA
-ceiling `infini bench` measured (over 100%: no float32 program can do it here); --gemm-ab adds a run
-of infini with its GEMMs on OpenBLAS (`infini bench --gemm openblas`). It needs no torch
-itself (the twin runs under /usr/bin/python3, Debian's torch).
+ceiling `infini bench` measured (over 100%: no float32 program can do it here); --gemm-ab
+adds a run of infini with its GEMMs on OpenBLAS (`infini bench --gemm openblas`). It needs no
+torch itself (the twin runs under /usr/bin/python3, Debian's torch).
 
 The twin's environment (--torch-env):
   fair   OMP_NUM_THREADS = OPENBLAS_NUM_THREADS = N and OMP_WAIT_POLICY=passive, i.e. one
