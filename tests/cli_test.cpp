@@ -143,7 +143,6 @@ TEST(Cli, VersionSaysTheReleaseAndWhatMultiplies) {
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out.rfind("infini " INFINI_VERSION "\n", 0), 0u) << r.out;
   EXPECT_NE(r.out.find("\nCPU: "), std::string::npos) << r.out;
-  EXPECT_EQ(r.out.find("CPU: unknown"), std::string::npos) << r.out;  // Linux has /proc/cpuinfo
   EXPECT_NE(r.out.find("matrix products: "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("OpenMP: "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find(", 1 thread\n"), std::string::npos) << r.out;
