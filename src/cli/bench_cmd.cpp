@@ -274,6 +274,7 @@ void register_bench(CLI::App& app) {
       return sgemm_cpu > 0 && cpu_s > 0 ? gflop / cpu_s / sgemm_cpu : 0.0;
     };
 
+    const std::string cpu = cpu_model();  // read from /proc/cpuinfo once, for both reports
     nlohmann::json j = {{"impl", "infini"},
                         {"threads", threads},
                         {"seq_len", T},
@@ -311,7 +312,7 @@ void register_bench(CLI::App& app) {
                         {"eval_mfu", util(eval_gflops)},
                         {"prefill_mfu", util(prefill_gflops)},
                         {"final_loss", last_loss},
-                        {"cpu", cpu_model()},
+                        {"cpu", cpu},
                         {"blas_core", ops::blas_core_name()},
                         {"gemm", ops::gemm_backend_name()},
                         {"omp_wait_policy", std::getenv("OMP_WAIT_POLICY")
@@ -323,7 +324,7 @@ void register_bench(CLI::App& app) {
       return;
     }
     std::printf("infini bench (%d thread%s of %s): B=%lld T=%lld N=%lld, median of %lld step%s\n",
-                threads, threads == 1 ? "" : "s", cpu_model().c_str(), (long long)B,
+                threads, threads == 1 ? "" : "s", cpu.c_str(), (long long)B,
                 (long long)T, (long long)cfg.segment_length, (long long)o->steps,
                 o->steps == 1 ? "" : "s");
     // Without the SGEMM reference (--no-sgemm) there is nothing to divide by: "n/a", not 0%.
