@@ -23,6 +23,7 @@
 #include "tasks/lora_trainable.hpp"
 #include "tasks/passkey.hpp"
 #include "tasks/passkey_eval.hpp"
+#include "train/background_state.hpp"
 #include "train/checkpoint.hpp"
 #include "train/optimizer.hpp"
 #include "train/trainer.hpp"
@@ -108,6 +109,10 @@ struct TrainOpts {
   int64_t eval_trials = 4, bptt_segments = 0, digits = 5, lora_rank = 0, stop_at = 0;
   double lr = 1e-3, gate_lr = 1e-1, weight_decay = 0.0, grad_clip = 1.0, min_lr_ratio = 0.1;
   double init_std = 0.02, gate_init = 0.0, lora_alpha = 16.0, end_fraction = 0.0;
+  // State passing (train/background_state.hpp): chains of filler read without gradient.
+  int64_t background_chains = 0, background_per_step = 0;
+  std::string background_max = "2M";
+  double background_share = 0.5;
   uint64_t seed = 0;
   bool resume = false;
 
@@ -161,7 +166,7 @@ void run_passkey_train(TrainOpts& o, RunFlags& flags) {
   so.loss = tasks::parse_passkey_loss(o.loss);
   so.end_fraction = o.end_fraction;
   so.seed = o.seed;
-  tasks::PasskeySource source(gen, so);
+  tasks::PasskeySource passkey_source(gen, so);
 
   std::unique_ptr<tr::Trainable> trainable;
   std::vector<tr::ParamGroup> groups;
@@ -180,6 +185,25 @@ void run_passkey_train(TrainOpts& o, RunFlags& flags) {
     trainable = std::make_unique<tr::FullModelTrainable>(std::move(m), tokenizer_json);
   }
   const model::ModelConfig& cfg = trainable->forward_model().config;
+  tr::BackgroundOptions bo;
+  bo.chains = o.background_chains;
+  bo.tokens_per_step = o.background_per_step > 0 ? o.background_per_step : 16 * cfg.segment_length;
+  bo.max_tokens = tasks::parse_length(o.background_max, "--background-max-tokens");
+  bo.share = o.background_share;
+  bo.seed = o.seed;
+  tr::Trainable* tp = trainable.get();
+  tr::BackgroundStateSource source(
+      passkey_source, cfg, [tp]() -> const model::Model<float>& { return tp->forward_model(); },
+      [gen](int64_t start, int64_t count, int32_t* out) { gen->filler_tokens(start, count, out); },
+      bo);
+  if (bo.chains > 0)
+    std::fprintf(log,
+                 "state passing: %lld of every %lld rows start from one of %lld filler chains, "
+                 "each reading %lld more tokens per step (no gradient) and restarting after "
+                 "%lld..%lld tokens\n",
+                 (long long)std::llround(bo.share * double(o.batch)), (long long)o.batch,
+                 (long long)bo.chains, (long long)bo.tokens_per_step,
+                 (long long)(bo.max_tokens / 2), (long long)bo.max_tokens);
   std::fprintf(log,
                "passkey train: %lld-digit keys, lengths %lld..%lld tokens (%lld..%lld segments "
                "of %lld), loss on %s tokens, %s\n",
@@ -212,7 +236,6 @@ void run_passkey_train(TrainOpts& o, RunFlags& flags) {
   eo.depths = parse_depths(o.eval_depths, "--eval-depths");
   eo.trials = o.eval_trials;
   eo.seed = o.seed + 1000003;
-  tr::Trainable* tp = trainable.get();
   const std::string eval_log = (fs::path(o.out) / "passkey_eval.jsonl").string();
   tr::TrainHooks hooks;
   hooks.on_step = [&, tp](const nlohmann::json& line) {
@@ -321,6 +344,31 @@ void register_passkey_train(CLI::App& parent) {
                    ->capture_default_str()
                    ->check(CLI::Range(int64_t(1), int64_t(18))),
                o->digits);
+  f.trajectory(
+      cmd->add_option("--background-chains", o->background_chains,
+                      "State passing: keep this many chains of filler text, each read on without "
+                      "gradient by the current weights; rows of a batch start from their memory "
+                      "instead of the empty one (0: off, every sequence starts empty)")
+          ->capture_default_str()
+          ->check(CLI::Range(int64_t(0), int64_t(1024))),
+      o->background_chains);
+  f.trajectory(
+      cmd->add_option("--background-tokens-per-step", o->background_per_step,
+                      "Filler tokens each chain reads per step, a multiple of the segment length "
+                      "(0: 16 segments)")
+          ->capture_default_str()
+          ->check(CLI::Range(int64_t(0), int64_t(1) << 30)),
+      o->background_per_step);
+  f.trajectory(cmd->add_option("--background-max-tokens", o->background_max,
+                               "A chain restarts from the empty memory after a cycle whose length "
+                               "is drawn uniformly in [this/2, this] (e.g. 2M)")
+                   ->capture_default_str(),
+               o->background_max);
+  f.trajectory(cmd->add_option("--background-share", o->background_share,
+                               "Share of each batch's rows that start from a chain's memory")
+                   ->capture_default_str()
+                   ->check(CLI::Range(0.0, 1.0)),
+               o->background_share);
   f.trajectory(
       cmd->add_option("--end-fraction", o->end_fraction,
                       "Share of samples with the passkey at depth 1, right before the question "

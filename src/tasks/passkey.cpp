@@ -75,6 +75,11 @@ std::string PasskeyGenerator::random_key(std::mt19937_64& rng) const {
   return std::to_string(k);
 }
 
+void PasskeyGenerator::filler_tokens(int64_t start, int64_t count, int32_t* out) const {
+  const int64_t U = int64_t(filler_->size());
+  for (int64_t i = 0; i < count; ++i) out[i] = (*filler_)[size_t((start + i) % U)];
+}
+
 PasskeyPrompt PasskeyGenerator::make(int64_t length, double depth, const std::string& key) const {
   if (!(depth >= 0.0 && depth <= 1.0))
     throw Error("passkey: depth " + std::to_string(depth) + " is outside [0, 1]");

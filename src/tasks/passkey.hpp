@@ -80,6 +80,9 @@ class PasskeyGenerator {
   // [0, 1]. Throws infini::Error naming the length when it is below what the key needs.
   PasskeyPrompt make(int64_t length, double depth, const std::string& key) const;
   std::string random_key(std::mt19937_64& rng) const;
+  // Tokens [start, start + count) of the endless filler stream (the background text of
+  // passkey training with state passing, train/background_state.hpp).
+  void filler_tokens(int64_t start, int64_t count, int32_t* out) const;
 
  private:
   std::shared_ptr<const io::Tokenizer> tok_;

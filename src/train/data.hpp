@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/tokenizer.hpp"
+#include "model/state.hpp"
 
 namespace infini::train {
 
@@ -27,6 +28,10 @@ struct Batch {
   // Empty (every prediction counts) or [batch, seq_len]: position t's prediction of token t+1
   // counts only when loss_mask[b*seq_len + t] != 0 (model::SequenceOptions::loss_mask).
   std::vector<uint8_t> loss_mask;
+  // Empty (every sequence starts from the zero memory, SPEC §4) or the memory each of the
+  // `batch` sequences starts from (state passing, train/background_state.hpp). No gradient
+  // flows into it.
+  model::MemoryState<float> initial_state;
 };
 
 class BatchSource {

@@ -125,6 +125,11 @@ StepGradient Trainer::compute_gradient(const Batch& b, float* grad) {
   if (int64_t(b.tokens.size()) != B * T ||
       (!b.loss_mask.empty() && int64_t(b.loss_mask.size()) != B * T))
     throw Error("batch source returned a batch of the wrong size");
+  if (!b.initial_state.M.empty() &&
+      (b.initial_state.batch != B || b.initial_state.layers != m.config.num_layers ||
+       b.initial_state.kv_heads != m.config.num_kv_heads ||
+       b.initial_state.head_dim != m.config.head_dim))
+    throw Error("batch source returned an initial memory state of the wrong shape");
   for (int32_t t : b.tokens)
     if (t < 0 || t >= m.config.vocab_size)
       throw Error("token id " + std::to_string(t) + " is outside the model's vocabulary (" +
@@ -148,8 +153,14 @@ StepGradient Trainer::compute_gradient(const Batch& b, float* grad) {
     // grad_scale 0 would mean "1 / own count"; a batch with no prediction contributes nothing.
     so.grad_scale = global > 0 ? 1.0 / double(global) : 1e-30;
     so.loss_mask = b.loss_mask.empty() ? nullptr : b.loss_mask.data() + row * T;
-    const model::LossResult r = model::sequence_loss<float>(m, ctx_, b.tokens.data() + row * T,
-                                                            micro, T, model_grad_.data(), so, ws_);
+    model::MemoryState<float>* start = nullptr;
+    if (!b.initial_state.M.empty()) {
+      start_ = model::MemoryState<float>::zeros(m.config, micro);
+      for (int64_t i = 0; i < micro; ++i) b.initial_state.copy_sequence(row + i, start_, i);
+      start = &start_;
+    }
+    const model::LossResult r = model::sequence_loss<float>(
+        m, ctx_, b.tokens.data() + row * T, micro, T, model_grad_.data(), so, ws_, start);
     sg.loss_sum += r.loss_sum;
     sg.predicted += r.predicted;
     if (hooks_.after_micro_batch)

@@ -156,6 +156,7 @@ class Trainer {
   model::ForwardContext<float> ctx_;
   model::SequenceWorkspace<float> ws_;
   std::vector<float> model_grad_, grad_;
+  model::MemoryState<float> start_;  // a micro-batch's rows of Batch::initial_state
   Batch batch_;
   int64_t step_ = 0, tokens_seen_ = 0, saved_step_ = -1;
   bool resumed_ = false;
