@@ -5,6 +5,7 @@ pkgs=(build-essential cmake pkg-config libopenblas-openmp-dev nlohmann-json3-dev
       libpcre2-dev libicu-dev libgtest-dev libgmock-dev googletest libbenchmark-dev
       libopenmpi-dev openmpi-bin)
 pkgs+=(clang libclang-rt-14-dev libomp-dev)  # scripts/fuzz.sh: libFuzzer, clang's OpenMP
+pkgs+=(pybind11-dev python3-dev python3-numpy python3-pytest)  # the Python package (docs/python.md)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

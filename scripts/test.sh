@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-bash scripts/build.sh
+bash scripts/build.sh -DINFINI_PYTHON=ON  # the Python package and its pytest suite too
 cd build
 # One OpenMP thread per test process and as many processes as cores: spinning OpenMP threads
 # of concurrent tests would otherwise oversubscribe the machine and slow everything down.

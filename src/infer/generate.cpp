@@ -36,6 +36,7 @@ GenerateResult generate(Session& s, const io::Tokenizer& tok, Sampler& sampler,
   for (int64_t i = 0; i < o.max_new_tokens; ++i) {
     const int32_t t = sampler.sample(s.logits(), allowed);
     ++r.new_tokens;
+    if (o.on_token) o.on_token(t);
     const bool last = i + 1 == o.max_new_tokens;
     if (t == eos) {
       r.stop_reason = "eos";

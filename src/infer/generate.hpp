@@ -34,6 +34,9 @@ struct GenerateOptions {
   bool keep_state = false;
   // Treat <eos> as an ordinary token (benchmarks that must generate exactly max_new_tokens).
   bool ignore_eos = false;
+  // Called with every sampled id, <eos> included, before it is fed (the Python package
+  // returns token ids rather than text).
+  std::function<void(int32_t)> on_token;
 };
 
 struct GenerateResult {

@@ -1,0 +1,376 @@
+// The Python front end (`import infini`): a thin layer over the same library calls as the
+// command line. Models, tokenizers and streaming sessions are C++ objects; token ids come in
+// as lists or 1-D integer numpy arrays; arrays go out as numpy float32. Long calls release the
+// GIL; infini::Error becomes infini.Error (a RuntimeError) with the CLI's message.
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "infer/generate.hpp"
+#include "infer/sampler.hpp"
+#include "infer/session.hpp"
+#include "io/text.hpp"
+#include "io/tokenizer.hpp"
+#include "model/bptt.hpp"
+#include "model/config.hpp"
+#include "model/model.hpp"
+#include "tasks/passkey.hpp"
+#include "tasks/passkey_eval.hpp"
+
+namespace py = pybind11;
+using namespace infini;
+
+namespace {
+
+// A model and its tokenizer, shared by the Python objects that use it (sessions, parameter
+// views), so that it outlives them whatever order Python frees them in.
+struct ModelHolder {
+  model::Model<float> m;
+  std::shared_ptr<const io::Tokenizer> tok;
+  std::string tokenizer_json;  // written next to the model on save ("" for the byte tokenizer)
+};
+using ModelPtr = std::shared_ptr<ModelHolder>;
+
+struct TokenizerHandle {
+  std::shared_ptr<const io::Tokenizer> tok;
+};
+
+struct SessionHandle {
+  ModelPtr model;  // declared first: destroyed after the session that refers to it
+  std::unique_ptr<infer::Session> session;
+};
+
+nlohmann::json to_json(const py::object& o) {
+  const std::string text = py::module_::import("json").attr("dumps")(o).cast<std::string>();
+  return nlohmann::json::parse(text);
+}
+
+py::object from_json(const nlohmann::json& j) {
+  return py::module_::import("json").attr("loads")(j.dump());
+}
+
+// Token ids from a list of ints or a 1-D integer numpy array, checked against the vocabulary.
+std::vector<int32_t> token_ids(const py::handle& ids, const model::ModelConfig& c,
+                               const char* what, int64_t at_least) {
+  std::vector<int32_t> v;
+  if (py::isinstance<py::array>(ids)) {
+    const py::array a = py::reinterpret_borrow<py::array>(ids);
+    if (a.ndim() != 1) throw Error(std::string(what) + ": token ids must be a 1-D array");
+    if (a.dtype().kind() != 'i' && a.dtype().kind() != 'u')
+      throw Error(std::string(what) + ": token ids must be integers, got dtype " +
+                  py::str(a.dtype()).cast<std::string>());
+    const py::array_t<int64_t, py::array::forcecast> b(a);
+    v.reserve(size_t(b.size()));
+    for (py::ssize_t i = 0; i < b.size(); ++i) {
+      const int64_t t = b.at(i);
+      if (t < 0 || t >= c.vocab_size)
+        throw Error(std::string(what) + ": token id " + std::to_string(t) +
+                    " is outside the vocabulary (" + std::to_string(c.vocab_size) + ")");
+      v.push_back(int32_t(t));
+    }
+  } else {
+    for (const py::handle& h : ids) {
+      if (!py::isinstance<py::int_>(h))
+        throw Error(std::string(what) + ": token ids must be ints");
+      const int64_t t = h.cast<int64_t>();
+      if (t < 0 || t >= c.vocab_size)
+        throw Error(std::string(what) + ": token id " + std::to_string(t) +
+                    " is outside the vocabulary (" + std::to_string(c.vocab_size) + ")");
+      v.push_back(int32_t(t));
+    }
+  }
+  if (int64_t(v.size()) < at_least)
+    throw Error(std::string(what) + ": needs at least " + std::to_string(at_least) +
+                " tokens, got " + std::to_string(v.size()));
+  return v;
+}
+
+ModelPtr load(const std::string& path) {
+  auto h = std::make_shared<ModelHolder>();
+  h->m = model::load_model(path);
+  h->tok = std::shared_ptr<const io::Tokenizer>(io::load_tokenizer_for_model(path));
+  const auto tj = std::filesystem::path(path) / "tokenizer.json";
+  if (std::filesystem::exists(tj)) h->tokenizer_json = io::read_file(tj.string());
+  return h;
+}
+
+ModelPtr init(const py::object& config, uint64_t seed) {
+  model::ModelConfig c;
+  if (py::isinstance<py::dict>(config))
+    c = model::config_from_json(to_json(config), "config");
+  else
+    c = model::load_config(py::str(config).cast<std::string>());
+  auto h = std::make_shared<ModelHolder>();
+  model::InitOptions io;
+  io.seed = seed;
+  h->m = model::init_model(c, io);
+  h->tok = std::make_shared<io::ByteTokenizer>();
+  return h;
+}
+
+double loss(const ModelHolder& h, const py::handle& ids_in) {
+  const std::vector<int32_t> ids = token_ids(ids_in, h.m.config, "loss", 2);
+  py::gil_scoped_release nogil;
+  model::ForwardContext<float> ctx(h.m.config);
+  model::SequenceWorkspace<float> ws;
+  return model::sequence_loss<float>(h.m, ctx, ids.data(), 1, int64_t(ids.size()), nullptr, {},
+                                     ws)
+      .mean();
+}
+
+// Logits of every position, segment by segment through the memory: [T, V] float32.
+py::array_t<float> logits(const ModelHolder& h, const py::handle& ids_in) {
+  const std::vector<int32_t> ids = token_ids(ids_in, h.m.config, "logits", 1);
+  const int64_t T = int64_t(ids.size()), V = h.m.config.vocab_size;
+  py::array_t<float> out({T, V});
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    model::ForwardContext<float> ctx(h.m.config);
+    model::MemoryState<float> state = model::MemoryState<float>::zeros(h.m.config, 1);
+    model::SegmentActs<float> acts;
+    const int64_t N = h.m.config.segment_length;
+    for (int64_t s = 0; s < T; s += N) {
+      const int64_t n = std::min(N, T - s);
+      model::forward_chunk<float>(h.m, ctx, ids.data() + s, 1, n, state, acts);
+      std::copy_n(acts.logits.data(), n * V, dst + s * V);
+    }
+  }
+  return out;
+}
+
+py::dict grad(const ModelHolder& h, const py::handle& ids_in) {
+  const std::vector<int32_t> ids = token_ids(ids_in, h.m.config, "grad", 2);
+  std::vector<float> g(size_t(h.m.layout.total), 0.0f);
+  {
+    py::gil_scoped_release nogil;
+    model::ForwardContext<float> ctx(h.m.config);
+    model::SequenceWorkspace<float> ws;
+    model::sequence_loss<float>(h.m, ctx, ids.data(), 1, int64_t(ids.size()), g.data(), {}, ws);
+  }
+  py::dict d;
+  for (const auto& p : h.m.layout.params) {
+    py::array_t<float> a(p.shape);
+    std::copy_n(g.data() + p.offset, p.numel, a.mutable_data());
+    d[py::str(p.name)] = a;
+  }
+  return d;
+}
+
+// Read-only views of the weights; each keeps the model alive.
+py::dict parameters(const ModelPtr& h) {
+  py::dict d;
+  py::object owner = py::cast(h);
+  for (const auto& p : h->m.layout.params) {
+    std::vector<py::ssize_t> strides(p.shape.size());
+    py::ssize_t s = sizeof(float);
+    for (size_t i = p.shape.size(); i-- > 0;) {
+      strides[i] = s;
+      s *= py::ssize_t(p.shape[i]);
+    }
+    py::array_t<float> a(std::vector<py::ssize_t>(p.shape.begin(), p.shape.end()), strides,
+                         h->m.weights.data() + p.offset, owner);
+    py::detail::array_proxy(a.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+    d[py::str(p.name)] = a;
+  }
+  return d;
+}
+
+void save(const ModelHolder& h, const std::string& dir) {
+  model::save_model(h.m, dir);
+  if (!h.tokenizer_json.empty())
+    model::write_file_atomic((std::filesystem::path(dir) / "tokenizer.json").string(),
+                             h.tokenizer_json);
+}
+
+std::unique_ptr<SessionHandle> make_session(const ModelPtr& h) {
+  auto s = std::make_unique<SessionHandle>();
+  s->model = h;
+  s->session = std::make_unique<infer::Session>(h->m);
+  return s;
+}
+
+std::vector<int32_t> generate(SessionHandle& s, int64_t max_new_tokens, double temperature,
+                              int64_t top_k, double top_p, uint64_t seed,
+                              const std::vector<std::string>& stop) {
+  if (!s.session->has_logits())
+    throw Error("generate: feed the session at least one token first");
+  if (max_new_tokens < 0) throw Error("generate: max_new_tokens must be >= 0");
+  infer::SamplingOptions so;
+  so.temperature = temperature;
+  so.top_k = top_k;
+  so.top_p = top_p;
+  so.seed = seed;
+  infer::GenerateOptions go;
+  go.max_new_tokens = max_new_tokens;
+  go.stop = stop;
+  go.keep_state = true;
+  std::vector<int32_t> out;
+  const int32_t eos = s.model->tok->eos_id();
+  go.on_token = [&](int32_t t) {
+    if (t != eos) out.push_back(t);
+  };
+  py::gil_scoped_release nogil;
+  infer::Sampler sampler(so);
+  infer::generate(*s.session, *s.model->tok, sampler, go, [](std::string_view) {});
+  return out;
+}
+
+py::dict memory(const SessionHandle& s) {
+  const infer::StateSnapshot snap = s.session->snapshot();
+  py::dict d;
+  const model::ModelConfig& c = s.model->m.config;
+  if (snap.M.empty()) return d;
+  py::array_t<float> M({c.num_layers, c.num_kv_heads, c.head_dim, c.head_dim});
+  py::array_t<float> z({c.num_layers, c.num_kv_heads, c.head_dim});
+  std::copy(snap.M.begin(), snap.M.end(), M.mutable_data());
+  std::copy(snap.z.begin(), snap.z.end(), z.mutable_data());
+  d["M"] = M;
+  d["z"] = z;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_infini, mod) {
+  mod.doc() = "Infini-attention transformers (C++ library bindings); see docs/python.md";
+  py::register_exception<Error>(mod, "Error", PyExc_RuntimeError);
+
+  py::class_<TokenizerHandle>(mod, "Tokenizer", "The model's tokenizer (tokenizer.json or bytes)")
+      .def(
+          "encode",
+          [](const TokenizerHandle& t, const std::string& text) { return t.tok->encode(text); },
+          py::arg("text"), "Token ids of `text`, no special tokens added")
+      .def(
+          "decode",
+          [](const TokenizerHandle& t, const py::handle& ids) {
+            model::ModelConfig c;
+            c.vocab_size = t.tok->vocab_size();
+            const std::vector<int32_t> v = token_ids(ids, c, "decode", 0);
+            const std::string s = t.tok->decode(v);
+            return py::str(PyUnicode_DecodeUTF8(s.data(), py::ssize_t(s.size()), "replace"));
+          },
+          py::arg("ids"), "Text of token ids (invalid UTF-8 becomes U+FFFD)")
+      .def_property_readonly("vocab_size", [](const TokenizerHandle& t) { return t.tok->vocab_size(); })
+      .def_property_readonly("eos_id", [](const TokenizerHandle& t) { return t.tok->eos_id(); })
+      .def_property_readonly("bos_id", [](const TokenizerHandle& t) { return t.tok->bos_id(); });
+
+  py::class_<ModelHolder, ModelPtr>(mod, "Model", "An Infini-attention model (SPEC §2-§4)")
+      .def_property_readonly(
+          "config", [](const ModelHolder& h) { return from_json(model::config_to_json(h.m.config)); },
+          "config.json as a dict")
+      .def_property_readonly(
+          "tokenizer", [](const ModelHolder& h) { return TokenizerHandle{h.tok}; },
+          "The model's Tokenizer")
+      .def("save", &save, py::arg("path"),
+           "Writes config.json, model.safetensors (and tokenizer.json) into directory `path`")
+      .def("loss", &loss, py::arg("ids"),
+           "Mean next-token loss (natural log) of `ids` read as one sequence through the memory; "
+           "equals `infini eval` on the same tokens")
+      .def("logits", &logits, py::arg("ids"),
+           "Logits of every position, numpy float32 [len(ids), vocab_size]")
+      .def("grad", &grad, py::arg("ids"),
+           "Full-BPTT gradient of loss(ids) for every parameter: dict name -> float32 array "
+           "(copies); equals `infini grad`")
+      .def("parameters", &parameters,
+           "Weights by name: read-only numpy views of the model's memory (no copy)")
+      .def("session", &make_session, "A new streaming Session (empty memory)")
+      .def(
+          "load_session",
+          [](const ModelPtr& h, const std::string& path) {
+            auto s = make_session(h);
+            s->session->load_state(path);
+            return s;
+          },
+          py::arg("path"), "A Session restored from a state file (`--state-out` format)");
+
+  py::class_<SessionHandle>(mod, "Session",
+                            "Streaming generation in constant memory (one sequence)")
+      .def(
+          "feed",
+          [](SessionHandle& s, const py::handle& ids) {
+            const std::vector<int32_t> v = token_ids(ids, s.model->m.config, "feed", 0);
+            py::gil_scoped_release nogil;
+            s.session->feed(v);
+          },
+          py::arg("ids"), "Runs token ids through the model")
+      .def("generate", &generate, py::arg("max_new_tokens"), py::arg("temperature") = 1.0,
+           py::arg("top_k") = 0, py::arg("top_p") = 1.0, py::arg("seed") = 0,
+           py::arg("stop") = std::vector<std::string>{},
+           "Samples up to max_new_tokens ids (temperature 0: greedy, as `infini generate "
+           "--temperature 0`); stops at <eos> (not returned) or after a stop string's last "
+           "token. The session keeps every returned token, so it can continue.")
+      .def("save", [](const SessionHandle& s, const std::string& p) { s.session->save_state(p); },
+           py::arg("path"), "Writes the state file (`--state-out` format)")
+      .def("memory", &memory,
+           "The compressive memory: {'M': [layers, kv_heads, d, d], 'z': [layers, kv_heads, d]} "
+           "(copies)")
+      .def_property_readonly("position", [](const SessionHandle& s) { return s.session->position(); },
+                             "Tokens fed since the start");
+
+  py::module_ pk = mod.def_submodule("passkey", "Passkey retrieval (docs/passkey.md)");
+  pk.def(
+      "sample",
+      [](const ModelPtr& h, int64_t length, double depth, uint64_t seed, int digits) {
+        const tasks::PasskeyGenerator gen(h->tok, digits);
+        std::mt19937_64 rng(seed);
+        const tasks::PasskeyPrompt p = gen.make(length, depth, gen.random_key(rng));
+        if (p.length > (int64_t(1) << 24))
+          throw Error("passkey.sample: prompts above 16M tokens are not materialised");
+        py::dict d;
+        d["key"] = p.key;
+        d["prompt"] = p.all_tokens();
+        d["answer"] = p.answer;
+        d["info_begin"] = p.info_begin;
+        return d;
+      },
+      py::arg("model"), py::arg("length"), py::arg("depth"), py::arg("seed") = 0,
+      py::arg("digits") = 5,
+      "One passkey prompt for `model`'s tokenizer: {'key', 'prompt' (ids), 'answer' (ids), "
+      "'info_begin'}; length counts prompt and answer tokens, as `infini passkey sample`");
+  pk.def(
+      "evaluate",
+      [](const ModelPtr& h, const std::vector<int64_t>& lengths, const std::vector<double>& depths,
+         int64_t trials, uint64_t seed, int digits) {
+        const tasks::PasskeyGenerator gen(h->tok, digits);
+        tasks::PasskeyEvalOptions o;
+        o.lengths = lengths;
+        o.depths = depths;
+        o.trials = trials;
+        o.seed = seed;
+        nlohmann::json j;
+        {
+          py::gil_scoped_release nogil;
+          j = tasks::evaluate_passkey(h->m, gen, o).to_json();
+        }
+        // sigmoid(beta) per layer and head, as `infini passkey eval --json` adds them.
+        j["gates"] = nlohmann::json::array();
+        if (h->m.config.use_memory)
+          for (const auto& lo : h->m.layout.layers) {
+            nlohmann::json row = nlohmann::json::array();
+            for (int64_t k = 0; k < h->m.config.num_heads; ++k)
+              row.push_back(1.0 / (1.0 + std::exp(-double(h->m.weights[size_t(lo.beta + k)]))));
+            j["gates"].push_back(row);
+          }
+        return from_json(j);
+      },
+      py::arg("model"), py::arg("lengths"), py::arg("depths"), py::arg("trials") = 1,
+      py::arg("seed") = 0, py::arg("digits") = 5,
+      "The accuracy grid of `infini passkey eval --json` as a dict (results[].length/.depth/"
+      ".accuracy, lengths, gates), streamed through the memory at any length");
+
+  mod.def("load", &load, py::arg("path"), "Loads a model directory");
+  mod.def("init", &init, py::arg("config"), py::arg("seed") = 0,
+          "A new randomly initialised model from a config dict or config.json path "
+          "(byte tokenizer)");
+}

@@ -1,0 +1,202 @@
+"""The Python package against the command line on the same model (run by CTest: PythonPackage).
+
+Needs PYTHONPATH=build/python and INFINI_BINARY (CMake sets both).
+"""
+
+import json
+import os
+import struct
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+
+import infini
+
+BIN = os.environ.get("INFINI_BINARY", "build/infini")
+ROOT = os.environ.get("INFINI_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+PASSKEY = os.path.join(ROOT, "models", "passkey-demo")
+
+TINY = {
+    "model_type": "llama", "vocab_size": 258, "hidden_size": 32, "intermediate_size": 64,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
+    "infini": {"segment_length": 16, "memory_update": "delta", "use_memory": True},
+}
+TEXT = "It is a truth universally acknowledged, that a single man in possession of a good " \
+       "fortune, must be in want of a wife. " * 3
+
+
+def cli(*args):
+    return subprocess.run([BIN, *args], check=True, capture_output=True, text=True).stdout
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = t["data_offsets"]
+        assert t["dtype"] == "F32"
+        out[name] = np.frombuffer(data[a:b], dtype="<f4").reshape(t["shape"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    m = infini.init(TINY, seed=3)
+    m.save(str(d / "model"))
+    (d / "text.txt").write_text(TEXT)
+    return d
+
+
+def test_loss_equals_infini_eval(tiny):
+    m = infini.load(str(tiny / "model"))
+    ids = m.tokenizer.encode(TEXT)
+    want = json.loads(cli("eval", "--model", str(tiny / "model"), "--data",
+                          str(tiny / "text.txt"), "--json"))
+    assert want["tokens"] == len(ids)
+    assert m.loss(ids) == pytest.approx(want["loss"], rel=1e-6)
+    assert m.loss(np.array(ids, dtype=np.int32)) == pytest.approx(want["loss"], rel=1e-6)
+
+
+def test_logits_shape_dtype_and_they_give_the_loss(tiny):
+    m = infini.load(str(tiny / "model"))
+    ids = m.tokenizer.encode(TEXT)
+    lg = m.logits(ids)
+    assert lg.dtype == np.float32 and lg.shape == (len(ids), 258)
+    lp = lg.astype(np.float64)
+    lp = lp - lp.max(axis=1, keepdims=True)
+    lp = lp - np.log(np.exp(lp).sum(axis=1, keepdims=True))
+    nll = -lp[np.arange(len(ids) - 1), ids[1:]].mean()
+    assert nll == pytest.approx(m.loss(ids), rel=1e-5)
+
+
+def test_grad_equals_infini_grad(tiny):
+    m = infini.load(str(tiny / "model"))
+    out = tiny / "grad.safetensors"
+    cli("grad", "--model", str(tiny / "model"), "--data", str(tiny / "text.txt"), "--out",
+        str(out))
+    want = read_safetensors(str(out))
+    got = m.grad(m.tokenizer.encode(TEXT))
+    assert set(got) == set(want) == set(m.parameters())
+    for name, g in got.items():
+        assert g.dtype == np.float32 and g.shape == want[name].shape, name
+        scale = max(np.abs(want[name]).max(), 1e-12)
+        assert np.abs(g - want[name]).max() <= 1e-5 * scale, name
+
+
+def test_greedy_generate_equals_the_cli():
+    m = infini.load(PASSKEY)
+    prompt = "The grass is green. The sky is blue. The pass key is 31415. Remember it."
+    s = m.session()
+    s.feed(m.tokenizer.encode(prompt))
+    ids = s.generate(24, temperature=0)
+    assert len(ids) == 24 and all(isinstance(t, int) for t in ids)
+    want = cli("generate", "--model", PASSKEY, "--prompt", prompt, "--max-new-tokens", "24",
+               "--temperature", "0")
+    assert m.tokenizer.decode(ids) + "\n" == want
+
+
+def test_state_round_trip_continues_exactly(tmp_path):
+    m = infini.load(PASSKEY)
+    ids = m.tokenizer.encode("The sun is yellow. Here we go. " * 4)
+    a = m.session()
+    a.feed(ids)
+    a.save(str(tmp_path / "s.state"))
+    b = m.load_session(str(tmp_path / "s.state"))
+    assert b.position == a.position == len(ids)
+    mem_a, mem_b = a.memory(), b.memory()
+    assert mem_a["M"].shape == (3, 4, 16, 16) and mem_a["z"].shape == (3, 4, 16)
+    assert np.array_equal(mem_a["M"], mem_b["M"]) and np.abs(mem_a["z"]).max() > 0
+    assert a.generate(12, temperature=0) == b.generate(12, temperature=0)
+    # The CLI reads the same file.
+    want = cli("generate", "--model", PASSKEY, "--state-in", str(tmp_path / "s.state"),
+               "--max-new-tokens", "12", "--temperature", "0")
+    c = m.load_session(str(tmp_path / "s.state"))
+    assert m.tokenizer.decode(c.generate(12, temperature=0)) + "\n" == want
+
+
+def test_parameters_are_read_only_views(tiny):
+    m = infini.load(str(tiny / "model"))
+    p = m.parameters()
+    assert p["model.embed_tokens.weight"].shape == (258, 32)
+    assert p["model.layers.0.self_attn.beta"].shape == (4,)
+    w = p["model.norm.weight"]
+    with pytest.raises(ValueError):
+        w[0] = 5.0
+    del m  # the view keeps the model alive
+    assert np.isfinite(w).all()
+
+
+def test_bad_inputs_raise_infini_error(tiny):
+    m = infini.load(str(tiny / "model"))
+    assert issubclass(infini.Error, RuntimeError)
+    for bad in ([1], [0, 258], [-1, 3], np.zeros((2, 2), dtype=np.int64),
+                np.array([1.5, 2.0])):
+        with pytest.raises(infini.Error):
+            m.loss(bad)
+    with pytest.raises(infini.Error, match="does not exist"):
+        infini.load(str(tiny / "nope"))
+    with pytest.raises(infini.Error):
+        infini.init(dict(TINY, num_attention_heads=3))
+    with pytest.raises(infini.Error):
+        m.session().generate(4)  # nothing fed yet
+    with pytest.raises(infini.Error):
+        m.load_session(str(tiny / "text.txt"))
+
+
+def test_init_from_path_and_save_round_trip(tiny, tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(TINY))
+    a = infini.init(str(cfg), seed=3)
+    assert a.config["hidden_size"] == 32 and a.config["infini"]["segment_length"] == 16
+    b = infini.load(str(tiny / "model"))  # init(TINY, seed=3), saved
+    ids = a.tokenizer.encode(TEXT)
+    assert a.loss(ids) == b.loss(ids)
+
+
+def test_threads_run_loss_concurrently(tiny):
+    m = infini.load(str(tiny / "model"))
+    ids = m.tokenizer.encode(TEXT * 4)
+    want = m.loss(ids)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(m.loss(ids))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [want] * 3
+
+
+def test_logits_go_to_torch_without_copy():
+    torch = pytest.importorskip("torch")
+    m = infini.load(PASSKEY)
+    lg = m.logits(m.tokenizer.encode("The pass key is"))
+    t = torch.from_numpy(lg)
+    assert t.shape == lg.shape and t.dtype == torch.float32
+    assert t.data_ptr() == lg.ctypes.data
+
+
+def test_passkey_evaluate_equals_the_cli_and_sample_has_the_key():
+    m = infini.load(PASSKEY)
+    got = infini.passkey.evaluate(m, [1024, 4096], [0.0, 1.0], trials=2, seed=5)
+    want = json.loads(cli("passkey", "eval", "--model", PASSKEY, "--lengths", "1K,4K",
+                          "--depths", "0,1", "--trials", "2", "--seed", "5", "--json"))
+    strip = lambda j: [(r["length"], r["depth"], r["keys"], r["outputs"]) for r in j["results"]]
+    assert strip(got) == strip(want)
+    assert got["accuracy"] == want["accuracy"] == 1.0
+    assert np.allclose(got["gates"], want["gates"], rtol=1e-9)
+    s = infini.passkey.sample(m, 400, 0.5, seed=2)
+    assert len(s["prompt"]) + len(s["answer"]) == 400
+    assert m.tokenizer.decode(s["answer"]) == " " + s["key"]
+    assert s["key"] in m.tokenizer.decode(s["prompt"])
+    with pytest.raises(infini.Error):
+        infini.passkey.sample(m, 10, 0.5)  # shorter than the prompt without filler
