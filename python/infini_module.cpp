@@ -7,7 +7,6 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cmath>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -353,15 +352,7 @@ PYBIND11_MODULE(_infini, mod) {
           py::gil_scoped_release nogil;
           j = tasks::evaluate_passkey(h->m, gen, o).to_json();
         }
-        // sigmoid(beta) per layer and head, as `infini passkey eval --json` adds them.
-        j["gates"] = nlohmann::json::array();
-        if (h->m.config.use_memory)
-          for (const auto& lo : h->m.layout.layers) {
-            nlohmann::json row = nlohmann::json::array();
-            for (int64_t k = 0; k < h->m.config.num_heads; ++k)
-              row.push_back(1.0 / (1.0 + std::exp(-double(h->m.weights[size_t(lo.beta + k)]))));
-            j["gates"].push_back(row);
-          }
+        j["gates"] = model::memory_gates(h->m);  // as `infini passkey eval --json`
         return from_json(j);
       },
       py::arg("model"), py::arg("lengths"), py::arg("depths"), py::arg("trials") = 1,

@@ -70,17 +70,7 @@ std::shared_ptr<const io::Tokenizer> tokenizer_for(const std::string& model_dir)
 }
 
 // Memory gates per layer and head: sigmoid(beta), the share each head reads from memory.
-nlohmann::json gate_table(const model::Model<float>& m) {
-  nlohmann::json g = nlohmann::json::array();
-  if (!m.config.use_memory) return g;
-  for (const auto& lo : m.layout.layers) {
-    nlohmann::json row = nlohmann::json::array();
-    for (int64_t h = 0; h < m.config.num_heads; ++h)
-      row.push_back(1.0 / (1.0 + std::exp(-double(m.weights[size_t(lo.beta + h)]))));
-    g.push_back(row);
-  }
-  return g;
-}
+nlohmann::json gate_table(const model::Model<float>& m) { return model::memory_gates(m); }
 
 std::string gate_text(const model::Model<float>& m) {
   std::string s;

@@ -45,6 +45,17 @@ class NormalRng {
 
 }  // namespace
 
+std::vector<std::vector<double>> memory_gates(const Model<float>& m) {
+  std::vector<std::vector<double>> g;
+  if (!m.config.use_memory) return g;
+  for (const auto& lo : m.layout.layers) {
+    std::vector<double>& row = g.emplace_back();
+    for (int64_t h = 0; h < m.config.num_heads; ++h)
+      row.push_back(1.0 / (1.0 + std::exp(-double(m.weights[size_t(lo.beta + h)]))));
+  }
+  return g;
+}
+
 Model<float> init_model(const ModelConfig& config, const InitOptions& opts) {
   validate_config(config, "config");
   Model<float> m;

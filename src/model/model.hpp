@@ -28,6 +28,10 @@ struct InitOptions {
 
 Model<float> init_model(const ModelConfig& config, const InitOptions& opts);
 
+// sigmoid(beta) per layer and query head: the share of each head's output read from memory
+// ([layers][heads]; empty without memory).
+std::vector<std::vector<double>> memory_gates(const Model<float>& m);
+
 struct LoadOptions {
   // A checkpoint without beta tensors (a plain Llama/Qwen2 model) gets them filled with
   // gate_init when this is set; otherwise a missing beta is an error.

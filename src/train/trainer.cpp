@@ -177,16 +177,7 @@ nlohmann::json Trainer::evaluate() {
   const model::Model<float>& m = trainable_.forward_model();
   nlohmann::json j = evaluate_documents(m, val_, opts_.val_tokens).to_json();
   // sigmoid(beta) per layer and head: the share of each head's output read from memory.
-  if (m.config.use_memory) {
-    nlohmann::json gates = nlohmann::json::array();
-    for (const auto& lo : m.layout.layers) {
-      nlohmann::json row = nlohmann::json::array();
-      for (int64_t h = 0; h < m.config.num_heads; ++h)
-        row.push_back(1.0 / (1.0 + std::exp(-double(m.weights[size_t(lo.beta + h)]))));
-      gates.push_back(row);
-    }
-    j["gates"] = gates;
-  }
+  if (m.config.use_memory) j["gates"] = model::memory_gates(m);
   return j;
 }
 
