@@ -85,6 +85,33 @@ TEST(PasskeyCli, StopAtThenResumeWithOnlyOutEqualsAnUninterruptedRun) {
   EXPECT_EQ(r.code, 0) << r.err;
 }
 
+// With state passing the chains' memory is part of the checkpoint: a split run continues bit
+// for bit, and the chains change the weights (they are not a no-op).
+TEST(PasskeyCli, StatePassingResumesExactlyAndMatters) {
+  Env e("background");
+  const std::string chains =
+      " --background-chains 2 --background-tokens-per-step 64 --background-max-tokens 512";
+  CliResult r = run(e.train("full") + chains);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("state passing: 1 of every 2 rows"), std::string::npos) << r.err;
+  r = run(e.train("split") + chains + " --stop-at 3");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run("passkey train --out " + (e.dir / "split").string() + " --resume");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string a = read_file(e.dir / "full/final/model.safetensors");
+  EXPECT_TRUE(a == read_file(e.dir / "split/final/model.safetensors")) << "final/ differs";
+  r = run(e.train("plain"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(a == read_file(e.dir / "plain/final/model.safetensors"));
+  // Turning the chains on at a resume would change the run: refused, naming the flag.
+  r = run(e.train("plain2") + " --stop-at 2");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run("passkey train --out " + (e.dir / "plain2").string() +
+          " --resume --background-chains 2");
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("--background-chains"), std::string::npos) << r.err;
+}
+
 // Checkpoints written before flags were recorded by name ({"lr": ..., "min_len": ...}, no
 // settings) resume too: the trajectory flags are read from the old keys.
 TEST(PasskeyCli, ResumesACheckpointWithTheOldRecordFormat) {

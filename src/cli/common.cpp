@@ -146,6 +146,7 @@ std::vector<RunFlags::Change> RunFlags::restore(const nlohmann::json& rec,
       r = &rec[flag];
     else if (rec.contains(legacy_key(flag)))
       r = &rec[legacy_key(flag)];
+    if (!r && e.absent) r = &*e.absent;
     if (!r) {
       if (e.trajectory) throw Error(source + " has no record of " + flag);
       continue;

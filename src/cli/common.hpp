@@ -70,6 +70,14 @@ class RunFlags {
     add(opt, true, value);
     return opt;
   }
+  // A trajectory flag added after checkpoints existed: a record without it is read as the
+  // flag's default (`value` when registered), the behaviour before the flag existed.
+  template <class T>
+  CLI::Option* trajectory_added_later(CLI::Option* opt, T& value) {
+    add(opt, true, value);
+    entries_.back().absent = nlohmann::json(value);
+    return opt;
+  }
   template <class T>
   CLI::Option* setting(CLI::Option* opt, T& value) {
     add(opt, false, value);
@@ -85,7 +93,8 @@ class RunFlags {
   };
   // Applies the record `rec` (read from `source`, named in errors) as described above and
   // returns the settings given with a value different from the record. A record written before
-  // a flag was registered lacks it: a setting keeps its value, a trajectory flag is an error.
+  // a flag was registered lacks it: a setting keeps its value, a trajectory flag is an error
+  // (unless registered with trajectory_added_later).
   // Records of `infini passkey train` before this scheme ("lr", "min_len") are read too.
   std::vector<Change> restore(const nlohmann::json& rec, const std::string& source);
 
@@ -98,11 +107,12 @@ class RunFlags {
     bool trajectory;
     std::function<nlohmann::json()> get;
     std::function<void(const nlohmann::json&)> set;
+    std::optional<nlohmann::json> absent;  // what a record without this flag means
   };
   template <class T>
   void add(CLI::Option* opt, bool trajectory, T& value) {
     entries_.push_back({opt, trajectory, [&value] { return nlohmann::json(value); },
-                        [&value](const nlohmann::json& j) { value = j.get<T>(); }});
+                        [&value](const nlohmann::json& j) { value = j.get<T>(); }, std::nullopt});
   }
   std::vector<Entry> entries_;
 };

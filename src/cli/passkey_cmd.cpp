@@ -334,7 +334,7 @@ void register_passkey_train(CLI::App& parent) {
                    ->capture_default_str()
                    ->check(CLI::Range(int64_t(1), int64_t(18))),
                o->digits);
-  f.trajectory(
+  f.trajectory_added_later(
       cmd->add_option("--background-chains", o->background_chains,
                       "State passing: keep this many chains of filler text, each read on without "
                       "gradient by the current weights; rows of a batch start from their memory "
@@ -342,19 +342,19 @@ void register_passkey_train(CLI::App& parent) {
           ->capture_default_str()
           ->check(CLI::Range(int64_t(0), int64_t(1024))),
       o->background_chains);
-  f.trajectory(
+  f.trajectory_added_later(
       cmd->add_option("--background-tokens-per-step", o->background_per_step,
                       "Filler tokens each chain reads per step, a multiple of the segment length "
                       "(0: 16 segments)")
           ->capture_default_str()
           ->check(CLI::Range(int64_t(0), int64_t(1) << 30)),
       o->background_per_step);
-  f.trajectory(cmd->add_option("--background-max-tokens", o->background_max,
+  f.trajectory_added_later(cmd->add_option("--background-max-tokens", o->background_max,
                                "A chain restarts from the empty memory after a cycle whose length "
                                "is drawn uniformly in [this/2, this] (e.g. 2M)")
                    ->capture_default_str(),
                o->background_max);
-  f.trajectory(cmd->add_option("--background-share", o->background_share,
+  f.trajectory_added_later(cmd->add_option("--background-share", o->background_share,
                                "Share of each batch's rows that start from a chain's memory")
                    ->capture_default_str()
                    ->check(CLI::Range(0.0, 1.0)),
