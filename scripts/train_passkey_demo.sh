@@ -6,7 +6,8 @@
 #      find the key's digits while the filler is short;
 #   2. fine-tuning on 256..4096 tokens (up to 128 segments). OUT/stage2/final is
 #      models/passkey-demo-4k/: it retrieves to 16K and fails from 256K on;
-#   3. state passing (Buitrago & Gu, ICML 2025): fine-tuning on 256..5120 tokens where half of
+#   3. state passing (Buitrago & Gu, ICML 2025): fine-tuning on 256..5120 tokens (a tenth of
+#      the keys right before the question) where half of
 #      each batch starts not from the empty memory but from the memory of one of 4 chains of
 #      filler text, each read on by the current weights without gradient (16K tokens per step)
 #      and restarted after 1M..2M tokens. The short window then sees the normaliser z of a
@@ -20,7 +21,7 @@
 # Usage: scripts/train_passkey_demo.sh [OUT]       (default OUT=runs/passkey-demo)
 # Environment: THREADS (default 1), CONFIG (default configs/passkey_demo.json; the linear and
 # local-only baselines are configs/passkey_demo_linear.json and configs/passkey_demo_local.json),
-# STAGE1_STEPS (3000), STAGE2_STEPS (2000; 0 skips stages 2-3), STAGE3_STEPS (1500; 0 skips
+# STAGE1_STEPS (3000), STAGE2_STEPS (2000; 0 skips stages 2-3), STAGE3_STEPS (2000; 0 skips
 # stage 3), CHAINS (4; 0 trains stage 3 from the empty memory, the control run), SEED (1).
 # The model ends up in OUT/stageN/final for the last stage that ran.
 set -euo pipefail
@@ -30,7 +31,7 @@ THREADS=${THREADS:-1}
 CONFIG=${CONFIG:-configs/passkey_demo.json}
 STAGE1_STEPS=${STAGE1_STEPS:-3000}
 STAGE2_STEPS=${STAGE2_STEPS:-2000}
-STAGE3_STEPS=${STAGE3_STEPS:-1500}
+STAGE3_STEPS=${STAGE3_STEPS:-2000}
 CHAINS=${CHAINS:-4}
 SEED=${SEED:-1}
 BIN=./build/infini
@@ -70,9 +71,9 @@ if [ "$STAGE2_STEPS" -gt 0 ]; then
     [ "$CHAINS" -gt 0 ] && background=(--background-chains "$CHAINS"
       --background-tokens-per-step 16384 --background-max-tokens 2M --background-share 0.5)
     run_stage 3 --model "$OUT/stage2/final" --steps "$STAGE3_STEPS" --batch 16 \
-      --min-len 256 --max-len 5120 --lr 5e-4 --gate-lr 0.02 --seed $((SEED + 20)) \
-      "${background[@]}" \
-      --eval-every 250 --eval-lengths 64K,256K,1M --eval-depths 0,0.5,1 --eval-trials 2 \
+      --min-len 256 --max-len 5120 --lr 5e-4 --gate-lr 0.02 --seed $((SEED + 30)) \
+      --end-fraction 0.1 "${background[@]}" \
+      --eval-every 500 --eval-lengths 64K,256K,1M --eval-depths 0,0.5,1 --eval-trials 2 \
       --save-every 100 --log-every 50
   fi
 fi
