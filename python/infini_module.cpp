@@ -62,6 +62,12 @@ py::object from_json(const nlohmann::json& j) {
 std::vector<int32_t> token_ids(const py::handle& ids, const model::ModelConfig& c,
                                const char* what, int64_t at_least) {
   std::vector<int32_t> v;
+  auto push = [&](int64_t t) {
+    if (t < 0 || t >= c.vocab_size)
+      throw Error(std::string(what) + ": token id " + std::to_string(t) +
+                  " is outside the vocabulary (" + std::to_string(c.vocab_size) + ")");
+    v.push_back(int32_t(t));
+  };
   if (py::isinstance<py::array>(ids)) {
     const py::array a = py::reinterpret_borrow<py::array>(ids);
     if (a.ndim() != 1) throw Error(std::string(what) + ": token ids must be a 1-D array");
@@ -70,22 +76,12 @@ std::vector<int32_t> token_ids(const py::handle& ids, const model::ModelConfig& 
                   py::str(a.dtype()).cast<std::string>());
     const py::array_t<int64_t, py::array::forcecast> b(a);
     v.reserve(size_t(b.size()));
-    for (py::ssize_t i = 0; i < b.size(); ++i) {
-      const int64_t t = b.at(i);
-      if (t < 0 || t >= c.vocab_size)
-        throw Error(std::string(what) + ": token id " + std::to_string(t) +
-                    " is outside the vocabulary (" + std::to_string(c.vocab_size) + ")");
-      v.push_back(int32_t(t));
-    }
+    for (py::ssize_t i = 0; i < b.size(); ++i) push(b.at(i));
   } else {
     for (const py::handle& h : ids) {
       if (!py::isinstance<py::int_>(h))
         throw Error(std::string(what) + ": token ids must be ints");
-      const int64_t t = h.cast<int64_t>();
-      if (t < 0 || t >= c.vocab_size)
-        throw Error(std::string(what) + ": token id " + std::to_string(t) +
-                    " is outside the vocabulary (" + std::to_string(c.vocab_size) + ")");
-      v.push_back(int32_t(t));
+      push(h.cast<int64_t>());
     }
   }
   if (int64_t(v.size()) < at_least)
