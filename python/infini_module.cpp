@@ -7,13 +7,22 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <exception>
 #include <filesystem>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "cli/common.hpp"
+#include "cli/train_cmd.hpp"
 #include "core/error.hpp"
 #include "infer/generate.hpp"
 #include "infer/sampler.hpp"
@@ -25,6 +34,7 @@
 #include "model/model.hpp"
 #include "tasks/passkey.hpp"
 #include "tasks/passkey_eval.hpp"
+#include "train/run.hpp"
 
 namespace py = pybind11;
 using namespace infini;
@@ -56,6 +66,59 @@ nlohmann::json to_json(const py::object& o) {
 
 py::object from_json(const nlohmann::json& j) {
   return py::module_::import("json").attr("loads")(j.dump());
+}
+
+// Runs fn(stop) on a worker thread while the calling thread waits without the GIL and, every
+// 50 ms, lets Python handle signals. Ctrl-C (KeyboardInterrupt, or whatever the SIGINT
+// handler raises) sets `stop`, which fn checks between segments or steps; the exception is
+// raised here once fn has returned, so nothing is left half-done. Only the main thread sees
+// signals; called from another thread this is a plain call without the GIL.
+template <class F>
+auto run_interruptible(F&& fn) -> decltype(fn(static_cast<std::atomic<bool>*>(nullptr))) {
+  using R = decltype(fn(static_cast<std::atomic<bool>*>(nullptr)));
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::exception_ptr failure;
+  std::optional<R> result;
+  std::thread worker([&] {
+    try {
+      result.emplace(fn(&stop));
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    done = true;
+    cv.notify_all();
+  });
+  std::optional<py::error_already_set> signal_error;
+  for (;;) {
+    {
+      py::gil_scoped_release nogil;
+      std::unique_lock<std::mutex> lock(mu);
+      if (cv.wait_for(lock, std::chrono::milliseconds(50), [&] { return done; })) break;
+    }
+    if (!signal_error && PyErr_CheckSignals() != 0) {
+      signal_error.emplace();  // fetches the exception the handler raised
+      stop = true;
+    }
+  }
+  {
+    py::gil_scoped_release nogil;
+    worker.join();
+  }
+  if (signal_error) {
+    if (failure) {
+      try {
+        std::rethrow_exception(failure);
+      } catch (const model::Interrupted&) {  // the stop it asked for
+      }
+    }
+    throw std::move(*signal_error);
+  }
+  if (failure) std::rethrow_exception(failure);
+  return std::move(*result);
 }
 
 // Token ids from a list of ints or a 1-D integer numpy array, checked against the vocabulary.
@@ -115,12 +178,15 @@ ModelPtr init(const py::object& config, uint64_t seed) {
 
 double loss(const ModelHolder& h, const py::handle& ids_in) {
   const std::vector<int32_t> ids = token_ids(ids_in, h.m.config, "loss", 2);
-  py::gil_scoped_release nogil;
-  model::ForwardContext<float> ctx(h.m.config);
-  model::SequenceWorkspace<float> ws;
-  return model::sequence_loss<float>(h.m, ctx, ids.data(), 1, int64_t(ids.size()), nullptr, {},
-                                     ws)
-      .mean();
+  return run_interruptible([&](std::atomic<bool>* stop) {
+    model::ForwardContext<float> ctx(h.m.config);
+    model::SequenceWorkspace<float> ws;
+    model::SequenceOptions so;
+    so.interrupt = stop;
+    return model::sequence_loss<float>(h.m, ctx, ids.data(), 1, int64_t(ids.size()), nullptr,
+                                       so, ws)
+        .mean();
+  });
 }
 
 // Logits of every position, segment by segment through the memory: [T, V] float32.
@@ -129,30 +195,33 @@ py::array_t<float> logits(const ModelHolder& h, const py::handle& ids_in) {
   const int64_t T = int64_t(ids.size()), V = h.m.config.vocab_size;
   py::array_t<float> out({T, V});
   float* dst = out.mutable_data();
-  {
-    py::gil_scoped_release nogil;
+  run_interruptible([&](std::atomic<bool>* stop) {
     model::ForwardContext<float> ctx(h.m.config);
     model::MemoryState<float> state = model::MemoryState<float>::zeros(h.m.config, 1);
     model::SegmentActs<float> acts;
     const int64_t N = h.m.config.segment_length;
     for (int64_t s = 0; s < T; s += N) {
+      if (stop->load()) throw model::Interrupted();
       const int64_t n = std::min(N, T - s);
       model::forward_chunk<float>(h.m, ctx, ids.data() + s, 1, n, state, acts);
       std::copy_n(acts.logits.data(), n * V, dst + s * V);
     }
-  }
+    return 0;
+  });
   return out;
 }
 
 py::dict grad(const ModelHolder& h, const py::handle& ids_in) {
   const std::vector<int32_t> ids = token_ids(ids_in, h.m.config, "grad", 2);
   std::vector<float> g(size_t(h.m.layout.total), 0.0f);
-  {
-    py::gil_scoped_release nogil;
+  run_interruptible([&](std::atomic<bool>* stop) {
     model::ForwardContext<float> ctx(h.m.config);
     model::SequenceWorkspace<float> ws;
-    model::sequence_loss<float>(h.m, ctx, ids.data(), 1, int64_t(ids.size()), g.data(), {}, ws);
-  }
+    model::SequenceOptions so;
+    so.interrupt = stop;
+    return model::sequence_loss<float>(h.m, ctx, ids.data(), 1, int64_t(ids.size()), g.data(),
+                                       so, ws);
+  });
   py::dict d;
   for (const auto& p : h.m.layout.params) {
     py::array_t<float> a(p.shape);
@@ -235,6 +304,98 @@ py::dict memory(const SessionHandle& s) {
   return d;
 }
 
+// The keyword arguments of infini.train as `infini train` arguments: lr=1e-3 -> --lr 0.001,
+// data=[a, b] -> --data a --data b, resume=True -> --resume (False and None: left out).
+std::vector<std::string> train_args(const py::dict& flags) {
+  std::vector<std::string> args;
+  for (const auto& item : flags) {
+    std::string flag = "--" + py::str(item.first).cast<std::string>();
+    for (char& ch : flag)
+      if (ch == '_') ch = '-';
+    const py::handle v = item.second;
+    if (v.is_none()) continue;
+    if (py::isinstance<py::bool_>(v)) {
+      if (v.cast<bool>()) args.push_back(flag);
+    } else if (py::isinstance<py::list>(v) || py::isinstance<py::tuple>(v)) {
+      for (const py::handle x : v) {
+        args.push_back(flag);
+        args.push_back(py::str(x).cast<std::string>());
+      }
+    } else {
+      args.push_back(flag);
+      args.push_back(py::str(v).cast<std::string>());
+    }
+  }
+  return args;
+}
+
+// `infini train`'s flag declarations on an app of their own (no --help: Python has help()).
+cli::TrainCommand train_command(CLI::App& app) {
+  app.set_help_flag();
+  cli::TrainCommand c = cli::add_train_flags(&app);
+  cli::check_numeric_options(app);
+  return c;
+}
+
+std::string train_flags_help() {
+  CLI::App app("infini.train keyword arguments: the flags of `infini train`, with underscores",
+               "infini.train");
+  train_command(app);
+  return app.help();
+}
+
+const char* outcome_name(train::Trainer::Outcome o) {
+  switch (o) {
+    case train::Trainer::Outcome::Finished: return "finished";
+    case train::Trainer::Outcome::Stopped: return "stopped";
+    case train::Trainer::Outcome::Interrupted: return "interrupted";
+  }
+  return "?";
+}
+
+// infini.train: parses the flags as the command line does, then runs train::run_training with
+// the callback on every step's metrics. A callback that raises, like Ctrl-C, ends the run with
+// a checkpoint, and the exception is raised once it is written.
+py::tuple train_run(const py::dict& flags, const py::object& callback) {
+  CLI::App app("infini.train", "infini.train");
+  const cli::TrainCommand c = train_command(app);
+  std::vector<std::string> args = train_args(flags);
+  std::reverse(args.begin(), args.end());  // CLI11 takes them last first
+  try {
+    app.parse(args);
+  } catch (const CLI::ParseError& e) {
+    throw Error(std::string("infini.train: ") + e.what() +
+                " (keyword arguments are `infini train` flags with underscores: "
+                "seq_len=512 for --seq-len 512)");
+  }
+  py::list metrics;
+  std::optional<py::error_already_set> callback_error;
+  train::TrainRunResult r = run_interruptible([&](std::atomic<bool>* stop) {
+    train::Distributed dist;
+    auto on_step = [&](const nlohmann::json& line) {
+      py::gil_scoped_acquire gil;
+      py::object d = from_json(line);
+      metrics.append(d);
+      if (callback.is_none() || callback_error) return;
+      try {
+        callback(d);
+      } catch (py::error_already_set& e) {
+        callback_error.emplace(std::move(e));
+        *stop = true;
+      }
+    };
+    return cli::run_train_command(c, dist, on_step, stop, stderr);
+  });
+  if (callback_error) throw std::move(*callback_error);
+  py::dict info;
+  info["outcome"] = outcome_name(r.outcome);
+  info["step"] = r.step;
+  info["final"] = r.final_dir.empty() ? py::object(py::none()) : py::str(r.final_dir);
+  info["checkpoint"] =
+      r.last_checkpoint.empty() ? py::object(py::none()) : py::str(r.last_checkpoint);
+  return py::make_tuple(metrics, info);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_infini, mod) {
@@ -295,10 +456,24 @@ PYBIND11_MODULE(_infini, mod) {
           "feed",
           [](SessionHandle& s, const py::handle& ids) {
             const std::vector<int32_t> v = token_ids(ids, s.model->m.config, "feed", 0);
-            py::gil_scoped_release nogil;
-            s.session->feed(v);
+            // In pieces of whole segments, so that Ctrl-C can stop a long prompt between
+            // them; cut at segment ends, the session computes exactly what one call would.
+            // What was fed before a stop stays fed (`position` tells how far it got).
+            const int64_t N = s.model->m.config.segment_length;
+            run_interruptible([&](std::atomic<bool>* stop) {
+              for (size_t i = 0; i < v.size();) {
+                if (stop->load()) throw model::Interrupted();
+                const int64_t to_end = N - s.session->segment_position() % N;
+                const size_t take = std::min(v.size() - i, size_t(to_end + 15 * N));
+                s.session->feed(std::span<const int32_t>(v.data() + i, take));
+                i += take;
+              }
+              return 0;
+            });
           },
-          py::arg("ids"), "Runs token ids through the model")
+          py::arg("ids"),
+          "Runs token ids through the model (Ctrl-C stops between pieces; `position` tells how "
+          "many were fed)")
       .def("generate", &generate, py::arg("max_new_tokens"), py::arg("temperature") = 1.0,
            py::arg("top_k") = 0, py::arg("top_p") = 1.0, py::arg("seed") = 0,
            py::arg("stop") = std::vector<std::string>{},
@@ -356,6 +531,9 @@ PYBIND11_MODULE(_infini, mod) {
       "The accuracy grid of `infini passkey eval --json` as a dict (results[].length/.depth/"
       ".accuracy, lengths, gates), streamed through the memory at any length");
 
+  mod.def("_train", &train_run, py::arg("flags"), py::arg("callback"),
+          "infini.train's engine; call infini.train(**flags)");
+  mod.def("_train_flags_help", &train_flags_help, "The help text of infini.train's flags");
   mod.def("load", &load, py::arg("path"), "Loads a model directory");
   mod.def("init", &init, py::arg("config"), py::arg("seed") = 0,
           "A new randomly initialised model from a config dict or config.json path "

@@ -1,5 +1,5 @@
 // model::SequenceOptions::loss_mask: the masked loss, its full-BPTT gradient against finite
-// differences (double), and its consistency with the unmasked loss.
+// differences (double), and its consistency with the unmasked loss. Also ::interrupt.
 #include <gtest/gtest.h>
 
 #include "model/bptt.hpp"
@@ -116,4 +116,25 @@ TEST(LossMask, MaskedLossIsTheSumOverTheKeptPositions) {
   EXPECT_EQ(a.loss_sum, b.loss_sum);
   EXPECT_EQ(a.predicted, b.predicted);
   EXPECT_EQ(g1, g0);
+}
+
+TEST(SequenceInterrupt, ASetFlagStopsLossAndGradientAndAClearOneChangesNothing) {
+  const ModelConfig cfg = mask_config(MemoryUpdate::Linear);
+  const Model<double> m = random_model(cfg, 4);
+  const int64_t T = 10;
+  const auto tokens = tokens_for(T, cfg.vocab_size, 6);
+  ForwardContext<double> ctx(cfg);
+  SequenceWorkspace<double> ws;
+  std::vector<double> g0(size_t(m.layout.total), 0.0), g1(g0);
+  const LossResult want = sequence_loss<double>(m, ctx, tokens.data(), 1, T, g0.data(), {}, ws);
+  std::atomic<bool> flag{false};
+  SequenceOptions opts;
+  opts.interrupt = &flag;
+  const LossResult got = sequence_loss<double>(m, ctx, tokens.data(), 1, T, g1.data(), opts, ws);
+  EXPECT_EQ(got.loss_sum, want.loss_sum);
+  EXPECT_EQ(g1, g0);
+  flag = true;
+  EXPECT_THROW(sequence_loss<double>(m, ctx, tokens.data(), 1, T, nullptr, opts, ws), Interrupted);
+  EXPECT_THROW(sequence_loss<double>(m, ctx, tokens.data(), 1, T, g1.data(), opts, ws),
+               Interrupted);
 }

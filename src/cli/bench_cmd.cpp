@@ -30,6 +30,7 @@
 #include "ops/fma_peak.hpp"
 #include "ops/gemm.hpp"
 #include "ops/sgemm.hpp"
+#include "train/run.hpp"
 #include "train/optimizer.hpp"
 
 extern "C" void openblas_set_num_threads(int);
@@ -155,7 +156,7 @@ void register_bench(CLI::App& app) {
                 "reported: n/a in the text, 0 in --json)");
   cmd->add_flag("--json", o->json, "Print one JSON object instead of text");
   cmd->callback([o] {
-    check_tokens_per_step(o->batch, o->seq_len, "--seq-len");  // the same limit as train
+    train::check_tokens_per_step(o->batch, o->seq_len, "--seq-len");  // the same limit as train
     if (o->threads > 0) omp_set_num_threads(o->threads);
     const int threads = omp_threads();
     openblas_set_num_threads(threads);

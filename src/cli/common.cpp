@@ -72,12 +72,6 @@ void check_output_file(const std::string& path, const std::string& flag) {
     throw Error(flag + " " + path + ": " + parent.string() + " is not an existing directory");
 }
 
-void check_tokens_per_step(int64_t batch, int64_t len, const std::string& len_flag) {
-  if (batch * len > (int64_t(1) << 28))
-    throw Error("--batch x " + len_flag + " (" + std::to_string(batch * len) +
-                " tokens per step) is above the limit of 2^28");
-}
-
 CLI::Option* add_activation_memory_option(CLI::App* cmd, int64_t& mib) {
   return cmd
       ->add_option("--activation-memory-mb", mib,
@@ -200,6 +194,7 @@ std::optional<std::string> prepare_resume(const std::string& out, bool resume, R
   if (!dir) throw Error("--resume: no complete checkpoint in " + out);
   const std::string where = *dir + "/trainer.json";
   for (const auto& c : flags.restore(read_run_record(*dir), where)) {
+    if (!log) continue;
     if (c.flag == "--steps")
       std::fprintf(log, "note: --steps changed from %s to %s; the schedule changes with it\n",
                    c.recorded.dump().c_str(), c.now.dump().c_str());
@@ -209,7 +204,7 @@ std::optional<std::string> prepare_resume(const std::string& out, bool resume, R
   }
   const auto st = nlohmann::json::parse(io::read_file(where), nullptr, false);
   const auto threads = st.is_object() ? st.find("omp_threads") : st.end();
-  if (threads != st.end() && threads->is_number_integer() &&
+  if (log && threads != st.end() && threads->is_number_integer() &&
       threads->get<int64_t>() != omp_threads())
     std::fprintf(log, "note: the checkpoint was written with %lld threads, this run uses %d; "
                  "results will not be bit-identical to an uninterrupted run\n",

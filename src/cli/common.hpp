@@ -45,10 +45,6 @@ void check_numeric_options(CLI::App& app);
 // run stops before it starts rather than after it is done.
 void check_output_file(const std::string& path, const std::string& flag);
 
-// Throws when --batch x `len_flag` exceeds the 2^28 tokens one training step may hold (train,
-// passkey train), so that such a run fails before anything is allocated.
-void check_tokens_per_step(int64_t batch, int64_t len, const std::string& len_flag);
-
 // --activation-memory-mb of the commands that back-propagate (train, passkey train, bench, grad): the budget
 // for activations kept from the forward for the backward (model::SequenceOptions).
 CLI::Option* add_activation_memory_option(CLI::App* cmd, int64_t& mib);
@@ -122,8 +118,9 @@ nlohmann::json read_run_record(const std::string& checkpoint_dir);
 
 // With --resume: the newest complete checkpoint in `out`, after restoring `flags` from its
 // record; notes on changed settings, and on a thread count other than the checkpoint's (the
-// run is then not bit-identical to an uninterrupted one), go to `log`. Without: nullopt, after
-// checking that `out` holds no checkpoint that a fresh run would mix with.
+// run is then not bit-identical to an uninterrupted one), go to `log` (null: nowhere).
+// Without: nullopt, after checking that `out` holds no checkpoint that a fresh run would mix
+// with.
 std::optional<std::string> prepare_resume(const std::string& out, bool resume, RunFlags& flags,
                                           std::FILE* log);
 

@@ -23,6 +23,7 @@
 #include "tasks/lora_trainable.hpp"
 #include "tasks/passkey.hpp"
 #include "tasks/passkey_eval.hpp"
+#include "train/run.hpp"
 #include "train/background_state.hpp"
 #include "train/checkpoint.hpp"
 #include "train/optimizer.hpp"
@@ -118,7 +119,7 @@ void run_passkey_train(TrainOpts& o, RunFlags& flags) {
     throw Error("--lora-rank needs --model: LoRA adapts an existing model");
   if (o.warmup < 0) o.warmup = std::min<int64_t>(100, o.steps / 10);
   if (o.warmup >= o.steps && o.steps > 1) throw Error("--warmup must be less than --steps");
-  check_tokens_per_step(o.batch, o.max_len, "--max-len");
+  train::check_tokens_per_step(o.batch, o.max_len, "--max-len");
 
   // The model and its tokenizer.
   model::Model<float> m;

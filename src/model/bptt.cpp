@@ -72,9 +72,13 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
       packed = &ws.packed;  // empty (no packing) when over the budget or not native
     }
   }
+  auto check_interrupt = [&opts] {
+    if (opts.interrupt && opts.interrupt->load(std::memory_order_relaxed)) throw Interrupted();
+  };
   if (!grads) {
     // Loss only: one pass, the activations of one segment at a time.
     for (int64_t s = 0; s < S; ++s) {
+      check_interrupt();
       const int64_t start = s * N, n = std::min(N, T_len - start);
       gather_segment(tokens, opts.loss_mask, batch, T_len, start, n, ws.seg_tokens, ws.targets);
       forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, state, ws.acts, (KVCache<T>*)nullptr,
@@ -93,6 +97,7 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
   ws.boundary.resize(size_t(S));
   int64_t kept = 0;
   for (int64_t s = 0; s < S; ++s) {
+    check_interrupt();
     const int64_t start = s * N, n = std::min(N, T_len - start);
     gather_segment(tokens, opts.loss_mask, batch, T_len, start, n, ws.seg_tokens, ws.targets);
     ws.boundary[size_t(s)] = state;
@@ -119,6 +124,7 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
   // Backward, last segment first, carrying dM and dz.
   MemoryState<T> dstate = MemoryState<T>::zeros(c, batch);
   for (int64_t s = S - 1; s >= 0; --s) {
+    check_interrupt();
     const int64_t start = s * N, n = std::min(N, T_len - start);
     gather_segment(tokens, opts.loss_mask, batch, T_len, start, n, ws.seg_tokens, ws.targets);
     const bool is_kept = s < kept;

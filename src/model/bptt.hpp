@@ -5,8 +5,10 @@
 // backward; activation memory is therefore bounded by that budget plus one segment, whatever
 // the sequence length.
 #pragma once
+#include <atomic>
 #include <cstdint>
 
+#include "core/error.hpp"
 #include "model/forward.hpp"
 
 namespace infini::model {
@@ -32,6 +34,15 @@ struct SequenceOptions {
   // gradients), rather than once per thread, segment and pass, when the copies take at most
   // this many bytes. 0 turns it off. Results are the same bits either way.
   int64_t max_packed_weight_bytes = kDefaultMaxPackedWeightBytes;
+  // Optional: checked before each segment of the forward and the backward; when it is true
+  // the call throws Interrupted (no result, nothing of `grads` or `state_io` to rely on).
+  const std::atomic<bool>* interrupt = nullptr;
+};
+
+// Thrown by sequence_loss when SequenceOptions::interrupt is set (Ctrl-C in Python).
+class Interrupted : public Error {
+ public:
+  Interrupted() : Error("interrupted") {}
 };
 
 struct LossResult {

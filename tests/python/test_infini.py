@@ -7,6 +7,7 @@ import json
 import os
 import struct
 import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -200,3 +201,144 @@ def test_passkey_evaluate_equals_the_cli_and_sample_has_the_key():
     assert s["key"] in m.tokenizer.decode(s["prompt"])
     with pytest.raises(infini.Error):
         infini.passkey.sample(m, 10, 0.5)  # shorter than the prompt without filler
+
+
+def train_flags(tiny, out, **more):
+    flags = dict(config=str(tiny / "config.json"), data=[str(tiny / "text.txt")],
+                 out=str(out), seq_len=64, batch=2, steps=4, save_every=2, eval_every=0,
+                 val_fraction=0.2, seed=7)
+    flags.update(more)
+    return flags
+
+
+@pytest.fixture(scope="module")
+def tiny_train(tiny):
+    (tiny / "config.json").write_text(json.dumps(TINY))
+    (tiny / "text.txt").write_text(TEXT * 20)
+    return tiny
+
+
+def test_train_equals_infini_train_and_calls_back_every_step(tiny_train, tmp_path):
+    seen = []
+    r = infini.train(callback=seen.append, **train_flags(tiny_train, tmp_path / "py"))
+    assert isinstance(r, list) and isinstance(r, infini.TrainResult)
+    assert r.outcome == "finished" and r.step == 4 and r.final == str(tmp_path / "py" / "final")
+    assert [m["step"] for m in seen] == [1, 2, 3, 4] and seen == list(r)
+    assert all(np.isfinite(m["loss"]) for m in r)
+    cli("train", "--config", str(tiny_train / "config.json"), "--data",
+        str(tiny_train / "text.txt"), "--out", str(tmp_path / "cli"), "--seq-len", "64",
+        "--batch", "2", "--steps", "4", "--save-every", "2", "--eval-every", "0",
+        "--val-fraction", "0.2", "--seed", "7")
+    py_w = read_safetensors(tmp_path / "py" / "final" / "model.safetensors")
+    cli_w = read_safetensors(tmp_path / "cli" / "final" / "model.safetensors")
+    assert py_w.keys() == cli_w.keys()
+    for k in py_w:  # one thread both ways (CTest sets OMP_NUM_THREADS=1): the same bits
+        assert np.array_equal(py_w[k], cli_w[k]), k
+    with open(tmp_path / "cli" / "metrics.jsonl") as f:
+        cli_loss = [json.loads(line)["loss"] for line in f]
+    assert [m["loss"] for m in r] == cli_loss
+
+
+def test_train_bad_flags_raise_the_cli_message(tiny_train, tmp_path):
+    with pytest.raises(infini.Error, match=r"--lr: Value -1 not in range"):
+        infini.train(**train_flags(tiny_train, tmp_path / "a", lr=-1))
+    with pytest.raises(infini.Error, match=r"not expected.*--no-such-flag"):
+        infini.train(**train_flags(tiny_train, tmp_path / "b", no_such_flag=1))
+    with pytest.raises(infini.Error, match=r"--out is required"):
+        infini.train(config=str(tiny_train / "config.json"), data=[str(tiny_train / "text.txt")])
+    with pytest.raises(infini.Error, match=r"--warmup 9 must be less than --steps 4"):
+        infini.train(**train_flags(tiny_train, tmp_path / "c", warmup=9))
+
+
+def test_a_raising_callback_stops_with_a_checkpoint_and_resume_finishes(tiny_train, tmp_path):
+    def stop_at_three(m):
+        if m["step"] == 3:
+            raise ValueError("enough")
+
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="enough"):
+        infini.train(callback=stop_at_three, **train_flags(tiny_train, out, steps=6))
+    assert sorted(os.listdir(out / "checkpoints"))[-1] == "step-00000003"
+    assert not (out / "final").exists()
+    r = infini.train(out=str(out), resume=True)
+    assert r.outcome == "finished" and r.step == 6 and [m["step"] for m in r] == [4, 5, 6]
+    full = infini.train(**train_flags(tiny_train, tmp_path / "whole", steps=6))
+    a = read_safetensors(out / "final" / "model.safetensors")
+    b = read_safetensors(tmp_path / "whole" / "final" / "model.safetensors")
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # resume is exact
+    assert [m["loss"] for m in r] == [m["loss"] for m in full][3:]
+
+
+CTRL_C_TRAIN = r"""
+import os, signal, sys, infini
+flags = dict(config=sys.argv[1], data=[sys.argv[2]], out=sys.argv[3], seq_len=64, batch=2,
+             steps=1000, save_every=0, eval_every=0, val_fraction=0.2)
+def press_ctrl_c(m):
+    if m["step"] == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+try:
+    infini.train(callback=press_ctrl_c, **flags)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+print(infini.load(sys.argv[1].replace("config.json", "model")).loss([1, 2, 3]) > 0)
+"""
+
+
+def test_ctrl_c_stops_training_after_its_step_with_a_checkpoint(tiny_train, tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-c", CTRL_C_TRAIN, str(tiny_train / "config.json"),
+                        str(tiny_train / "text.txt"), str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["KeyboardInterrupt", "True"]  # raised, interpreter still fine
+    ckpts = sorted(os.listdir(out / "checkpoints"))
+    assert len(ckpts) == 1 and 2 <= int(ckpts[0].split("-")[1]) < 1000, ckpts
+    assert "interrupted at step" in p.stderr and "continue with --resume" in p.stderr
+
+
+CTRL_C_LOSS = r"""
+import os, signal, sys, threading, time, infini
+m = infini.load(sys.argv[1])
+ids = [int(i % 250) for i in range(int(sys.argv[2]))]
+for name in ("loss", "grad", "logits"):
+    n = len(ids) // 8 if name == "logits" else len(ids)  # logits hold [n, vocab] floats
+    t0 = time.monotonic()
+    getattr(m, name)(ids[: n // 16])
+    small = time.monotonic() - t0  # a sixteenth of the whole call's time
+    threading.Timer(small, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    t0 = time.monotonic()
+    try:
+        getattr(m, name)(ids[:n])
+        print("finished")
+    except KeyboardInterrupt:  # stopped long before the end (16 * small)
+        print("KeyboardInterrupt", time.monotonic() - t0 < 6 * small)
+print(m.loss(ids[:100]) > 0)
+"""
+
+
+def test_ctrl_c_stops_a_long_loss_grad_and_logits(tiny):
+    # 4M tokens: a minute or more of work for each call, stopped after half a second.
+    p = subprocess.run([sys.executable, "-c", CTRL_C_LOSS, str(tiny / "model"), str(4 << 20)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["KeyboardInterrupt", "True"] * 3 + ["True"], p.stdout
+
+
+def test_grad_equals_the_pytorch_twin(tiny):
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, os.path.join(ROOT, "reference"))
+    try:
+        import infini_ref as ref
+    finally:
+        sys.path.pop(0)
+    m = infini.load(str(tiny / "model"))
+    ids = m.tokenizer.encode(TEXT)
+    cfg, P = ref.load_model(str(tiny / "model"), dtype=torch.float64)
+    loss, _, want = ref.loss_and_grads(cfg, P, torch.tensor([ids]))
+    got = m.grad(ids)
+    assert abs(m.loss(ids) - float(loss)) <= 1e-5 * float(loss)
+    assert got.keys() == want.keys()
+    for name, g in got.items():
+        w = want[name].numpy()
+        assert g.shape == w.shape, name
+        assert np.abs(g - w).max() <= 1e-4 * max(np.abs(w).max(), 1e-6), name
