@@ -7,6 +7,7 @@
 // in the training step's column tasks (model::kGradBlock).
 #include "bench_util.hpp"
 #include "model/forward.hpp"
+#include "ops/bf16_gemm.hpp"
 #include "ops/gemm.hpp"
 #include "ops/sgemm.hpp"
 
@@ -46,6 +47,25 @@ void BM_LinearForwardPacked(benchmark::State& state) {
   ops::sgemm_pack(true, in, out, w.data(), in, wt);
   for (auto _ : state) {
     ops::gemm_packed(false, r, out, in, 1.0f, x.data(), in, wt, 0.0f, y.data(), out);
+    benchmark::DoNotOptimize(y.data());
+  }
+  bench::set_flops(state, 2.0 * r * in * out);
+}
+
+// LinearForwardPacked with bf16 inputs and fp32 accumulation (ops/bf16_gemm.hpp): W packed in
+// bf16 once, x rounded on the fly. Side by side with the fp32 one for issue #27's ratio.
+void BM_LinearForwardPackedBf16(benchmark::State& state) {
+  if (!ops::bf16_native_available()) {
+    state.SkipWithError("no AVX512-BF16 on this CPU or build");
+    return;
+  }
+  const int64_t r = state.range(0), in = state.range(1), out = state.range(2);
+  auto x = bench::random_floats(r * in, 1), w = bench::random_floats(out * in, 2);
+  std::vector<float> y(size_t(r * out));
+  ops::PackedBf16 wt;
+  ops::bf16_pack(true, in, out, w.data(), in, wt);
+  for (auto _ : state) {
+    ops::bf16_gemm_packed(false, r, out, in, 1.0f, x.data(), in, wt, 0.0f, y.data(), out);
     benchmark::DoNotOptimize(y.data());
   }
   bench::set_flops(state, 2.0 * r * in * out);
@@ -141,6 +161,7 @@ void NativeOnly(benchmark::internal::Benchmark* b) { LinearShapes(b, false); }
 
 BENCHMARK(BM_LinearForward)->Apply(BothBackends)->UseRealTime();
 BENCHMARK(BM_LinearForwardPacked)->Apply(NativeOnly)->UseRealTime();
+BENCHMARK(BM_LinearForwardPackedBf16)->Apply(NativeOnly)->UseRealTime();
 BENCHMARK(BM_LinearForwardPackedCold)
     ->ArgNames({"rows", "in", "out", "gemm"})
     ->ArgsProduct({{256, 512}, {512}, {1408}, {0}})

@@ -157,8 +157,7 @@ ModelPtr load(const std::string& path) {
   auto h = std::make_shared<ModelHolder>();
   h->m = model::load_model(path);
   h->tok = std::shared_ptr<const io::Tokenizer>(io::load_tokenizer_for_model(path));
-  const auto tj = std::filesystem::path(path) / "tokenizer.json";
-  if (std::filesystem::exists(tj)) h->tokenizer_json = io::read_file(tj.string());
+  h->tokenizer_json = model::read_tokenizer_json(path);
   return h;
 }
 
@@ -187,6 +186,24 @@ double loss(const ModelHolder& h, const py::handle& ids_in) {
                                        so, ws)
         .mean();
   });
+}
+
+// Per-position losses: [T-1] float64, entry t the loss of predicting ids[t+1] from ids[0..t].
+py::array_t<double> token_losses(const ModelHolder& h, const py::handle& ids_in) {
+  const std::vector<int32_t> ids = token_ids(ids_in, h.m.config, "token_losses", 2);
+  const int64_t T = int64_t(ids.size());
+  py::array_t<double> out(T - 1);
+  std::vector<double> all(static_cast<size_t>(T));
+  run_interruptible([&](std::atomic<bool>* stop) {
+    model::ForwardContext<float> ctx(h.m.config);
+    model::SequenceWorkspace<float> ws;
+    model::SequenceOptions so;
+    so.interrupt = stop;
+    so.token_losses = all.data();
+    return model::sequence_loss<float>(h.m, ctx, ids.data(), 1, T, nullptr, so, ws);
+  });
+  std::copy_n(all.data(), T - 1, out.mutable_data());
+  return out;
 }
 
 // Logits of every position, segment by segment through the memory: [T, V] float32.
@@ -252,9 +269,7 @@ py::dict parameters(const ModelPtr& h) {
 
 void save(const ModelHolder& h, const std::string& dir) {
   model::save_model(h.m, dir);
-  if (!h.tokenizer_json.empty())
-    model::write_file_atomic((std::filesystem::path(dir) / "tokenizer.json").string(),
-                             h.tokenizer_json);
+  model::write_tokenizer_json(dir, h.tokenizer_json);
 }
 
 std::unique_ptr<SessionHandle> make_session(const ModelPtr& h) {
@@ -433,6 +448,9 @@ PYBIND11_MODULE(_infini, mod) {
       .def("loss", &loss, py::arg("ids"),
            "Mean next-token loss (natural log) of `ids` read as one sequence through the memory; "
            "equals `infini eval` on the same tokens")
+      .def("token_losses", &token_losses, py::arg("ids"),
+           "Loss of every prediction, numpy float64 [len(ids) - 1]: entry t is -log p(ids[t+1] "
+           "| ids[..t]); their mean is loss(ids)")
       .def("logits", &logits, py::arg("ids"),
            "Logits of every position, numpy float32 [len(ids), vocab_size]")
       .def("grad", &grad, py::arg("ids"),

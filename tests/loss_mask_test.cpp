@@ -1,5 +1,6 @@
 // model::SequenceOptions::loss_mask: the masked loss, its full-BPTT gradient against finite
-// differences (double), and its consistency with the unmasked loss. Also ::interrupt.
+// differences (double), and its consistency with the unmasked loss. Also ::token_losses and
+// ::interrupt.
 #include <gtest/gtest.h>
 
 #include "model/bptt.hpp"
@@ -106,6 +107,16 @@ TEST(LossMask, MaskedLossIsTheSumOverTheKeptPositions) {
   for (int64_t t = 0; t + 1 < T; ++t) want += mask[size_t(t)] ? per_pos[size_t(t)] : 0;
   EXPECT_EQ(r.predicted, 4);
   EXPECT_NEAR(r.loss_sum, want, 1e-12 * want);
+
+  // token_losses: each kept position's own loss, 0 elsewhere; loss_sum unchanged.
+  std::vector<double> each(size_t(T), -1.0);
+  opts.token_losses = each.data();
+  const LossResult r2 = sequence_loss<double>(m, ctx, tokens.data(), 1, T, nullptr, opts, ws);
+  EXPECT_EQ(r2.loss_sum, r.loss_sum);
+  for (int64_t t = 0; t < T; ++t)
+    EXPECT_NEAR(each[size_t(t)], t + 1 < T && mask[size_t(t)] ? per_pos[size_t(t)] : 0.0, 1e-12)
+        << t;
+  opts.token_losses = nullptr;
 
   // An all-ones mask is the unmasked loss and gradient, bit for bit.
   std::vector<uint8_t> ones(size_t(T), 1);

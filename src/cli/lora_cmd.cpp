@@ -38,17 +38,13 @@ void register_lora(CLI::App& app) {
     const model::Model<float> base = model::load_model(o->model);
     // The base model's tokenizer goes into the merged model: check that it loads before
     // anything is written.
-    const fs::path tj = fs::path(o->model) / "tokenizer.json";
     (void)io::load_tokenizer_for_model(o->model);
-    std::error_code ec;
-    const std::string tokenizer_json =
-        fs::exists(fs::symlink_status(tj, ec)) ? io::read_file(tj.string()) : std::string();
+    const std::string tokenizer_json = model::read_tokenizer_json(o->model);
     const model::LoraAdapter<float> a = model::load_lora(o->adapter, base);
     const model::Model<float> merged = model::lora_merge(base, a);
     model::write_model_dir(o->out, [&] {
       model::save_model(merged, o->out);
-      if (!tokenizer_json.empty())
-        model::write_file_atomic((fs::path(o->out) / "tokenizer.json").string(), tokenizer_json);
+      model::write_tokenizer_json(o->out, tokenizer_json);
     });
     std::printf("merged %s (rank %lld, alpha %g) into %s\n", o->adapter.c_str(),
                 (long long)a.layout.config.rank, a.layout.config.alpha, o->out.c_str());

@@ -140,8 +140,7 @@ void run_passkey_train(TrainOpts& o, RunFlags& flags) {
   } else {
     if (!o.tokenizer.empty()) throw Error("--tokenizer is only for --config");
     m = model::load_model(o.model, {true, o.gate_init});
-    const fs::path tj = fs::path(o.model) / "tokenizer.json";
-    if (fs::exists(tj)) tokenizer_json = io::read_file(tj.string());
+    tokenizer_json = model::read_tokenizer_json(o.model);
     tok = tokenizer_for(o.model);
   }
   if (tok->vocab_size() > m.config.vocab_size)

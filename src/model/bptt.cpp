@@ -52,6 +52,8 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
                          SequenceWorkspace<T>& ws, MemoryState<T>* state_io) {
   const ModelConfig& c = m.config;
   if (batch <= 0 || T_len <= 0) throw Error("sequence_loss: empty batch");
+  if (opts.token_losses && grads)
+    throw Error("sequence_loss: token_losses is for loss-only calls");
   const int64_t N = c.segment_length, S = (T_len + N - 1) / N, V = c.vocab_size;
   LossResult result;
   result.predicted = batch * (T_len - 1);
@@ -85,6 +87,16 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
                     true, packed);
       result.loss_sum += ops::cross_entropy(ws.acts.logits.data(), ws.targets.data(), batch * n,
                                             V, (T*)nullptr, T(0));
+      if (opts.token_losses)
+        for (int64_t b = 0; b < batch; ++b)
+          for (int64_t i = 0; i < n; ++i) {
+            const int64_t r = b * n + i;
+            opts.token_losses[b * T_len + start + i] =
+                ws.targets[size_t(r)] < 0
+                    ? 0.0
+                    : ops::cross_entropy(ws.acts.logits.data() + r * V, ws.targets.data() + r, 1,
+                                         V, (T*)nullptr, T(0));
+          }
     }
     if (state_io) *state_io = state;
     return result;

@@ -37,6 +37,10 @@ struct SequenceOptions {
   // Optional: checked before each segment of the forward and the backward; when it is true
   // the call throws Interrupted (no result, nothing of `grads` or `state_io` to rely on).
   const std::atomic<bool>* interrupt = nullptr;
+  // Optional [batch, T], loss-only calls (no gradient): position t's loss of predicting token
+  // t+1 (0 at the last position and where the mask leaves it out). For analyses of where a
+  // loss comes from; loss_sum is the same with or without it.
+  double* token_losses = nullptr;
 };
 
 // Thrown by sequence_loss when SequenceOptions::interrupt is set (Ctrl-C in Python).

@@ -13,6 +13,7 @@
 
 #include "core/error.hpp"
 #include "io/safetensors.hpp"
+#include "io/text.hpp"
 
 namespace infini::model {
 
@@ -118,6 +119,22 @@ Model<float> load_weights(const ModelConfig& config, const std::string& dir,
 Model<float> load_model(const std::string& dir, const LoadOptions& opts) {
   if (!fs::is_directory(dir)) throw Error("model directory " + dir + " does not exist");
   return load_weights(load_config((fs::path(dir) / "config.json").string()), dir, opts);
+}
+
+std::string read_tokenizer_json(const std::string& model_dir) {
+  const std::filesystem::path tj = std::filesystem::path(model_dir) / "tokenizer.json";
+  std::error_code ec;
+  // Anything at that name is read (and an unreadable one reported), as the tokenizer loader
+  // does (io::load_tokenizer_for_model).
+  return std::filesystem::exists(std::filesystem::symlink_status(tj, ec))
+             ? io::read_file(tj.string())
+             : std::string();
+}
+
+void write_tokenizer_json(const std::string& model_dir, const std::string& tokenizer_json) {
+  if (!tokenizer_json.empty())
+    write_file_atomic((std::filesystem::path(model_dir) / "tokenizer.json").string(),
+                      tokenizer_json);
 }
 
 void write_file_atomic(const std::string& path, const std::string& contents) {

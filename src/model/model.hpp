@@ -74,4 +74,11 @@ Model<To> cast_model(const Model<From>& m) {
 // Writes text to `path` atomically (temp file, fsync, rename). Used for every small file.
 void write_file_atomic(const std::string& path, const std::string& contents);
 
+// A model directory's tokenizer.json, kept as text so that the exact file travels with the
+// weights (training checkpoints, LoRA merges, Python's Model.save). Read: its contents, or ""
+// when the directory has none (the byte tokenizer). Write: DIR/tokenizer.json, atomically,
+// unless `tokenizer_json` is "".
+std::string read_tokenizer_json(const std::string& model_dir);
+void write_tokenizer_json(const std::string& model_dir, const std::string& tokenizer_json);
+
 }  // namespace infini::model

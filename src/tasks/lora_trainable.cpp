@@ -27,8 +27,7 @@ void LoraTrainable::map_gradient(const float* model_grad, float* grad) {
 
 void LoraTrainable::save(const std::string& dir) {
   model::save_model(model::lora_merge(base_, adapter_), dir);
-  if (!tokenizer_json_.empty())
-    model::write_file_atomic((fs::path(dir) / "tokenizer.json").string(), tokenizer_json_);
+  model::write_tokenizer_json(dir, tokenizer_json_);
   model::save_lora(adapter_, dir, base_path_);
 }
 

@@ -24,12 +24,6 @@ std::string tokenizer_identity(const std::string& tokenizer_json) {
   return "hf:" + hex64(fnv1a(tokenizer_json.data(), tokenizer_json.size()));
 }
 
-// The contents of DIR/tokenizer.json ("" when the model uses the byte tokenizer).
-std::string tokenizer_json_of(const std::string& dir) {
-  const fs::path tj = fs::path(dir) / "tokenizer.json";
-  return fs::exists(tj) ? io::read_file(tj.string()) : std::string();
-}
-
 struct Start {
   model::Model<float> m;
   std::string tokenizer_json;  // contents; empty for the byte tokenizer
@@ -40,7 +34,7 @@ Start load_start(const TrainRunOptions& o, const std::optional<std::string>& res
   Start s;
   if (resume_dir) {
     s.m = model::load_model(*resume_dir);
-    s.tokenizer_json = tokenizer_json_of(*resume_dir);
+    s.tokenizer_json = model::read_tokenizer_json(*resume_dir);
     s.tok = io::load_tokenizer_for_model(*resume_dir);
     return s;
   }
@@ -64,7 +58,7 @@ Start load_start(const TrainRunOptions& o, const std::optional<std::string>& res
   if (!o.tokenizer.empty())
     throw Error("--tokenizer is only for --config; a --model uses its own tokenizer.json");
   s.m = model::load_model(o.model, {true, o.gate_init});
-  s.tokenizer_json = tokenizer_json_of(o.model);
+  s.tokenizer_json = model::read_tokenizer_json(o.model);
   s.tok = io::load_tokenizer_for_model(o.model);
   return s;
 }

@@ -47,8 +47,7 @@ void FullModelTrainable::map_gradient(const float* model_grad, float* grad) {
 
 void FullModelTrainable::save(const std::string& dir) {
   model::save_model(model_, dir);
-  if (!tokenizer_json_.empty())
-    model::write_file_atomic((fs::path(dir) / "tokenizer.json").string(), tokenizer_json_);
+  model::write_tokenizer_json(dir, tokenizer_json_);
 }
 
 void FullModelTrainable::restore(const std::string& dir) {

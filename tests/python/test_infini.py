@@ -342,3 +342,15 @@ def test_grad_equals_the_pytorch_twin(tiny):
         w = want[name].numpy()
         assert g.shape == w.shape, name
         assert np.abs(g - w).max() <= 1e-4 * max(np.abs(w).max(), 1e-6), name
+
+
+def test_token_losses_average_to_the_loss(tiny):
+    m = infini.load(str(tiny / "model"))
+    ids = m.tokenizer.encode(TEXT)
+    tl = m.token_losses(np.array(ids, dtype=np.int32))
+    assert tl.dtype == np.float64 and tl.shape == (len(ids) - 1,)
+    assert abs(tl.mean() - m.loss(ids)) <= 1e-9 * m.loss(ids)
+    lg = m.logits(ids).astype(np.float64)
+    lse = np.log(np.exp(lg - lg.max(1, keepdims=True)).sum(1)) + lg.max(1)
+    want = lse[:-1] - lg[np.arange(len(ids) - 1), ids[1:]]
+    assert np.allclose(tl, want, rtol=1e-5, atol=1e-5)

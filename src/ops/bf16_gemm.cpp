@@ -1,0 +1,203 @@
+#include "ops/bf16_gemm.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "core/error.hpp"
+#include "ops/gemm.hpp"
+
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#define INFINI_BF16_KERNEL 1
+#include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC bug 105593, as in sgemm.cpp
+#endif
+#endif
+
+namespace infini::ops {
+
+uint16_t to_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+namespace {
+
+constexpr int kNR = 32;  // columns per packed panel: two vectors of 16 fp32 accumulators
+
+// Packed index of op(B)[p][j]: panel j / 32, row pair p / 2, column j % 32, element p % 2.
+inline size_t packed_index(int64_t kpairs, int64_t p, int64_t j) {
+  return size_t(((j / kNR) * kpairs + p / 2) * (2 * kNR) + (j % kNR) * 2 + (p % 2));
+}
+
+}  // namespace
+
+void bf16_pack(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, PackedBf16& out) {
+  const int64_t kpairs = (k + 1) / 2, panels = (n + kNR - 1) / kNR;
+  const size_t need = size_t(panels * kpairs * 2 * kNR);
+  if (out.capacity < need) {
+    out.data.reset(static_cast<uint16_t*>(std::aligned_alloc(64, (need * 2 + 63) / 64 * 64)));
+    if (!out.data) throw Error("bf16_pack: out of memory");
+    out.capacity = need;
+  }
+  out.k = k;
+  out.n = n;
+  uint16_t* d = out.data.get();
+  std::memset(d, 0, need * sizeof(uint16_t));  // padding rows and columns are zero
+  for (int64_t p = 0; p < k; ++p)
+    for (int64_t j = 0; j < n; ++j)
+      d[packed_index(kpairs, p, j)] = to_bf16(trans_b ? b[j * ldb + p] : b[p * ldb + j]);
+}
+
+#if defined(INFINI_BF16_KERNEL)
+
+namespace {
+
+constexpr int kMR = 12;
+
+inline __mmask16 first_lanes(int64_t count) {
+  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
+}
+
+// Rows [i0, i0 + rows) of op(A) as bf16, row r at out + r * kp (kp = k rounded up to even,
+// the pad zero), so that each 32-bit word is the pair (2p, 2p + 1) the kernel broadcasts.
+void convert_rows(const float* a, int64_t lda, bool trans_a, int64_t i0, int64_t rows, int64_t k,
+                  int64_t kp, uint16_t* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    uint16_t* o = out + r * kp;
+    if (!trans_a) {
+      const float* src = a + (i0 + r) * lda;
+      int64_t p = 0;
+      for (; p + 32 <= k; p += 32) {
+        const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + p + 16), _mm512_loadu_ps(src + p));
+        _mm512_storeu_si512(o + p, (__m512i)v);
+      }
+      for (; p < k; ++p) o[p] = to_bf16(src[p]);
+    } else {
+      for (int64_t p = 0; p < k; ++p) o[p] = to_bf16(a[p * lda + i0 + r]);
+    }
+    if (kp > k) o[k] = 0;
+  }
+}
+
+// C[0 .. R, 0 .. nv] = alpha * sum_p A[r, pair p] . B[pair p, :] + beta * C.
+template <int R>
+void micro_kernel(int64_t kpairs, const uint16_t* a, int64_t kp, const uint16_t* bp, float* c,
+                  int64_t ldc, float alpha, float beta, int64_t nv) {
+  __m512 acc0[R], acc1[R];
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+  const uint32_t* a32 = reinterpret_cast<const uint32_t*>(a);
+  const int64_t astride = kp / 2;
+  for (int64_t p = 0; p < kpairs; ++p) {
+    const __m512bh b0 = (__m512bh)_mm512_load_si512(bp + p * 2 * kNR);
+    const __m512bh b1 = (__m512bh)_mm512_load_si512(bp + p * 2 * kNR + kNR);
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(int(a32[r * astride + p]));
+      acc0[r] = _mm512_dpbf16_ps(acc0[r], av, b0);
+      acc1[r] = _mm512_dpbf16_ps(acc1[r], av, b1);
+    }
+  }
+  const __mmask16 m0 = first_lanes(nv), m1 = first_lanes(nv - 16);
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r) {
+    float* cr = c + r * ldc;
+    __m512 x0 = _mm512_mul_ps(acc0[r], va), x1 = _mm512_mul_ps(acc1[r], va);
+    if (beta != 0.0f) {
+      x0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, cr), x0);
+      x1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, cr + 16), x1);
+    }
+    _mm512_mask_storeu_ps(cr, m0, x0);
+    _mm512_mask_storeu_ps(cr + 16, m1, x1);
+  }
+}
+
+using Kernel = void (*)(int64_t, const uint16_t*, int64_t, const uint16_t*, float*, int64_t,
+                        float, float, int64_t);
+template <int... R>
+constexpr auto kernel_table(std::integer_sequence<int, R...>) {
+  return std::array<Kernel, sizeof...(R)>{&micro_kernel<R + 1>...};
+}
+constexpr auto kKernels = kernel_table(std::make_integer_sequence<int, kMR>{});
+
+}  // namespace
+
+bool bf16_native_available() {
+  static const bool ok = __builtin_cpu_supports("avx512bf16") != 0;
+  return ok;
+}
+
+void bf16_gemm_packed(bool trans_a, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                      int64_t lda, const PackedBf16& b, float beta, float* c, int64_t ldc) {
+  if (!bf16_native_available()) throw Error("bf16_gemm_packed: no AVX512-BF16 on this CPU");
+  if (k > b.k || n > b.n) throw Error("bf16_gemm_packed: the product is larger than the packing");
+  if (m <= 0 || n <= 0) return;
+  const int64_t kpairs = (b.k + 1) / 2, kp = 2 * ((k + 1) / 2);
+  // Only the first k rows of B take part: the pairs past k/2 are skipped, and a pair cut by
+  // an odd k meets the zero A pads.
+  const int64_t use_pairs = (k + 1) / 2;
+  thread_local std::vector<uint16_t, std::allocator<uint16_t>> abuf;
+  abuf.resize(size_t(kMR * kp + 32));
+  for (int64_t i0 = 0; i0 < m; i0 += kMR) {
+    const int64_t rows = std::min<int64_t>(kMR, m - i0);
+    convert_rows(a, lda, trans_a, i0, rows, k, kp, abuf.data());
+    for (int64_t j0 = 0; j0 < n; j0 += kNR) {
+      const uint16_t* bp = b.data.get() + (j0 / kNR) * kpairs * 2 * kNR;
+      kKernels[size_t(rows - 1)](use_pairs, abuf.data(), kp, bp, c + i0 * ldc + j0, ldc, alpha,
+                                 beta, std::min<int64_t>(kNR, n - j0));
+    }
+  }
+}
+
+#else  // no AVX512-BF16 in this build
+
+bool bf16_native_available() { return false; }
+
+void bf16_gemm_packed(bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                      const PackedBf16&, float, float*, int64_t) {
+  throw Error("bf16_gemm_packed: this build has no AVX512-BF16 kernel");
+}
+
+#endif
+
+std::string bf16_backend_name() {
+  return bf16_native_available() ? "native-avx512bf16"
+                                 : "emulated (no AVX512-BF16 on this CPU or build)";
+}
+
+void bf16_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+               const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+               int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  if (!bf16_native_available()) {
+    bf16_gemm_emulated(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  thread_local PackedBf16 packed;
+  bf16_pack(trans_b, k, n, b, ldb, packed);
+  bf16_gemm_packed(trans_a, m, n, k, alpha, a, lda, packed, beta, c, ldc);
+}
+
+void bf16_gemm_emulated(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                        const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                        float* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  std::vector<float> ar(size_t(m * k)), br(size_t(k * n));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t p = 0; p < k; ++p)
+      ar[size_t(i * k + p)] = round_bf16(trans_a ? a[p * lda + i] : a[i * lda + p]);
+  for (int64_t p = 0; p < k; ++p)
+    for (int64_t j = 0; j < n; ++j)
+      br[size_t(p * n + j)] = round_bf16(trans_b ? b[j * ldb + p] : b[p * ldb + j]);
+  gemm<float>(false, false, m, n, k, alpha, ar.data(), k, br.data(), n, beta, c, ldc);
+}
+
+}  // namespace infini::ops

@@ -1,0 +1,68 @@
+// Matrix products with bf16 inputs and fp32 accumulation (SPEC §8, issue #27): the AVX512-BF16
+// instruction VDPBF16PS multiplies pairs of bf16 and adds both products into an fp32 lane,
+// twice the multiply-adds of an fp32 FMA per instruction.
+//
+// C[m, n] = alpha * bf16(op(A)) bf16(op(B)) + beta * C, row-major, where bf16(x) rounds to the
+// nearest even bf16 and every product of two bf16 is exact in fp32; the sums are fp32. A is
+// read in fp32 and rounded on the fly (activations); B is packed once in bf16 (weights).
+// Single-threaded: callers split rows or columns, as for sgemm_native.
+//
+// Where the CPU (or the build) lacks AVX512-BF16 the same products run emulated: the inputs
+// rounded to bf16 values held in fp32, multiplied by the fp32 GEMM. Both are bf16-rounded
+// results; they differ only in the order of the fp32 additions.
+#pragma once
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <string>
+
+namespace infini::ops {
+
+// Round to nearest even bf16, as the upper 16 bits of an fp32 (NaN stays NaN).
+uint16_t to_bf16(float x);
+inline float bf16_value(uint16_t v) {
+  union {
+    uint32_t u;
+    float f;
+  } x{uint32_t(v) << 16};
+  return x.f;
+}
+inline float round_bf16(float x) { return bf16_value(to_bf16(x)); }
+
+// op(B) [k, n] in bf16, in the layout the kernel reads: panels of 32 columns; within one, for
+// each pair of rows (2p, 2p+1) the 32 columns' two values side by side (k padded to even with
+// zeros, n to a multiple of 32).
+struct PackedBf16 {
+  int64_t k = 0, n = 0;
+  size_t capacity = 0;  // uint16 values allocated
+  struct Free {
+    void operator()(uint16_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<uint16_t, Free> data;
+  size_t bytes() const { return capacity * sizeof(uint16_t); }
+};
+
+// True when this build carries the AVX512-BF16 kernel and this CPU has the instruction.
+bool bf16_native_available();
+// "native-avx512bf16" or "emulated (no AVX512-BF16 on this CPU or build)".
+std::string bf16_backend_name();
+
+void bf16_pack(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, PackedBf16& out);
+
+// C = alpha * bf16(op(A)) * B[0 .. k, 0 .. n] + beta * C (beta == 0 never reads C). Native only:
+// throws infini::Error when bf16_native_available() is false.
+void bf16_gemm_packed(bool trans_a, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                      int64_t lda, const PackedBf16& b, float beta, float* c, int64_t ldc);
+
+// The same product without packing in advance: native when available, else emulated.
+void bf16_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+               const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+               int64_t ldc);
+
+// The emulation bf16_gemm falls back to: the inputs rounded to bf16 values held in fp32,
+// multiplied by gemm<float>. Public so that tests check it on every CPU.
+void bf16_gemm_emulated(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                        const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                        float* c, int64_t ldc);
+
+}  // namespace infini::ops

@@ -1,0 +1,120 @@
+// ops/bf16_gemm: rounding to bf16, and the bf16-input fp32-accumulate products (native
+// AVX512-BF16 kernel where the CPU has it, and the emulation everywhere) against a float64
+// reference of the bf16-rounded inputs.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "ops/bf16_gemm.hpp"
+
+using namespace infini::ops;
+
+namespace {
+
+float from_bits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+std::vector<float> random_matrix(int64_t n, uint64_t seed) {
+  std::mt19937_64 g(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+// C = alpha * bf16(op(A)) bf16(op(B)) + beta * C in float64; bound: the size of the sum.
+void reference(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha,
+               const std::vector<float>& a, int64_t lda, const std::vector<float>& b, int64_t ldb,
+               double beta, std::vector<double>& c, std::vector<double>& bound, int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double s = 0, s_abs = 0;
+      for (int64_t p = 0; p < k; ++p) {
+        const double x = round_bf16(ta ? a[size_t(p * lda + i)] : a[size_t(i * lda + p)]);
+        const double y = round_bf16(tb ? b[size_t(j * ldb + p)] : b[size_t(p * ldb + j)]);
+        s += x * y;
+        s_abs += std::abs(x * y);
+      }
+      const size_t at = size_t(i * ldc + j);
+      c[at] = alpha * s + beta * c[at];
+      bound[at] = std::abs(alpha) * s_abs + std::abs(beta * c[at]);
+    }
+}
+
+using Gemm = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                      const float*, int64_t, float, float*, int64_t);
+
+void check_shapes(Gemm gemm, const char* name) {
+  const int64_t shapes[][3] = {{1, 1, 1},   {3, 5, 7},    {12, 32, 64}, {13, 33, 65},
+                               {25, 70, 31}, {7, 16, 300}, {40, 100, 128}};
+  uint64_t seed = 1;
+  for (const auto& s : shapes)
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb)
+        for (const float beta : {0.0f, 0.5f}) {
+          const int64_t m = s[0], n = s[1], k = s[2];
+          const int64_t lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 1, ldc = n + 2;
+          const auto a = random_matrix((ta ? k : m) * lda, seed++);
+          const auto b = random_matrix((tb ? n : k) * ldb, seed++);
+          std::vector<float> c = random_matrix(m * ldc, seed++);
+          std::vector<double> want(c.begin(), c.end()), bound(c.size(), 0.0);
+          reference(ta, tb, m, n, k, 1.25, a, lda, b, ldb, beta, want, bound, ldc);
+          if (beta == 0.0f)  // beta 0 must not read C, even NaN
+            for (int64_t i = 0; i < m; ++i) c[size_t(i * ldc)] = std::nanf("");
+          gemm(ta, tb, m, n, k, 1.25f, a.data(), lda, b.data(), ldb, beta, c.data(), ldc);
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < n; ++j) {
+              const size_t at = size_t(i * ldc + j);
+              // fp32 sums of exact products: error within k * 2^-24 of the sum of magnitudes.
+              ASSERT_NEAR(c[at], want[at], 1e-7 * double(k + 2) * bound[at] + 1e-30)
+                  << name << " m=" << m << " n=" << n << " k=" << k << " ta=" << ta
+                  << " tb=" << tb << " beta=" << beta << " at " << i << "," << j;
+            }
+        }
+}
+
+}  // namespace
+
+TEST(Bf16, RoundsToNearestEven) {
+  EXPECT_EQ(to_bf16(1.0f), 0x3F80);
+  EXPECT_EQ(to_bf16(-2.0f), 0xC000);
+  EXPECT_EQ(to_bf16(from_bits(0x3F808000u)), 0x3F80);  // a tie: to the even mantissa
+  EXPECT_EQ(to_bf16(from_bits(0x3F818000u)), 0x3F82);  // a tie: up to the even one
+  EXPECT_EQ(to_bf16(from_bits(0x3F808001u)), 0x3F81);  // above the tie: up
+  EXPECT_EQ(to_bf16(from_bits(0x3F807FFFu)), 0x3F80);  // below: down
+  EXPECT_EQ(to_bf16(from_bits(0x7F7FFFFFu)), 0x7F80);  // the largest float rounds to inf
+  EXPECT_EQ(to_bf16(INFINITY), 0x7F80);
+  EXPECT_TRUE(std::isnan(bf16_value(to_bf16(std::nanf("")))));
+  EXPECT_TRUE(std::isnan(bf16_value(to_bf16(from_bits(0x7F800001u)))));  // not inf
+  EXPECT_EQ(round_bf16(3.140625f), 3.140625f);  // exactly representable
+}
+
+TEST(Bf16, EmulatedProductMatchesTheFloat64ReferenceOfRoundedInputs) {
+  check_shapes(&bf16_gemm_emulated, "emulated");
+}
+
+TEST(Bf16, NativeProductMatchesTheFloat64ReferenceOfRoundedInputs) {
+  if (!bf16_native_available()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  check_shapes(&bf16_gemm, "native");
+}
+
+TEST(Bf16, PackedPrefixOfKAndNEqualsAProductOfThatSize) {
+  if (!bf16_native_available()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  const int64_t m = 9, n = 50, k = 41;
+  const auto a = random_matrix(m * k, 11), b = random_matrix(k * n, 12);
+  PackedBf16 packed;
+  bf16_pack(false, k, n, b.data(), n, packed);
+  for (const int64_t kk : {int64_t(1), int64_t(20), int64_t(33), k})
+    for (const int64_t nn : {int64_t(1), int64_t(31), int64_t(33), n}) {
+      std::vector<float> got(size_t(m * nn)), want(size_t(m * nn));
+      bf16_gemm_packed(false, m, nn, kk, 1.0f, a.data(), k, packed, 0.0f, got.data(), nn);
+      bf16_gemm(false, false, m, nn, kk, 1.0f, a.data(), k, b.data(), n, 0.0f, want.data(), nn);
+      EXPECT_EQ(got, want) << "k=" << kk << " n=" << nn;
+    }
+}
