@@ -189,12 +189,13 @@ TrainCommand add_train_flags(CLI::App* cmd) {
 
 train::TrainRunResult run_train_command(const TrainCommand& c, train::Distributed& dist,
                                         const std::function<void(const nlohmann::json&)>& on_step,
-                                        const std::atomic<bool>* interrupt, std::FILE* log) {
+                                        const std::atomic<bool>* interrupt, std::FILE* log,
+                                        const std::function<void()>& before_steps) {
   try {
     const std::optional<std::string> resume_dir =
         prepare_resume(c.opts->out, c.opts->resume, *c.flags, dist.rank() == 0 ? log : nullptr);
     return train::run_training(*c.opts, c.flags->record(), resume_dir, dist, on_step, interrupt,
-                               log);
+                               log, before_steps);
   } catch (const train::CollectiveError&) {
     throw;  // every rank throws it at the same point: a normal exit on all ranks
   } catch (const train::NonFiniteError&) {
@@ -212,8 +213,10 @@ void register_train(CLI::App& app) {
   const TrainCommand c = add_train_flags(cmd);
   cmd->callback([c] {
     train::Distributed dist;  // MPI, when launched by mpirun (docs/distributed.md)
-    StopSignalGuard guard;
-    run_train_command(c, dist, nullptr, &stop_requested(), stderr);
+    // From the first step on, SIGINT/SIGTERM end the run with a checkpoint; before it
+    // (tokenizing a corpus) they end the process at once, as there is nothing to save.
+    std::optional<StopSignalGuard> guard;
+    run_train_command(c, dist, nullptr, &stop_requested(), stderr, [&guard] { guard.emplace(); });
   });
 }
 

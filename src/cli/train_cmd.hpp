@@ -24,10 +24,12 @@ struct TrainCommand {
 // Declares the flags of `infini train` on `cmd`, bound to a new TrainCommand.
 TrainCommand add_train_flags(CLI::App* cmd);
 
-// After parsing: applies --resume (prepare_resume) and runs train::run_training. An error
-// seen by one MPI rank alone aborts all ranks rather than leaving them waiting.
+// After parsing: applies --resume (prepare_resume) and runs train::run_training (see there for
+// the callbacks). An error seen by one MPI rank alone aborts all ranks rather than leaving them
+// waiting.
 train::TrainRunResult run_train_command(const TrainCommand& c, train::Distributed& dist,
                                         const std::function<void(const nlohmann::json&)>& on_step,
-                                        const std::atomic<bool>* interrupt, std::FILE* log);
+                                        const std::atomic<bool>* interrupt, std::FILE* log,
+                                        const std::function<void()>& before_steps = nullptr);
 
 }  // namespace infini::cli

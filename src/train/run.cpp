@@ -158,7 +158,8 @@ void check_tokens_per_step(int64_t batch, int64_t len, const std::string& len_fl
 TrainRunResult run_training(TrainRunOptions o, const nlohmann::json& run_record,
                             const std::optional<std::string>& resume_dir, Distributed& dist,
                             const std::function<void(const nlohmann::json&)>& on_step,
-                            const std::atomic<bool>* interrupt, std::FILE* log) {
+                            const std::atomic<bool>* interrupt, std::FILE* log,
+                            const std::function<void()>& before_steps) {
   // Under MPI only rank 0 talks; the others' log lines go nowhere.
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> quiet(
       dist.rank() == 0 ? nullptr : std::fopen("/dev/null", "w"), &std::fclose);
@@ -215,6 +216,7 @@ TrainRunResult run_training(TrainRunOptions o, const nlohmann::json& run_record,
     std::fprintf(log, "mpi: %d processes, %lld sequences each per step\n", dist.world(),
                  (long long)(o.batch / dist.world()));
   }
+  if (before_steps) before_steps();
   TrainRunResult r;
   r.outcome = trainer.run(dist.world() > 1 ? &agreed_stop : interrupt, log);
   r.step = trainer.step();

@@ -49,12 +49,15 @@ void check_tokens_per_step(int64_t batch, int64_t len, const std::string& len_fl
 // flags already restored into `o` by the front end), or nullopt for a fresh run. `run_record`
 // is stored in every checkpoint. `on_step` sees each metrics line (metrics.jsonl) after its
 // step. The run ends with a checkpoint when *interrupt becomes true (checked between steps;
-// under MPI every rank stops at the same step). Progress and the final message go to `log`
+// under MPI every rank stops at the same step). `before_steps`, if given, is called once the
+// model and data are ready, just before the first step: the command line installs its signal
+// handler there, so that Ctrl-C while a large corpus is tokenized still ends it at once. Progress and the final message go to `log`
 // on rank 0. Throws Error (naming the flag or file) on bad options or data, NonFiniteError
 // on a non-finite loss, and CollectiveError when MPI ranks disagree.
 TrainRunResult run_training(TrainRunOptions o, const nlohmann::json& run_record,
                             const std::optional<std::string>& resume_dir, Distributed& dist,
                             const std::function<void(const nlohmann::json&)>& on_step,
-                            const std::atomic<bool>* interrupt, std::FILE* log);
+                            const std::atomic<bool>* interrupt, std::FILE* log,
+                            const std::function<void()>& before_steps = nullptr);
 
 }  // namespace infini::train
