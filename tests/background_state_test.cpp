@@ -206,6 +206,13 @@ TEST(BackgroundState, BadOptionsAreRefused) {
   o.max_tokens = 64;
   o.share = 0;
   EXPECT_THROW(make(o), Error);
+  o.share = 0.1;  // valid, but of a batch of 4 rows it is no row at all
+  {
+    BackgroundStateSource s(inner, c, [&]() -> const model::Model<float>& { return m; }, stream,
+                            o);
+    Batch b;
+    EXPECT_THROW(s.next(4, 16, b), Error);
+  }
   model::ModelConfig local = c;
   local.use_memory = false;
   o.share = 1;

@@ -107,10 +107,15 @@ void BackgroundStateSource::next(int64_t batch, int64_t seq_len, Batch& out) {
   inner_.next(batch, seq_len, out);
   out.initial_state = {};
   if (opts_.chains == 0) return;
+  const int64_t from_chain = std::llround(opts_.share * double(out.batch));
+  // Chains no row starts from would be read for nothing.
+  if (from_chain == 0)
+    throw Error("--background-share " + nlohmann::json(opts_.share).dump() + " of a batch of " +
+                std::to_string(out.batch) + " rows rounds to no row starting from a chain; "
+                "raise --background-share or --batch");
   advance();
   ++steps_;
   out.initial_state = model::MemoryState<float>::zeros(config_, out.batch);
-  const int64_t from_chain = std::llround(opts_.share * double(out.batch));
   for (int64_t b = 0; b < from_chain; ++b)
     chains_.copy_sequence(b % opts_.chains, out.initial_state, b);
 }
