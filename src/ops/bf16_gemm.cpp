@@ -140,12 +140,11 @@ void bf16_gemm_packed(bool trans_a, int64_t m, int64_t n, int64_t k, float alpha
   if (!bf16_native_available()) throw Error("bf16_gemm_packed: no AVX512-BF16 on this CPU");
   if (k > b.k || n > b.n) throw Error("bf16_gemm_packed: the product is larger than the packing");
   if (m <= 0 || n <= 0) return;
-  const int64_t kpairs = (b.k + 1) / 2, kp = 2 * ((k + 1) / 2);
   // Only the first k rows of B take part: the pairs past k/2 are skipped, and a pair cut by
   // an odd k meets the zero A pads.
-  const int64_t use_pairs = (k + 1) / 2;
-  thread_local std::vector<uint16_t, std::allocator<uint16_t>> abuf;
-  abuf.resize(size_t(kMR * kp + 32));
+  const int64_t kpairs = (b.k + 1) / 2, use_pairs = (k + 1) / 2, kp = 2 * use_pairs;
+  thread_local std::vector<uint16_t> abuf;
+  abuf.resize(size_t(kMR * kp));
   for (int64_t i0 = 0; i0 < m; i0 += kMR) {
     const int64_t rows = std::min<int64_t>(kMR, m - i0);
     convert_rows(a, lda, trans_a, i0, rows, k, kp, abuf.data());
