@@ -4,7 +4,7 @@
     python3 bench/compare.py [--infini build/infini] [--threads 2] [--steps 3]
                              [--torch-steps 2] [--configs small,medium]
                              [--torch-env fair|plain|both] [--torch-bf16] [--rounds R]
-                             [--gemm-ab] [--markdown]
+                             [--gemm-ab] [--precision-ab] [--markdown]
 
 For each configuration it runs, one right after the other, `/usr/bin/python3
 reference/bench_torch.py ... --threads N --json` and `infini bench ... --threads N --json`,
@@ -23,7 +23,8 @@ The twin's environment (--torch-env):
          starts OpenBLAS's own pthread pool (one thread per core), both pools spinning.
 --torch-bf16 also runs the twin, in each of those environments, with `--autocast bf16`
 (torch.autocast to bfloat16 around forward and loss, as "<env>-bf16"): what a PyTorch user
-gets from BF16 matrix products, for reference; infini itself always computes in float32.
+gets from BF16 matrix products. --precision-ab adds a run of `infini bench --precision bf16`
+(its rows say "<gemm>+bf16"), and the summary then gives its speed over infini's float32.
 infini always gets OMP_NUM_THREADS = OPENBLAS_NUM_THREADS = N (and restarts itself with
 passive waiting unless OMP_WAIT_POLICY is set). The machine's load average is printed with
 every row: numbers are only comparable within one run.
@@ -98,6 +99,8 @@ def main():
                          "median ratio over the rounds (default 1)")
     ap.add_argument("--gemm-ab", action="store_true",
                     help="also run infini with --gemm openblas (its GEMMs on OpenBLAS)")
+    ap.add_argument("--precision-ab", action="store_true",
+                    help="also run infini with --precision bf16 (SPEC §8 mixed precision)")
     ap.add_argument("--markdown", action="store_true", help="print markdown tables at the end")
     args = ap.parse_args()
 
@@ -114,6 +117,10 @@ def main():
     if args.torch_bf16:
         wanted += [(te + "-bf16", te, ["--autocast", "bf16"]) for _, te, _ in wanted]
     gemms = ["default", "openblas"] if args.gemm_ab else ["default"]
+    if args.precision_ab:
+        gemms.append("bf16")
+    variant_args = {"default": [], "openblas": ["--gemm", "openblas"],
+                    "bf16": ["--precision", "bf16"]}
 
     rows = []
     for rnd in range(1, args.rounds + 1):
@@ -130,7 +137,7 @@ def main():
                                          *extra], torch_envs[te])
             inf = {}
             for g in gemms:
-                extra = [] if g == "default" else ["--gemm", g]
+                extra = variant_args[g]
                 inf[g] = run_json([args.infini, "bench", *common, "--steps", str(args.steps),
                                    "--threads", n, *extra], inf_env)
             row = {"round": rnd, "config": name, "T": T, "B": B, "threads": args.threads,
@@ -146,6 +153,10 @@ def main():
            "train MFU | eval MFU | prefill MFU | train CPU s/step PyTorch / infini | load |")
     lines = [hdr, "|" + "---|" * (hdr.count("|") - 1)]
     ratios = {}  # (config, gemm, env) -> [train ratio, ...], [eval ratio, ...]
+
+    def label(g, i):  # "native-avx512", "openblas", "native-avx512+bf16"
+        return i.get("gemm", g) + ("+bf16" if i.get("precision") == "bf16" else "")
+
     for r in rows:
         for g, i in r["infini"].items():
             for te, t in (r["torch"].items() or [("-", None)]):
@@ -153,7 +164,7 @@ def main():
                 te_ = t["eval_tokens_per_s"] if t else math.nan
                 tc = t.get("train_cpu_s_per_step", math.nan) if t else math.nan
                 tr, er = i["train_tokens_per_s"] / tt, i["eval_tokens_per_s"] / te_
-                acc = ratios.setdefault((r["config"], i.get("gemm", g), te), ([], [], []))
+                acc = ratios.setdefault((r["config"], label(g, i), te), ([], [], []))
                 acc[0].append(tr)
                 acc[1].append(er)
                 # What 4x the twin would ask of the hardware: model FLOP/s over the FMA ceiling.
@@ -162,7 +173,7 @@ def main():
                               if peak else math.nan)
                 lines.append(
                     f"| {r['round']} | {r['config']} | {r['T']} x {r['B']} | "
-                    f"{i.get('gemm', g)} | {te} | {tt:.1f} | "
+                    f"{label(g, i)} | {te} | {tt:.1f} | "
                     f"{i['train_tokens_per_s']:.1f} | {tr:.2f}x | "
                     f"{te_:.1f} | {i['eval_tokens_per_s']:.1f} | {er:.2f}x | "
                     f"{i['prefill_tokens_per_s']:.1f} | {i['train_gflops']:.1f} | "
@@ -178,6 +189,19 @@ def main():
     for (cfg, g, te), (tr, er, need) in ratios.items():
         summary.append(f"| {cfg} | {g} | {te} | {len(tr)} | {median(tr):.2f}x | "
                        f"{median(er):.2f}x | {100 * median(need):.0f}% |")
+    if args.precision_ab:
+        # infini bf16 over infini fp32, per round, and where the bf16 run stands.
+        summary += ["", "| config | rounds | bf16 / fp32 train | eval | prefill | "
+                    "bf16 train, of the bf16 ceiling |", "|---|---|---|---|---|---|"]
+        for cfg in dict.fromkeys(r["config"] for r in rows):
+            rs = [r["infini"] for r in rows if r["config"] == cfg]
+            q = {k: [i["bf16"][k] / i["default"][k] for i in rs]
+                 for k in ("train_tokens_per_s", "eval_tokens_per_s", "prefill_tokens_per_s")}
+            peak = [i["bf16"].get("train_bf16_peak_fraction", math.nan) for i in rs]
+            summary.append(f"| {cfg} | {len(rs)} | {median(q['train_tokens_per_s']):.2f}x | "
+                           f"{median(q['eval_tokens_per_s']):.2f}x | "
+                           f"{median(q['prefill_tokens_per_s']):.2f}x | "
+                           f"{100 * median(peak):.0f}% |")
     # The ratio depends on the CPU: where AVX-512 FMAs run at AVX2's rate (Zen 4), OpenBLAS's
     # kernels reach the same peak as infini's and the twin's products are as fast as infini's.
     cpus = sorted({i.get("cpu", "?") for r in rows for i in r["infini"].values()})
@@ -193,7 +217,7 @@ def main():
         return
     for r in rows:
         for g, i in r["infini"].items():
-            print(f"round {r['round']} {r['config']}: infini ({i.get('gemm', g)}) train "
+            print(f"round {r['round']} {r['config']}: infini ({label(g, i)}) train "
                   f"{i['train_tokens_per_s']:.1f} tok/s, MFU {100 * i['train_mfu']:.1f}% of "
                   f"{i['sgemm_gflops']:.1f} GFLOP/s SGEMM")
             for te, t in r["torch"].items():

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "ops/bf16_gemm.hpp"
@@ -117,4 +118,57 @@ TEST(Bf16, PackedPrefixOfKAndNEqualsAProductOfThatSize) {
       bf16_gemm(false, false, m, nn, kk, 1.0f, a.data(), k, b.data(), n, 0.0f, want.data(), nn);
       EXPECT_EQ(got, want) << "k=" << kk << " n=" << nn;
     }
+}
+
+TEST(Bf16, VectorPackingEqualsTheScalarOneInBothOrientations) {
+  // Odd k (a pad row), n not a multiple of 32, a leading dimension wider than the matrix.
+  for (const auto& [k, n] : {std::pair<int64_t, int64_t>{1, 1}, {7, 33}, {64, 64}, {65, 100}}) {
+    for (int tb = 0; tb < 2; ++tb) {
+      const int64_t ldb = (tb ? k : n) + 5;
+      const auto b = random_matrix((tb ? n : k) * ldb, uint64_t(100 + k + n + tb));
+      PackedBf16 fast, plain;
+      bf16_pack(tb, k, n, b.data(), ldb, fast);
+      bf16_pack_scalar(tb, k, n, b.data(), ldb, plain);
+      ASSERT_EQ(fast.capacity, plain.capacity);
+      EXPECT_EQ(std::memcmp(fast.data.get(), plain.data.get(), plain.bytes()), 0)
+          << "k=" << k << " n=" << n << " trans_b=" << tb;
+    }
+  }
+}
+
+TEST(Bf16, ConvertedTransposedAEqualsTheProductThatConvertsOnTheFly) {
+  if (!bf16_native_available()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  // dW [out, w] = dY^T [out, r] X [r, w], dY converted in two row ranges as two threads would.
+  const int64_t r = 37, out = 29, w = 45, ldo = r + 1;  // odd r: the pad column is zero
+  const auto dy = random_matrix(r * out, 21), x = random_matrix(r * w, 22);
+  std::vector<uint16_t> dyt(size_t(out * ldo), 0xFFFF);
+  for (int64_t i = 0; i < out; ++i) dyt[size_t(i * ldo + r)] = 0;
+  bf16_convert_transposed(dy.data(), out, 0, 16, out, dyt.data(), ldo);
+  bf16_convert_transposed(dy.data(), out, 16, r, out, dyt.data(), ldo);
+  for (int64_t t = 0; t < r; ++t)
+    for (int64_t i = 0; i < out; ++i)
+      ASSERT_EQ(dyt[size_t(i * ldo + t)], to_bf16(dy[size_t(t * out + i)]));
+  PackedBf16 xp;
+  bf16_pack(false, r, w, x.data(), w, xp);
+  std::vector<float> got(size_t(out * w), 1.0f), want(got);
+  bf16_gemm_converted(out, w, r, 1.0f, dyt.data(), ldo, xp, 1.0f, got.data(), w);
+  bf16_gemm_packed(true, out, w, r, 1.0f, dy.data(), out, xp, 1.0f, want.data(), w);
+  EXPECT_EQ(got, want);
+}
+
+TEST(Bf16, TransposedConversionOfAnyRowRangeEqualsTheScalarRounding) {
+  // Ranges starting and ending on odd rows (a row without its partner), columns not a multiple
+  // of 16, as threads owning uneven shares of the rows produce them.
+  const int64_t r = 23, cols = 37, lda = cols + 3, ldo = r + 1;
+  const auto a = random_matrix(r * lda, 31);
+  for (const auto& [r0, r1] : {std::pair<int64_t, int64_t>{0, r}, {1, 22}, {3, 4}, {5, 5}}) {
+    std::vector<uint16_t> out(size_t(cols * ldo), 0x1234);
+    bf16_convert_transposed(a.data(), lda, r0, r1, cols, out.data(), ldo);
+    for (int64_t i = 0; i < cols; ++i)
+      for (int64_t t = 0; t < ldo; ++t) {
+        const uint16_t want = t >= r0 && t < r1 ? to_bf16(a[size_t(t * lda + i)]) : 0x1234;
+        ASSERT_EQ(out[size_t(i * ldo + t)], want) << "rows " << r0 << ".." << r1 << " at " << i
+                                                  << "," << t;
+      }
+  }
 }

@@ -40,3 +40,26 @@ TEST(FmaPeak, ReportsAPositiveRateOnEveryThreadCount) {
     EXPECT_TRUE(std::isfinite(gflops)) << threads;
   }
 }
+
+TEST(Bf16Peak, ChainsDoTheArithmeticTheyCount) {
+  const int64_t steps = 1000;
+  float sink = -1;
+  const double flops = infini::ops::bf16_dot_chains(steps, &sink);
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  const bool has = __builtin_cpu_supports("avx512bf16");
+#else
+  const bool has = false;
+#endif
+  if (!has) {
+    EXPECT_EQ(flops, 0.0);
+    EXPECT_EQ(infini::ops::bf16_peak_gflops(1, 1 << 10, 1), 0.0);
+    return;
+  }
+  EXPECT_EQ(flops, 4.0 * 16 * 24 * double(steps));
+  // Chain i: 2^-10 i + steps * 2 * 2^-20 in each of 16 lanes, every step exact in fp32.
+  double want = 0;
+  for (int i = 0; i < 24; ++i) want += i / 1024.0 + double(steps) * 2.0 / 1048576.0;
+  EXPECT_NEAR(sink, 16 * want, 1e-5 * 16 * want);
+  EXPECT_GT(infini::ops::bf16_peak_gflops(2, 1 << 14, 2), 0.0);
+}

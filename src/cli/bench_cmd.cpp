@@ -27,6 +27,7 @@
 #include "cli/common.hpp"
 #include "core/error.hpp"
 #include "model/bptt.hpp"
+#include "ops/bf16_gemm.hpp"
 #include "ops/fma_peak.hpp"
 #include "ops/gemm.hpp"
 #include "ops/sgemm.hpp"
@@ -109,11 +110,42 @@ void measure_sgemm(int m, int n, int k, int pad, int reps, bool native, SgemmRat
   ops::set_gemm_backend(saved);
 }
 
+// The same for the bf16 product (B packed once, as the model's weights are; A rounded on the
+// fly), rows shared over the threads. Nothing where the CPU has no AVX512-BF16.
+void measure_bf16_gemm(int m, int n, int k, int pad, int reps, int threads, SgemmRate& best) {
+  if (!ops::bf16_native_available()) return;
+  const int lda = k + pad, ldb = n + pad, ldc = n + pad;
+  std::vector<float> a(size_t(m) * size_t(lda)), b(size_t(k) * size_t(ldb)),
+      c(size_t(m) * size_t(ldc));
+  std::mt19937 g(1);
+  std::uniform_real_distribution<float> u(-1, 1);
+  for (auto& x : a) x = u(g);
+  for (auto& x : b) x = u(g);
+  ops::PackedBf16 packed;
+  ops::bf16_pack(false, k, n, b.data(), ldb, packed);
+  for (int r = 0; r < reps + 1; ++r) {
+    const double c0 = process_cpu_seconds();
+    Stopwatch sw;
+#pragma omp parallel num_threads(threads)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const int r0 = m * t / nt, r1 = m * (t + 1) / nt;
+      ops::bf16_gemm_packed(false, r1 - r0, n, k, 1.0f, a.data() + size_t(r0) * size_t(lda), lda,
+                            packed, 0.0f, c.data() + size_t(r0) * size_t(ldc), ldc);
+    }
+    const double s = sw.seconds(), cs = process_cpu_seconds() - c0;
+    if (r == 0) continue;
+    const double flop = 2.0 * m * n * k / 1e9;
+    best.wall = std::max(best.wall, flop / s);
+    if (cs > 0) best.cpu = std::max(best.cpu, flop / cs);
+  }
+}
+
 }  // namespace
 
 void register_bench(CLI::App& app) {
   struct Opts {
-    std::string config;
+    std::string config, precision = "fp32";
     int64_t seq_len = 2048, batch = 1, steps = 3, warmup = 1;
     int64_t activation_mb = default_activation_memory_mb();
     int threads = 0;
@@ -146,6 +178,7 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "Seed of the random weights and tokens")
       ->capture_default_str();
   add_activation_memory_option(cmd, o->activation_mb);
+  add_precision_option(cmd, o->precision);
   cmd->add_option("--gemm", o->gemm,
                   "Matrix multiplies of the model: native (infini's AVX-512 kernel, the default "
                   "where the CPU has AVX-512) or openblas")
@@ -178,7 +211,10 @@ void register_bench(CLI::App& app) {
     const uint64_t span = uint64_t(std::min<int64_t>(cfg.vocab_size, 256));
     for (auto& x : ids) x = int32_t(g() % span);
 
+    const model::Precision precision = model::parse_precision(o->precision, "--precision");
+    const bool bf16 = precision == model::Precision::BF16;
     model::ForwardContext<float> ctx(cfg);
+    ctx.precision = precision;
     model::SequenceWorkspace<float> ws;
     std::vector<float> grads(size_t(m.layout.total));
     // Same hyper-parameters as torch.optim.AdamW's defaults in reference/bench_torch.py.
@@ -203,7 +239,7 @@ void register_bench(CLI::App& app) {
     // weights are packed once beforehand, as infer::Session does.
     model::SegmentActs<float> pacts;
     model::PackedWeights prefill_packed;
-    model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes, prefill_packed);
+    model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes, prefill_packed, precision);
     std::vector<int32_t> seg;
     auto prefill_step = [&] {
       model::MemoryState<float> state = model::MemoryState<float>::zeros(cfg, B);
@@ -244,9 +280,19 @@ void register_bench(CLI::App& app) {
     SgemmRate sq, tall, native_sq, native_tall;
     const bool has_native = ops::sgemm_native_available();
     double fma_peak = 0;  // and the FMA ceiling, which no SGEMM can pass
+    // With --precision bf16 also the bf16 product's rate and ceiling (VDPBF16PS on registers).
+    SgemmRate bf16_sq, bf16_tall;
+    double bf16_peak = 0;
     auto reference = [&] {
       if (o->no_sgemm) return;
       fma_peak = std::max(fma_peak, ops::fma_peak_gflops(threads));
+      if (bf16) {
+        bf16_peak = std::max(bf16_peak, ops::bf16_peak_gflops(threads));
+        for (const int pad : {0, 16}) {
+          measure_bf16_gemm(1024, 1024, 1024, pad, 3, threads, bf16_sq);
+          measure_bf16_gemm(4096, 1024, 1024, pad, 2, threads, bf16_tall);
+        }
+      }
       for (const int pad : {0, 16}) {
         measure_sgemm(1024, 1024, 1024, pad, 3, false, sq);
         measure_sgemm(4096, 1024, 1024, pad, 2, false, tall);
@@ -268,7 +314,11 @@ void register_bench(CLI::App& app) {
     const double train_gflops = 3 * f.forward / t_train / 1e9;
     const double eval_gflops = f.forward / t_eval / 1e9;
     const double prefill_gflops = f.forward / t_prefill / 1e9;
-    auto util = [&](double x) { return sgemm > 0 ? x / sgemm : 0.0; };
+    const double bf16_gemm = std::max(bf16_sq.wall, bf16_tall.wall);
+    // Utilisation against the matrix product of the precision that ran: SGEMM for fp32, the
+    // bf16 product for bf16 (emulated bf16 has no rate of its own: SGEMM's, since it runs on it).
+    const double matmul_rate = bf16 && bf16_gemm > 0 ? bf16_gemm : sgemm;
+    auto util = [&](double x) { return matmul_rate > 0 ? x / matmul_rate : 0.0; };
     // The same ratio per CPU second: model FLOPs per CPU second of the step against SGEMM
     // FLOPs per CPU second. Blind to threads left idle, but not to other load on the machine.
     auto cpu_util = [&](double gflop, double cpu_s) {
@@ -307,6 +357,12 @@ void register_bench(CLI::App& app) {
                         {"sgemm_4096x1024x1024_gflops", std::max(tall.wall, native_tall.wall)},
                         {"sgemm_gflops_per_cpu_s", sgemm_cpu},
                         {"fma_peak_gflops", fma_peak},
+                        {"precision", o->precision},
+                        {"bf16_backend", ops::bf16_backend_name()},
+                        {"bf16_gemm_gflops", bf16_gemm},
+                        {"bf16_peak_gflops", bf16_peak},
+                        {"mfu_reference_gflops", matmul_rate},
+                        {"train_bf16_peak_fraction", bf16_peak > 0 ? train_gflops / bf16_peak : 0.0},
                         {"train_cpu_efficiency", cpu_util(3 * f.forward / 1e9, c_train)},
                         {"eval_cpu_efficiency", cpu_util(f.forward / 1e9, c_eval)},
                         {"train_mfu", util(train_gflops)},
@@ -324,14 +380,16 @@ void register_bench(CLI::App& app) {
       std::printf("%s\n", j.dump().c_str());
       return;
     }
-    std::printf("infini bench (%d thread%s of %s): B=%lld T=%lld N=%lld, median of %lld step%s\n",
+    std::printf("infini bench (%d thread%s of %s): B=%lld T=%lld N=%lld, %s, median of %lld "
+                "step%s\n",
                 threads, threads == 1 ? "" : "s", cpu.c_str(), (long long)B,
-                (long long)T, (long long)cfg.segment_length, (long long)o->steps,
-                o->steps == 1 ? "" : "s");
+                (long long)T, (long long)cfg.segment_length,
+                bf16 ? ("bf16 products, " + ops::bf16_backend_name()).c_str() : "fp32",
+                (long long)o->steps, o->steps == 1 ? "" : "s");
     // Without the SGEMM reference (--no-sgemm) there is nothing to divide by: "n/a", not 0%.
     auto mfu = [&](double gflops) {
       char text[16] = "  n/a";
-      if (sgemm > 0) std::snprintf(text, sizeof text, "%5.1f%%", 100 * util(gflops));
+      if (matmul_rate > 0) std::snprintf(text, sizeof text, "%5.1f%%", 100 * util(gflops));
       return std::string(text);
     };
     std::printf("  train   %9.1f tokens/s  %7.1f GFLOP/s  MFU %s  (%.3f s/step, %.3f CPU s, "
@@ -360,6 +418,12 @@ void register_bench(CLI::App& app) {
       std::printf("  FMA ceiling %.1f GFLOP/s (registers only): SGEMM at %.1f%% of it, "
                   "training at %.1f%%\n",
                   fma_peak, 100 * sgemm / fma_peak, 100 * train_gflops / fma_peak);
+      if (bf16 && bf16_peak > 0)
+        std::printf("  bf16: product %.1f GFLOP/s (MFU above is against it), ceiling %.1f "
+                    "GFLOP/s (VDPBF16PS, registers only): product at %.1f%%, training at "
+                    "%.1f%%\n",
+                    bf16_gemm, bf16_peak, 100 * bf16_gemm / bf16_peak,
+                    100 * train_gflops / bf16_peak);
     }
   });
 }

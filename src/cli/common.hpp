@@ -48,6 +48,9 @@ void check_output_file(const std::string& path, const std::string& flag);
 // --activation-memory-mb of the commands that back-propagate (train, passkey train, bench, grad): the budget
 // for activations kept from the forward for the backward (model::SequenceOptions).
 CLI::Option* add_activation_memory_option(CLI::App* cmd, int64_t& mib);
+// --precision of the commands that run the model (train, passkey train and eval, eval, grad,
+// generate, bench): "fp32" or "bf16" (model/precision.hpp).
+CLI::Option* add_precision_option(CLI::App* cmd, std::string& precision);
 inline int64_t default_activation_memory_mb() {
   return model::SequenceOptions::kDefaultKeepActivationsBytes >> 20;
 }

@@ -14,7 +14,7 @@ namespace infini::cli {
 
 void register_eval(CLI::App& app) {
   struct Opts {
-    std::string model, data;
+    std::string model, data, precision = "fp32";
     bool json = false;
   };
   auto o = std::make_shared<Opts>();
@@ -24,12 +24,14 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--data", o->data, "Text file; tokenized whole, no special tokens added")
       ->required();
   cmd->add_flag("--json", o->json, "Print one JSON object instead of text");
+  add_precision_option(cmd, o->precision);
   cmd->callback([o] {
     Stopwatch sw;
     const model::Model<float> m = model::load_model(o->model);
     const auto tok = io::load_tokenizer_for_model(o->model);
     const std::vector<int32_t> ids = io::tokenize_file(*tok, o->data, 2);
     model::ForwardContext<float> ctx(m.config);
+    ctx.precision = model::parse_precision(o->precision, "--precision");
     model::SequenceWorkspace<float> ws;
     const model::LossResult r = model::sequence_loss<float>(
         m, ctx, ids.data(), 1, int64_t(ids.size()), nullptr, {}, ws);
@@ -39,14 +41,15 @@ void register_eval(CLI::App& app) {
                           {"ppl", std::exp(loss)},
                           {"tokens", ids.size()},
                           {"predicted", r.predicted},
+                          {"precision", o->precision},
                           {"segments", (int64_t(ids.size()) + m.config.segment_length - 1) /
                                            m.config.segment_length},
                           {"seconds", secs},
                           {"peak_rss_mb", peak_rss_mb()}};
       std::printf("%s\n", j.dump().c_str());
     } else {
-      std::printf("loss %.6f  ppl %.4f  tokens %zu  (%.2f s)\n", loss, std::exp(loss),
-                  ids.size(), secs);
+      std::printf("loss %.6f  ppl %.4f  tokens %zu  %s  (%.2f s)\n", loss, std::exp(loss),
+                  ids.size(), o->precision.c_str(), secs);
     }
   });
 }

@@ -20,7 +20,7 @@ namespace infini::cli {
 namespace {
 
 struct GenerateOpts {
-  std::string model, prompt, prompt_file, state_in, state_out;
+  std::string model, prompt, prompt_file, state_in, state_out, precision = "fp32";
   bool has_prompt = false;
   int64_t max_new_tokens = 128;
   infer::SamplingOptions sampling;
@@ -95,6 +95,7 @@ void run_once(infer::Session& s, const io::Tokenizer& tok, const GenerateOpts& o
       {"prompt_bytes", fed.bytes},
       {"new_tokens", r.new_tokens},
       {"stop_reason", r.stop_reason},
+      {"precision", o.precision},
       {"position", s.position()},
       {"prefill_seconds", fed.seconds},
       {"prefill_model_seconds", fed.model_seconds},
@@ -206,6 +207,7 @@ void register_generate(CLI::App& app) {
                   "OMP_NUM_THREADS or all cores)")
       ->capture_default_str()
       ->check(CLI::Range(0, 4096));
+  add_precision_option(cmd, o->precision);
   cmd->add_flag("--json", o->json,
                 "Print one JSON object (per turn when interactive) with the text and timings "
                 "instead of streaming text");
@@ -219,6 +221,7 @@ void register_generate(CLI::App& app) {
     infer::SessionOptions so;
     so.prefill_chunk = o->prefill_chunk;
     so.decode_threads = o->decode_threads;
+    so.precision = model::parse_precision(o->precision, "--precision");
     infer::Session s(m, so);
     if (!o->state_in.empty()) s.load_state(o->state_in);
     if (o->add_bos && s.position() == 0) {

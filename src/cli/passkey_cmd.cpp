@@ -93,6 +93,7 @@ std::string gate_text(const model::Model<float>& m) {
 
 struct TrainOpts {
   std::string config, model, tokenizer, out, loss = "answer", schedule = "cosine";
+  std::string precision = "fp32";
   std::string eval_lengths = "1K,4K,16K", eval_depths = "0,0.5,1";
   int64_t steps = 2000, batch = 8, min_len = 256, max_len = 2048, curriculum = 0, len_multiple = 1;
   int64_t warmup = -1, save_every = 500, keep = 3, log_every = 10, eval_every = 250;
@@ -218,6 +219,7 @@ void run_passkey_train(TrainOpts& o, RunFlags& flags) {
   to.keep = o.keep;
   to.log_every = o.log_every;
   to.run_record = flags.record();
+  to.precision = model::parse_precision(o.precision, "--precision");
 
   // Passkey accuracy during training: a small grid every --eval-every steps, appended to
   // OUT/passkey_eval.jsonl.
@@ -226,6 +228,7 @@ void run_passkey_train(TrainOpts& o, RunFlags& flags) {
   eo.depths = parse_depths(o.eval_depths, "--eval-depths");
   eo.trials = o.eval_trials;
   eo.seed = o.seed + 1000003;
+  eo.precision = to.precision;
   const std::string eval_log = (fs::path(o.out) / "passkey_eval.jsonl").string();
   tr::TrainHooks hooks;
   hooks.on_step = [&, tp](const nlohmann::json& line) {
@@ -414,6 +417,7 @@ void register_passkey_train(CLI::App& parent) {
                    ->check(CLI::Range(0.0, 1e6)),
                o->grad_clip);
   f.setting(add_activation_memory_option(cmd, o->activation_mb), o->activation_mb);
+  f.trajectory_added_later(add_precision_option(cmd, o->precision), o->precision);
   f.trajectory(
       cmd->add_option(
              "--bptt-segments", o->bptt_segments,
@@ -483,7 +487,7 @@ void register_passkey_train(CLI::App& parent) {
 
 struct EvalOpts {
   std::string model, adapter, lengths = "1K,4K,16K,64K,256K,1M", depths = "0,0.25,0.5,0.75,1";
-  std::string plot;
+  std::string plot, precision = "fp32";
   int64_t trials = 5, digits = 5;
   uint64_t seed = 0;
   bool json = false;
@@ -500,6 +504,7 @@ void run_passkey_eval(const EvalOpts& o) {
   eo.depths = parse_depths(o.depths, "--depths");
   eo.trials = o.trials;
   eo.seed = o.seed;
+  eo.precision = model::parse_precision(o.precision, "--precision");
   Stopwatch sw;
   auto progress = [&](const tasks::PasskeyLengthStats& st,
                       const std::vector<tasks::PasskeyCell>& cells) {
@@ -528,6 +533,7 @@ void run_passkey_eval(const EvalOpts& o) {
     j["gates"] = gate_table(m);
     j["seconds"] = sw.seconds();
     j["threads"] = omp_threads();
+    j["precision"] = o.precision;
     j["peak_rss_mb"] = peak_rss_mb();
     if (!o.plot.empty()) j["plot"] = o.plot;
     std::printf("%s\n", j.dump().c_str());
@@ -562,6 +568,7 @@ void register_passkey_eval(CLI::App& parent) {
       ->capture_default_str()
       ->check(non_negative_integer());
   cmd->add_flag("--json", o->json, "Print one JSON object instead of the markdown table");
+  add_precision_option(cmd, o->precision);
   cmd->add_option("--plot", o->plot, "Write an SVG heatmap (length x depth) to this file");
   cmd->callback([o] { run_passkey_eval(*o); });
 }

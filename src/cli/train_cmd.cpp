@@ -125,6 +125,7 @@ TrainCommand add_train_flags(CLI::App* cmd) {
                    ->check(count(1, 65536)),
                o->grad_accum);
   f.setting(add_activation_memory_option(cmd, o->activation_mb), o->activation_mb);
+  f.trajectory_added_later(add_precision_option(cmd, o->precision), o->precision);
   f.trajectory(cmd->add_option("--bptt-segments", o->bptt_segments,
                                "0: full back-propagation through M and z across the whole "
                                "sequence; K: cut the memory gradient every K segments")

@@ -51,8 +51,9 @@ Session::Session(const model::Model<float>& m, const SessionOptions& opts)
                                                                                     : 0;
   last_f_.assign(size_t(c.hidden_size), 0.0f);
   logits_.assign(size_t(c.vocab_size), 0.0f);
+  ctx_.precision = opts.precision;
   if (opts.max_packed_weight_bytes > 0)
-    model::pack_weights(m, false, opts.max_packed_weight_bytes, packed_);
+    model::pack_weights(m, false, opts.max_packed_weight_bytes, packed_, opts.precision);
   if (opts.reserve_working_memory) {
     // The largest chunk shape: chunk_ queries against a full segment of keys, which also folds
     // the segment into memory. A scratch state absorbs the fold; the cache rows it wrote are

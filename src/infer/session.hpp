@@ -39,6 +39,8 @@ struct SessionOptions {
   // layout its kernel reads) when the copy takes at most this many bytes, so that neither a
   // prefill chunk nor a decode step repacks every weight. 0 turns it off.
   int64_t max_packed_weight_bytes = model::kDefaultMaxPackedWeightBytes;
+  // Of the products (model/precision.hpp); the packed copy is in this precision.
+  model::Precision precision = model::Precision::FP32;
 };
 
 class Session {

@@ -70,7 +70,7 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
   const PackedWeights* packed = nullptr;
   if constexpr (std::is_same_v<T, float>) {
     if (!ctx.reference && opts.max_packed_weight_bytes > 0) {
-      pack_weights(m, grads != nullptr, opts.max_packed_weight_bytes, ws.packed);
+      pack_weights(m, grads != nullptr, opts.max_packed_weight_bytes, ws.packed, ctx.precision);
       packed = &ws.packed;  // empty (no packing) when over the budget or not native
     }
   }

@@ -10,6 +10,7 @@
 #include "core/error.hpp"
 #include "ops/activation.hpp"
 #include "ops/attention.hpp"
+#include "ops/bf16_gemm.hpp"
 #include "ops/gemm.hpp"
 #include "ops/memory.hpp"
 #include "ops/norm.hpp"
@@ -28,17 +29,30 @@ ops::MemoryShape memory_shape(const ModelConfig& c, int64_t batch, int64_t n, in
   return {batch, n, cap, c.num_heads, c.num_kv_heads, c.head_dim};
 }
 
-// y[rows, out] = x W^T (+ bias), or y += x W^T when `add`: the weight at `w` of the model,
-// from its packed copy when there is one.
 template <class T>
-void project(const Model<T>& m, const PackedWeights* packed, int64_t w, int64_t bias, T* y,
-             const T* x, int64_t rows, int64_t in, int64_t out, bool add = false) {
+bool bf16_products(const ForwardContext<T>& ctx) {
+  return std::is_same_v<T, float> && ctx.precision == Precision::BF16;
+}
+
+// y[rows, out] = x W^T (+ bias), or y += x W^T when `add`: the weight at `w` of the model,
+// from its packed copy when there is one, with bf16 inputs under Precision::BF16.
+template <class T>
+void project(const Model<T>& m, const ForwardContext<T>& ctx, const PackedWeights* packed,
+             int64_t w, int64_t bias, T* y, const T* x, int64_t rows, int64_t in, int64_t out,
+             bool add = false) {
   // The bias goes in first (as ops::linear_forward does), then the product is added to it.
   if (const T* b = m.at(bias))
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t j = 0; j < out; ++j) y[i * out + j] = (add ? y[i * out + j] : T(0)) + b[j];
   const T beta = add || bias >= 0 ? T(1) : T(0);
   if constexpr (std::is_same_v<T, float>) {
+    if (bf16_products(ctx)) {
+      if (const ops::PackedBf16* p = packed ? packed->forward_bf16(w) : nullptr)
+        ops::bf16_gemm_packed(false, rows, out, in, 1.0f, x, in, *p, beta, y, out);
+      else
+        ops::bf16_gemm(false, true, rows, out, in, 1.0f, x, in, m.at(w), in, beta, y, out);
+      return;
+    }
     if (const ops::PackedMatrix* p = packed ? packed->forward(w) : nullptr) {
       ops::gemm_packed(false, rows, out, in, 1.0f, x, in, *p, beta, y, out);
       return;
@@ -49,16 +63,42 @@ void project(const Model<T>& m, const PackedWeights* packed, int64_t w, int64_t 
 
 // dx[rows, in] = dy W (= or += when `add`), the input gradient of project().
 template <class T>
-void project_back(const Model<T>& m, const PackedWeights* packed, int64_t w, T* dx, const T* dy,
-                  int64_t rows, int64_t in, int64_t out, bool add) {
+void project_back(const Model<T>& m, const ForwardContext<T>& ctx, const PackedWeights* packed,
+                  int64_t w, T* dx, const T* dy, int64_t rows, int64_t in, int64_t out, bool add) {
   if constexpr (std::is_same_v<T, float>) {
+    const float beta = add ? 1.0f : 0.0f;
+    if (bf16_products(ctx)) {
+      if (const ops::PackedBf16* p = packed ? packed->backward_bf16(w) : nullptr)
+        ops::bf16_gemm_packed(false, rows, in, out, 1.0f, dy, out, *p, beta, dx, in);
+      else
+        ops::bf16_gemm(false, false, rows, in, out, 1.0f, dy, out, m.at(w), in, beta, dx, in);
+      return;
+    }
     if (const ops::PackedMatrix* p = packed ? packed->backward(w) : nullptr) {
-      ops::gemm_packed(false, rows, in, out, 1.0f, dy, out, *p, add ? 1.0f : 0.0f, dx, in);
+      ops::gemm_packed(false, rows, in, out, 1.0f, dy, out, *p, beta, dx, in);
       return;
     }
   }
   ops::linear_backward(dx, (T*)nullptr, (T*)nullptr, dy, (const T*)nullptr, m.at(w), rows, in,
                        out, add);
+}
+
+// ops::linear_backward under the context's precision (the plain layer code's backward).
+template <class T>
+void linear_back(const ForwardContext<T>& ctx, T* dx, T* dw, T* dbias, const T* dy, const T* x,
+                 const T* w, int64_t rows, int64_t in, int64_t out, bool accumulate_dx) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16_products(ctx)) {
+      ops::bf16_gemm(false, false, rows, in, out, 1.0f, dy, out, w, in,
+                     accumulate_dx ? 1.0f : 0.0f, dx, in);
+      if (dw) ops::bf16_gemm(true, false, out, in, rows, 1.0f, dy, out, x, in, 1.0f, dw, in);
+      if (dbias)
+        for (int64_t i = 0; i < rows; ++i)
+          for (int64_t j = 0; j < out; ++j) dbias[j] += dy[i * out + j];
+      return;
+    }
+  }
+  ops::linear_backward(dx, dw, dbias, dy, x, w, rows, in, out, accumulate_dx);
 }
 
 // Where one layer's keys and values live during a forward: the activations (training) or the
@@ -89,12 +129,12 @@ void layer_forward_reference(const Model<T>& m, const ForwardContext<T>& ctx, in
   // batch 1 or a whole segment with cap == n).
   resize(A.q, r * qw);
   resize(A.q_rot, r * qw);
-  project(m, packed, o.wq, o.bq, A.q.data(), A.a.data(), r, D, qw);
+  project(m, ctx, packed, o.wq, o.bq, A.q.data(), A.a.data(), r, D, qw);
   T* k_new = kv.k + kv.p0 * kw;
   T* krot_new = kv.k_rot + kv.p0 * kw;
   T* v_new = kv.v + kv.p0 * kw;
-  project(m, packed, o.wk, o.bk, k_new, A.a.data(), r, D, kw);
-  project(m, packed, o.wv, o.bv, v_new, A.a.data(), r, D, kw);
+  project(m, ctx, packed, o.wk, o.bk, k_new, A.a.data(), r, D, kw);
+  project(m, ctx, packed, o.wv, o.bv, v_new, A.a.data(), r, D, kw);
   std::copy_n(A.q.data(), r * qw, A.q_rot.data());
   std::copy_n(k_new, r * kw, krot_new);
   ops::rope_apply(A.q_rot.data(), r, H, positions, ctx.rope, false);
@@ -127,7 +167,7 @@ void layer_forward_reference(const Model<T>& m, const ForwardContext<T>& ctx, in
   // h = h + O Wo^T
   resize(A.x_mid, r * D);
   std::copy_n(x, r * D, A.x_mid.data());
-  project(m, packed, o.wo, -1, A.x_mid.data(), attn_out, r, qw, D, /*add=*/true);
+  project(m, ctx, packed, o.wo, -1, A.x_mid.data(), attn_out, r, qw, D, /*add=*/true);
 
   // h = h + W_down(silu(W_gate m) * W_up m)
   resize(A.rstd_post, r);
@@ -137,11 +177,11 @@ void layer_forward_reference(const Model<T>& m, const ForwardContext<T>& ctx, in
   resize(A.hmid, r * F);
   ops::rmsnorm_forward(A.m.data(), A.rstd_post.data(), A.x_mid.data(), m.at(o.post_norm), r, D,
                        c.rms_norm_eps);
-  project(m, packed, o.w_gate, -1, A.gate.data(), A.m.data(), r, D, F);
-  project(m, packed, o.w_up, -1, A.up.data(), A.m.data(), r, D, F);
+  project(m, ctx, packed, o.w_gate, -1, A.gate.data(), A.m.data(), r, D, F);
+  project(m, ctx, packed, o.w_up, -1, A.up.data(), A.m.data(), r, D, F);
   ops::swiglu_forward(A.hmid.data(), A.gate.data(), A.up.data(), r * F);
   std::copy_n(A.x_mid.data(), r * D, x);
-  project(m, packed, o.w_down, -1, x, A.hmid.data(), r, F, D, /*add=*/true);
+  project(m, ctx, packed, o.w_down, -1, x, A.hmid.data(), r, F, D, /*add=*/true);
 }
 
 template <class T>
@@ -165,13 +205,13 @@ void layer_backward_reference(const Model<T>& m, const ForwardContext<T>& ctx, i
   resize(G.dup, r * F);
   resize(G.dm, r * D);
   resize(G.dxm, r * D);
-  ops::linear_backward(G.dhmid.data(), g(o.w_down), (T*)nullptr, dx, A.hmid.data(),
+  linear_back(ctx, G.dhmid.data(), g(o.w_down), (T*)nullptr, dx, A.hmid.data(),
                        m.at(o.w_down), r, F, D, false);
   ops::swiglu_backward(G.dgate.data(), G.dup.data(), G.dhmid.data(), A.gate.data(), A.up.data(),
                        r * F);
-  ops::linear_backward(G.dm.data(), g(o.w_gate), (T*)nullptr, G.dgate.data(), A.m.data(),
+  linear_back(ctx, G.dm.data(), g(o.w_gate), (T*)nullptr, G.dgate.data(), A.m.data(),
                        m.at(o.w_gate), r, D, F, false);
-  ops::linear_backward(G.dm.data(), g(o.w_up), (T*)nullptr, G.dup.data(), A.m.data(),
+  linear_back(ctx, G.dm.data(), g(o.w_up), (T*)nullptr, G.dup.data(), A.m.data(),
                        m.at(o.w_up), r, D, F, true);
   std::copy_n(dx, r * D, G.dxm.data());
   ops::rmsnorm_backward(G.dxm.data(), g(o.post_norm), G.dm.data(), A.x_mid.data(),
@@ -180,7 +220,7 @@ void layer_backward_reference(const Model<T>& m, const ForwardContext<T>& ctx, i
   // Attention output: x_mid = x_in + mixed Wo^T
   resize(G.dmixed, r * qw);
   const T* attn_out = c.use_memory ? A.mixed.data() : A.local.data();
-  ops::linear_backward(G.dmixed.data(), g(o.wo), (T*)nullptr, G.dxm.data(), attn_out,
+  linear_back(ctx, G.dmixed.data(), g(o.wo), (T*)nullptr, G.dxm.data(), attn_out,
                        m.at(o.wo), r, qw, D, false);
   resize(G.dlocal, r * qw);
   if (c.use_memory) {
@@ -213,11 +253,11 @@ void layer_backward_reference(const Model<T>& m, const ForwardContext<T>& ctx, i
 
   // Projections: a -> q, k, v
   resize(G.da, r * D);
-  ops::linear_backward(G.da.data(), g(o.wq), g(o.bq), G.dq.data(), A.a.data(), m.at(o.wq), r, D,
+  linear_back(ctx, G.da.data(), g(o.wq), g(o.bq), G.dq.data(), A.a.data(), m.at(o.wq), r, D,
                        qw, false);
-  ops::linear_backward(G.da.data(), g(o.wk), g(o.bk), G.dk.data(), A.a.data(), m.at(o.wk), r, D,
+  linear_back(ctx, G.da.data(), g(o.wk), g(o.bk), G.dk.data(), A.a.data(), m.at(o.wk), r, D,
                        kw, true);
-  ops::linear_backward(G.da.data(), g(o.wv), g(o.bv), G.dv.data(), A.a.data(), m.at(o.wv), r, D,
+  linear_back(ctx, G.da.data(), g(o.wv), g(o.bv), G.dv.data(), A.a.data(), m.at(o.wv), r, D,
                        kw, true);
   std::copy_n(G.dxm.data(), r * D, dx);
   ops::rmsnorm_backward(dx, g(o.in_norm), G.da.data(), A.x_in.data(), A.rstd_in.data(),
@@ -331,9 +371,9 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
         ops::rmsnorm_forward(A.a.data() + r0 * D, A.rstd_in.data() + r0, x + r0 * D,
                              m.at(o.in_norm), rows, D, eps);
         const T* a = A.a.data() + r0 * D;
-        project(m, packed, o.wq, o.bq, A.q.data() + r0 * qw, a, rows, D, qw);
-        project(m, packed, o.wk, o.bk, kb + (p0 + r0) * kw, a, rows, D, kw);
-        project(m, packed, o.wv, o.bv, vb + (p0 + r0) * kw, a, rows, D, kw);
+        project(m, ctx, packed, o.wq, o.bq, A.q.data() + r0 * qw, a, rows, D, qw);
+        project(m, ctx, packed, o.wk, o.bk, kb + (p0 + r0) * kw, a, rows, D, kw);
+        project(m, ctx, packed, o.wv, o.bv, vb + (p0 + r0) * kw, a, rows, D, kw);
         std::copy_n(A.q.data() + r0 * qw, rows * qw, A.q_rot.data() + r0 * qw);
         std::copy_n(kb + (p0 + r0) * kw, rows * kw, krb + (p0 + r0) * kw);
         ops::rope_apply(A.q_rot.data() + r0 * qw, rows, H, pos + r0, ctx.rope, false);
@@ -379,15 +419,15 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
         const T* attn = (mem ? A.mixed.data() : A.local.data()) + r0 * qw;
         T* xm = A.x_mid.data() + r0 * D;
         std::copy_n(x + r0 * D, rows * D, xm);
-        project(m, packed, o.wo, -1, xm, attn, rows, qw, D, /*add=*/true);
+        project(m, ctx, packed, o.wo, -1, xm, attn, rows, qw, D, /*add=*/true);
         T* mm = A.m.data() + r0 * D;
         ops::rmsnorm_forward(mm, A.rstd_post.data() + r0, xm, m.at(o.post_norm), rows, D, eps);
-        project(m, packed, o.w_gate, -1, A.gate.data() + r0 * F, mm, rows, D, F);
-        project(m, packed, o.w_up, -1, A.up.data() + r0 * F, mm, rows, D, F);
+        project(m, ctx, packed, o.w_gate, -1, A.gate.data() + r0 * F, mm, rows, D, F);
+        project(m, ctx, packed, o.w_up, -1, A.up.data() + r0 * F, mm, rows, D, F);
         ops::swiglu_forward(A.hmid.data() + r0 * F, A.gate.data() + r0 * F, A.up.data() + r0 * F,
                             rows * F);
         std::copy_n(xm, rows * D, x + r0 * D);
-        project(m, packed, o.w_down, -1, x + r0 * D, A.hmid.data() + r0 * F, rows, F, D,
+        project(m, ctx, packed, o.w_down, -1, x + r0 * D, A.hmid.data() + r0 * F, rows, F, D,
                 /*add=*/true);
       }
     }
@@ -396,7 +436,7 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
       ops::rmsnorm_forward(acts.f.data() + r0 * D, acts.rstd_final.data() + r0, x + r0 * D,
                            m.at(m.layout.final_norm), rows, D, eps);
       if (compute_logits)
-        project(m, packed, m.layout.lm_head, -1, acts.logits.data() + r0 * V,
+        project(m, ctx, packed, m.layout.lm_head, -1, acts.logits.data() + r0 * V,
                 acts.f.data() + r0 * D, rows, D, V);
     }
   }
@@ -412,14 +452,21 @@ struct GradTask {
   T* dw;               // Linear: [out, in]; Norm: [in]; Embed: [V, in]
   T* db;               // Linear bias [out] or null
   int64_t out, in, o0, o1;  // columns o0..o1 of dw (Linear: of its `in` columns)
+  // Linear under Precision::BF16: bf16 inputs; dyt, when set, is dy transposed and converted
+  // ([out, ldt], ops::bf16_convert_transposed), else dy is converted here.
+  bool bf16 = false;
+  const uint16_t* dyt = nullptr;
+  int64_t ldt = 0;
 };
 
+// dyt, ldt: see GradTask (bf16 only).
 template <class T>
 void add_linear_grad(std::vector<GradTask<T>>& tasks, const T* dy, const T* x, T* dw, T* db,
-                     int64_t out, int64_t in) {
+                     int64_t out, int64_t in, bool bf16 = false, const uint16_t* dyt = nullptr,
+                     int64_t ldt = 0) {
   for (int64_t o0 = 0; o0 < in; o0 += kGradBlock)
     tasks.push_back({GradTask<T>::Linear, dy, x, nullptr, dw, db, out, in, o0,
-                     std::min(in, o0 + kGradBlock)});
+                     std::min(in, o0 + kGradBlock), bf16, dyt, ldt});
 }
 
 template <class T>
@@ -433,8 +480,19 @@ void run_grad_task(const GradTask<T>& k, int64_t r, const int32_t* tokens) {
   const int64_t w = k.o1 - k.o0;
   switch (k.kind) {
     case GradTask<T>::Linear:
-      ops::gemm<T>(true, false, k.out, w, r, T(1), k.dy, k.out, k.x + k.o0, k.in, T(1),
-                   k.dw + k.o0, k.in);
+      if constexpr (std::is_same_v<T, float>) {
+        if (k.dyt) {
+          thread_local ops::PackedBf16 xb;  // this task's columns of X
+          ops::bf16_pack(false, r, w, k.x + k.o0, k.in, xb);
+          ops::bf16_gemm_converted(k.out, w, r, 1.0f, k.dyt, k.ldt, xb, 1.0f, k.dw + k.o0, k.in);
+        } else if (k.bf16) {
+          ops::bf16_gemm(true, false, k.out, w, r, 1.0f, k.dy, k.out, k.x + k.o0, k.in, 1.0f,
+                         k.dw + k.o0, k.in);
+        }
+      }
+      if (!k.bf16)
+        ops::gemm<T>(true, false, k.out, w, r, T(1), k.dy, k.out, k.x + k.o0, k.in, T(1),
+                     k.dw + k.o0, k.in);
       if (k.db && k.o0 == 0)  // the bias gradient once, by the first column block
         for (int64_t i = 0; i < r; ++i) {
           const T* row = k.dy + i * k.out;
@@ -489,29 +547,54 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
   W.thread.resize(size_t(max_threads));
   for (auto& s : W.thread) grow(s, std::max(n * n, ops::memory_scratch_size(n, d)));
 
+  // bf16: each dY is converted once, transposed, by the threads owning its rows (rp: rows
+  // rounded up to even, the pad column zero), for every column block of its dW.
+  const bool bf16 = bf16_products(ctx);
+  const bool convert = bf16 && ops::bf16_native_available();
+  const int64_t rp = (r + 1) / 2 * 2;
+  if (convert) {
+    W.dyt_head.assign(size_t(V * rp), 0);
+    W.dyt_mlp.assign(size_t((2 * D + 2 * F) * rp), 0);
+    W.dyt_qkv.assign(size_t((qw + 2 * kw) * rp), 0);
+  }
+  uint16_t* t_head = convert ? W.dyt_head.data() : nullptr;
+  uint16_t* t_dh = convert ? W.dyt_mlp.data() : nullptr;
+  uint16_t* t_dgate = convert ? t_dh + D * rp : nullptr;
+  uint16_t* t_dup = convert ? t_dgate + F * rp : nullptr;
+  uint16_t* t_dxm = convert ? t_dup + F * rp : nullptr;
+  uint16_t* t_dq = convert ? W.dyt_qkv.data() : nullptr;
+  uint16_t* t_dk = convert ? t_dq + qw * rp : nullptr;
+  uint16_t* t_dv = convert ? t_dk + kw * rp : nullptr;
+  auto to_bf16_t = [&](const T* dy, int64_t cols, uint16_t* dst, int64_t r0, int64_t r1) {
+    if constexpr (std::is_same_v<T, float>) ops::bf16_convert_transposed(dy, cols, r0, r1, cols, dst, rp);
+  };
+
   // Weight-gradient work, by the phase it runs in (see the region below).
   std::vector<std::vector<GradTask<T>>> after_mlp(static_cast<size_t>(L + 1));
   std::vector<std::vector<GradTask<T>>> with_heads(static_cast<size_t>(L));
   // after_mlp[L] / with_heads[L-1]: the output head. after_mlp[l] (l < L): q, k, v of layer l,
   // run during the MLP phase of layer l-1 (or at the end for l = 0).
   add_linear_grad(after_mlp[size_t(L)], dlogits, acts.f.data(), g(m.layout.lm_head),
-                  (T*)nullptr, V, D);
+                  (T*)nullptr, V, D, bf16, t_head, rp);
   add_norm_grad(with_heads[size_t(L - 1)], W.df.data(), acts.h_final.data(),
                 acts.rstd_final.data(), g(m.layout.final_norm), D);
   for (int64_t l = 0; l < L; ++l) {
     const LayerActs<T>& A = acts.layers[size_t(l)];
     const LayerOffsets& o = m.layout.layers[size_t(l)];
     auto& mlp = with_heads[size_t(l)];
-    add_linear_grad(mlp, W.dh.data(), A.hmid.data(), g(o.w_down), (T*)nullptr, D, F);
-    add_linear_grad(mlp, W.dgate.data(), A.m.data(), g(o.w_gate), (T*)nullptr, F, D);
-    add_linear_grad(mlp, W.dup.data(), A.m.data(), g(o.w_up), (T*)nullptr, F, D);
+    add_linear_grad(mlp, W.dh.data(), A.hmid.data(), g(o.w_down), (T*)nullptr, D, F, bf16, t_dh,
+                    rp);
+    add_linear_grad(mlp, W.dgate.data(), A.m.data(), g(o.w_gate), (T*)nullptr, F, D, bf16,
+                    t_dgate, rp);
+    add_linear_grad(mlp, W.dup.data(), A.m.data(), g(o.w_up), (T*)nullptr, F, D, bf16, t_dup,
+                    rp);
     add_linear_grad(mlp, W.dxm.data(), mem ? A.mixed.data() : A.local.data(), g(o.wo),
-                    (T*)nullptr, D, qw);
+                    (T*)nullptr, D, qw, bf16, t_dxm, rp);
     add_norm_grad(mlp, W.dm.data(), A.x_mid.data(), A.rstd_post.data(), g(o.post_norm), D);
     auto& qkv = after_mlp[size_t(l)];
-    add_linear_grad(qkv, W.dq.data(), A.a.data(), g(o.wq), g(o.bq), qw, D);
-    add_linear_grad(qkv, W.dk.data(), A.a.data(), g(o.wk), g(o.bk), kw, D);
-    add_linear_grad(qkv, W.dv.data(), A.a.data(), g(o.wv), g(o.bv), kw, D);
+    add_linear_grad(qkv, W.dq.data(), A.a.data(), g(o.wq), g(o.bq), qw, D, bf16, t_dq, rp);
+    add_linear_grad(qkv, W.dk.data(), A.a.data(), g(o.wk), g(o.bk), kw, D, bf16, t_dk, rp);
+    add_linear_grad(qkv, W.dv.data(), A.a.data(), g(o.wv), g(o.bv), kw, D, bf16, t_dv, rp);
     // RMSNorm of layer l's input: needs da of every row, so it runs one phase later.
     auto& late = l > 0 ? with_heads[size_t(l - 1)] : after_mlp[size_t(0)];
     add_norm_grad(late, W.da.data(), A.x_in.data(), A.rstd_in.data(), g(o.in_norm), D);
@@ -529,11 +612,12 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
     const int64_t rows = r1 - r0;
     T* scratch = W.thread[size_t(t)].data();
     if (rows > 0) {
-      project_back(m, packed, m.layout.lm_head, W.df.data() + r0 * D, dlogits + r0 * V, rows, D,
+      project_back(m, ctx, packed, m.layout.lm_head, W.df.data() + r0 * D, dlogits + r0 * V, rows, D,
                    V, false);
       ops::rmsnorm_backward(W.dh.data() + r0 * D, (T*)nullptr, W.df.data() + r0 * D,
                             acts.h_final.data() + r0 * D, acts.rstd_final.data() + r0,
                             m.at(m.layout.final_norm), rows, D, false);
+      if (convert) to_bf16_t(dlogits, V, t_head, r0, r1);
     }
     for (int64_t l = L - 1; l >= 0; --l) {
       const LayerActs<T>& A = acts.layers[size_t(l)];
@@ -546,15 +630,25 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
         T* dup = W.dup.data() + r0 * F;
         T* dm = W.dm.data() + r0 * D;
         T* dxm = W.dxm.data() + r0 * D;
-        project_back(m, packed, o.w_down, dhmid, dh, rows, F, D, false);
+        project_back(m, ctx, packed, o.w_down, dhmid, dh, rows, F, D, false);
         ops::swiglu_backward(dgate, dup, dhmid, A.gate.data() + r0 * F, A.up.data() + r0 * F,
                              rows * F);
-        project_back(m, packed, o.w_gate, dm, dgate, rows, D, F, false);
-        project_back(m, packed, o.w_up, dm, dup, rows, D, F, true);
+        project_back(m, ctx, packed, o.w_gate, dm, dgate, rows, D, F, false);
+        project_back(m, ctx, packed, o.w_up, dm, dup, rows, D, F, true);
         std::copy_n(dh, rows * D, dxm);
         ops::rmsnorm_backward(dxm, (T*)nullptr, dm, A.x_mid.data() + r0 * D,
                               A.rstd_post.data() + r0, m.at(o.post_norm), rows, D, true);
-        project_back(m, packed, o.wo, W.dmixed.data() + r0 * qw, dxm, rows, qw, D, false);
+        project_back(m, ctx, packed, o.wo, W.dmixed.data() + r0 * qw, dxm, rows, qw, D, false);
+        if (convert) {
+          to_bf16_t(W.dh.data(), D, t_dh, r0, r1);
+          to_bf16_t(W.dgate.data(), F, t_dgate, r0, r1);
+          to_bf16_t(W.dup.data(), F, t_dup, r0, r1);
+          to_bf16_t(W.dxm.data(), D, t_dxm, r0, r1);
+        }
+      }
+      // The q, k, v gradients of layer l + 1 (or the head's) were converted by rows.
+      if (convert) {
+#pragma omp barrier
       }
       {
         const auto& tasks = after_mlp[size_t(l + 1)];
@@ -635,9 +729,14 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
       // this layer's input.
       if (rows > 0) {
         T* da = W.da.data() + r0 * D;
-        project_back(m, packed, o.wq, da, W.dq.data() + r0 * qw, rows, D, qw, false);
-        project_back(m, packed, o.wk, da, W.dk.data() + r0 * kw, rows, D, kw, true);
-        project_back(m, packed, o.wv, da, W.dv.data() + r0 * kw, rows, D, kw, true);
+        project_back(m, ctx, packed, o.wq, da, W.dq.data() + r0 * qw, rows, D, qw, false);
+        project_back(m, ctx, packed, o.wk, da, W.dk.data() + r0 * kw, rows, D, kw, true);
+        project_back(m, ctx, packed, o.wv, da, W.dv.data() + r0 * kw, rows, D, kw, true);
+        if (convert) {
+          to_bf16_t(W.dq.data(), qw, t_dq, r0, r1);
+          to_bf16_t(W.dk.data(), kw, t_dk, r0, r1);
+          to_bf16_t(W.dv.data(), kw, t_dv, r0, r1);
+        }
         T* dh = W.dh.data() + r0 * D;
         std::copy_n(W.dxm.data() + r0 * D, rows * D, dh);
         ops::rmsnorm_backward(dh, (T*)nullptr, da, A.x_in.data() + r0 * D,
@@ -730,7 +829,7 @@ void forward_chunk(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
                        r, D, c.rms_norm_eps);
   if (compute_logits) {
     resize(acts.logits, r * V);
-    project(m, packed, m.layout.lm_head, -1, acts.logits.data(), acts.f.data(), r, D, V);
+    project(m, ctx, packed, m.layout.lm_head, -1, acts.logits.data(), acts.f.data(), r, D, V);
   }
 }
 
@@ -759,7 +858,7 @@ void backward_segment(const Model<T>& m, const ForwardContext<T>& ctx, const int
     return;
   }
   std::vector<T> df(size_t(r * D)), dh(size_t(r * D));
-  ops::linear_backward(df.data(), grads + m.layout.lm_head, (T*)nullptr, dlogits, acts.f.data(),
+  linear_back(ctx, df.data(), grads + m.layout.lm_head, (T*)nullptr, dlogits, acts.f.data(),
                        m.at(m.layout.lm_head), r, D, V, false);
   ops::rmsnorm_backward(dh.data(), grads + m.layout.final_norm, df.data(), acts.h_final.data(),
                         acts.rstd_final.data(), m.at(m.layout.final_norm), r, D, false);

@@ -41,6 +41,10 @@ struct ChunkWorkspace {
   std::vector<T> dhmid, dgate, dup;                   // [r, F]
   std::vector<T> dq, dk, dv;                          // [r, H*d], [r, Hkv*d]
   std::vector<T> dbeta;                               // [L, B, H] partial gate gradients
+  // Precision::BF16: the output gradients dY of the weight gradients dW = dY^T X, transposed
+  // and rounded to bf16 once per layer for all of dW's column blocks ([out, r even] each):
+  // the LM head's; dh, dgate, dup, dxm of the MLP and output projection; dq, dk, dv.
+  std::vector<uint16_t> dyt_head, dyt_mlp, dyt_qkv;
   std::vector<std::vector<T>> thread;                 // per-thread scratch
 };
 
@@ -79,6 +83,8 @@ struct ForwardContext {
   bool reference = false;
   // Threads of the fast path; 0: OpenMP's count, or one for chunks too small to share.
   int threads = 0;
+  // Which products take bf16 inputs (model/precision.hpp). Pack with the same precision.
+  Precision precision = Precision::FP32;
   explicit ForwardContext(const ModelConfig& c)
       : rope(c.head_dim, c.segment_length, c.rope_theta) {}
 };

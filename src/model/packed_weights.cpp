@@ -7,16 +7,32 @@
 namespace infini::model {
 
 const ops::PackedMatrix* PackedWeights::forward(int64_t offset) const {
+  if (precision != Precision::FP32) return nullptr;
   const auto it = by_offset.find(offset);
   return it == by_offset.end() ? nullptr : &it->second.forward;
 }
 
 const ops::PackedMatrix* PackedWeights::backward(int64_t offset) const {
+  if (precision != Precision::FP32) return nullptr;
   const auto it = by_offset.find(offset);
   return it == by_offset.end() || !it->second.has_backward ? nullptr : &it->second.backward;
 }
 
-void pack_weights(const Model<float>& m, bool backward, int64_t max_bytes, PackedWeights& out) {
+const ops::PackedBf16* PackedWeights::forward_bf16(int64_t offset) const {
+  if (precision != Precision::BF16) return nullptr;
+  const auto it = by_offset.find(offset);
+  return it == by_offset.end() ? nullptr : &it->second.forward_bf16;
+}
+
+const ops::PackedBf16* PackedWeights::backward_bf16(int64_t offset) const {
+  if (precision != Precision::BF16) return nullptr;
+  const auto it = by_offset.find(offset);
+  return it == by_offset.end() || !it->second.has_backward ? nullptr : &it->second.backward_bf16;
+}
+
+void pack_weights(const Model<float>& m, bool backward, int64_t max_bytes, PackedWeights& out,
+                  Precision precision) {
+  const bool bf16 = precision == Precision::BF16;
   struct Weight {
     int64_t offset, out, in;
   };
@@ -35,22 +51,31 @@ void pack_weights(const Model<float>& m, bool backward, int64_t max_bytes, Packe
   list.push_back({m.layout.lm_head, c.vocab_size, D});
 
   int64_t bytes = 0;  // about the weights' own size per orientation (padding aside)
-  for (const Weight& w : list) bytes += w.out * w.in * int64_t(sizeof(float)) * (backward ? 2 : 1);
-  if (ops::gemm_backend() != ops::GemmBackend::Native || bytes > max_bytes) {
+  const int64_t value_bytes = bf16 ? 2 : int64_t(sizeof(float));
+  for (const Weight& w : list) bytes += w.out * w.in * value_bytes * (backward ? 2 : 1);
+  const bool native = bf16 ? ops::bf16_native_available()
+                           : ops::gemm_backend() == ops::GemmBackend::Native;
+  if (!native || bytes > max_bytes) {
     out.by_offset.clear();
     return;
   }
   // Create every entry first: the map must not change while threads fill it. Entries of
-  // another model (other offsets) are dropped.
-  if (out.by_offset.size() != list.size()) out.by_offset.clear();
+  // another model (other offsets) or precision are dropped.
+  if (out.by_offset.size() != list.size() || out.precision != precision) out.by_offset.clear();
+  out.precision = precision;
   for (const Weight& w : list) out.by_offset[w.offset].has_backward = backward;
 #pragma omp parallel for schedule(dynamic, 1)
   for (size_t i = 0; i < list.size(); ++i) {
     const Weight& w = list[i];
     PackedWeights::Entry& e = out.by_offset.at(w.offset);
     const float* W = m.at(w.offset);
-    ops::sgemm_pack(true, w.in, w.out, W, w.in, e.forward);
-    if (backward) ops::sgemm_pack(false, w.out, w.in, W, w.in, e.backward);
+    if (bf16) {
+      ops::bf16_pack(true, w.in, w.out, W, w.in, e.forward_bf16);
+      if (backward) ops::bf16_pack(false, w.out, w.in, W, w.in, e.backward_bf16);
+    } else {
+      ops::sgemm_pack(true, w.in, w.out, W, w.in, e.forward);
+      if (backward) ops::sgemm_pack(false, w.out, w.in, W, w.in, e.backward);
+    }
   }
 }
 

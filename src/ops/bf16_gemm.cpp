@@ -38,7 +38,21 @@ inline size_t packed_index(int64_t kpairs, int64_t p, int64_t j) {
 
 }  // namespace
 
-void bf16_pack(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, PackedBf16& out) {
+namespace {
+
+// The scalar packing: the reference the vector one is tested against, and the one builds
+// without AVX512-BF16 use.
+void pack_scalar(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, uint16_t* d) {
+  const int64_t kpairs = (k + 1) / 2;
+  for (int64_t p = 0; p < k; ++p)
+    for (int64_t j = 0; j < n; ++j)
+      d[packed_index(kpairs, p, j)] = to_bf16(trans_b ? b[j * ldb + p] : b[p * ldb + j]);
+}
+
+void pack_vector(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, uint16_t* d);
+
+// Allocates (or reuses) out's buffer for op(B) [k, n], zeroed: padding rows and columns are zero.
+uint16_t* prepare(int64_t k, int64_t n, PackedBf16& out) {
   const int64_t kpairs = (k + 1) / 2, panels = (n + kNR - 1) / kNR;
   const size_t need = size_t(panels * kpairs * 2 * kNR);
   if (out.capacity < need) {
@@ -48,11 +62,47 @@ void bf16_pack(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, 
   }
   out.k = k;
   out.n = n;
-  uint16_t* d = out.data.get();
-  std::memset(d, 0, need * sizeof(uint16_t));  // padding rows and columns are zero
-  for (int64_t p = 0; p < k; ++p)
-    for (int64_t j = 0; j < n; ++j)
-      d[packed_index(kpairs, p, j)] = to_bf16(trans_b ? b[j * ldb + p] : b[p * ldb + j]);
+  std::memset(out.data.get(), 0, need * sizeof(uint16_t));
+  return out.data.get();
+}
+
+}  // namespace
+
+void bf16_pack(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, PackedBf16& out) {
+  uint16_t* d = prepare(k, n, out);
+  if (bf16_native_available())
+    pack_vector(trans_b, k, n, b, ldb, d);
+  else
+    pack_scalar(trans_b, k, n, b, ldb, d);
+}
+
+void bf16_pack_scalar(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb,
+                      PackedBf16& out) {
+  pack_scalar(trans_b, k, n, b, ldb, prepare(k, n, out));
+}
+
+namespace {
+void convert_transposed_scalar(const float* a, int64_t lda, int64_t r0, int64_t r1, int64_t cols,
+                               uint16_t* out, int64_t ldo) {
+  for (int64_t t = r0; t < r1; ++t) {
+    const float* row = a + t * lda;
+    for (int64_t i = 0; i < cols; ++i) out[i * ldo + t] = to_bf16(row[i]);
+  }
+}
+bool convert_transposed_pairs(const float* a, int64_t lda, int64_t t0, int64_t t1, int64_t cols,
+                              uint16_t* out, int64_t ldo);
+}  // namespace
+
+void bf16_convert_transposed(const float* a, int64_t lda, int64_t r0, int64_t r1, int64_t cols,
+                             uint16_t* out, int64_t ldo) {
+  // Whole pairs of rows (t even) go as 32-bit words; a row without its partner, alone.
+  const int64_t t0 = (r0 + 1) / 2 * 2, t1 = std::max(t0, r1 / 2 * 2);
+  if (ldo % 2 || t0 >= t1 || !convert_transposed_pairs(a, lda, t0, t1, cols, out, ldo)) {
+    convert_transposed_scalar(a, lda, r0, r1, cols, out, ldo);
+    return;
+  }
+  convert_transposed_scalar(a, lda, r0, t0, cols, out, ldo);
+  convert_transposed_scalar(a, lda, t1, r1, cols, out, ldo);
 }
 
 #if defined(INFINI_BF16_KERNEL)
@@ -128,10 +178,105 @@ constexpr auto kernel_table(std::integer_sequence<int, R...>) {
 }
 constexpr auto kKernels = kernel_table(std::make_integer_sequence<int, kMR>{});
 
+
+// B not transposed: rows 2p and 2p + 1 of a 32-column panel, each converted to 32 bf16 and
+// interleaved element by element.
+void pack_rows(int64_t k, int64_t n, const float* b, int64_t ldb, uint16_t* d) {
+  const int64_t kpairs = (k + 1) / 2;
+  const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                      39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+  for (int64_t j0 = 0; j0 < n; j0 += kNR) {
+    const __mmask16 m0 = first_lanes(n - j0), m1 = first_lanes(n - j0 - 16);
+    auto row = [&](int64_t p) {
+      if (p >= k) return _mm512_setzero_si512();
+      const float* s = b + p * ldb + j0;
+      return (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, s + 16),
+                                          _mm512_maskz_loadu_ps(m0, s));
+    };
+    uint16_t* panel = d + (j0 / kNR) * kpairs * 2 * kNR;
+    for (int64_t pp = 0; pp < kpairs; ++pp) {
+      const __m512i even = row(2 * pp), odd = row(2 * pp + 1);
+      _mm512_store_si512(panel + pp * 2 * kNR, _mm512_permutex2var_epi16(even, lo, odd));
+      _mm512_store_si512(panel + pp * 2 * kNR + kNR, _mm512_permutex2var_epi16(even, hi, odd));
+    }
+  }
+}
+
+// B transposed (a weight [n, k] packed as W^T): row j of the source, converted, is already the
+// sequence of 32-bit pairs column j needs; they are written 32 words apart.
+void pack_columns(int64_t k, int64_t n, const float* b, int64_t ldb, uint16_t* d) {
+  const int64_t kpairs = (k + 1) / 2;
+  thread_local std::vector<uint16_t> row;
+  row.assign(size_t(2 * kpairs + 32), 0);
+  uint32_t* d32 = reinterpret_cast<uint32_t*>(d);
+  for (int64_t j = 0; j < n; ++j) {
+    const float* s = b + j * ldb;
+    int64_t p = 0;
+    for (; p + 32 <= k; p += 32)
+      _mm512_storeu_si512(row.data() + p, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + p + 16),
+                                                                      _mm512_loadu_ps(s + p)));
+    for (; p < k; ++p) row[size_t(p)] = to_bf16(s[p]);
+    if (k % 2) row[size_t(k)] = 0;
+    uint32_t* col = d32 + (j / kNR) * kpairs * kNR + (j % kNR);
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(row.data());
+    for (int64_t pp = 0; pp < kpairs; ++pp) col[pp * kNR] = w[pp];
+  }
+}
+
+void pack_vector(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, uint16_t* d) {
+  if (trans_b)
+    pack_columns(k, n, b, ldb, d);
+  else
+    pack_rows(k, n, b, ldb, d);
+}
+
+
+// Rows t0 .. t1 (t0, t1 even) as pairs: 16 columns of rows t and t + 1 become 16 words, each
+// written to its column's row of the output.
+bool convert_transposed_pairs(const float* a, int64_t lda, int64_t t0, int64_t t1, int64_t cols,
+                              uint16_t* out, int64_t ldo) {
+  if (!bf16_native_available()) return false;
+  const __m512i zip = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24,
+                                       8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i stride = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6,
+                                                             5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(int(ldo / 2)));
+  uint32_t* o32 = reinterpret_cast<uint32_t*>(out);
+  for (int64_t t = t0; t < t1; t += 2) {
+    const float* x0 = a + t * lda;
+    const float* x1 = x0 + lda;
+    for (int64_t i = 0; i < cols; i += 16) {
+      const __mmask16 m = first_lanes(cols - i);
+      // Low half: the 16 values of row t; high half: those of row t + 1; then interleaved.
+      const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m, x1 + i),
+                                                        _mm512_maskz_loadu_ps(m, x0 + i));
+      const __m512i words = _mm512_permutexvar_epi16(zip, both);
+      _mm512_mask_i32scatter_epi32(o32 + i * (ldo / 2) + t / 2, m, stride, words, 4);
+    }
+  }
+  return true;
+}
+
+// The product over A already in bf16 (rows of kp values, pairs adjacent).
+void gemm_converted_rows(int64_t m, int64_t n, int64_t use_pairs, float alpha, const uint16_t* a,
+                         int64_t kp, const PackedBf16& b, float beta, float* c, int64_t ldc) {
+  const int64_t kpairs = (b.k + 1) / 2;
+  for (int64_t i0 = 0; i0 < m; i0 += kMR) {
+    const int64_t rows = std::min<int64_t>(kMR, m - i0);
+    for (int64_t j0 = 0; j0 < n; j0 += kNR) {
+      const uint16_t* bp = b.data.get() + (j0 / kNR) * kpairs * 2 * kNR;
+      kKernels[size_t(rows - 1)](use_pairs, a + i0 * kp, kp, bp, c + i0 * ldc + j0, ldc, alpha,
+                                 beta, std::min<int64_t>(kNR, n - j0));
+    }
+  }
+}
+
 }  // namespace
 
 bool bf16_native_available() {
-  static const bool ok = __builtin_cpu_supports("avx512bf16") != 0;
+  static const bool ok =
+      __builtin_cpu_supports("avx512bf16") != 0 && __builtin_cpu_supports("avx512bw") != 0;
   return ok;
 }
 
@@ -142,23 +287,43 @@ void bf16_gemm_packed(bool trans_a, int64_t m, int64_t n, int64_t k, float alpha
   if (m <= 0 || n <= 0) return;
   // Only the first k rows of B take part: the pairs past k/2 are skipped, and a pair cut by
   // an odd k meets the zero A pads.
-  const int64_t kpairs = (b.k + 1) / 2, use_pairs = (k + 1) / 2, kp = 2 * use_pairs;
+  const int64_t use_pairs = (k + 1) / 2, kp = 2 * use_pairs;
   thread_local std::vector<uint16_t> abuf;
   abuf.resize(size_t(kMR * kp));
   for (int64_t i0 = 0; i0 < m; i0 += kMR) {
     const int64_t rows = std::min<int64_t>(kMR, m - i0);
     convert_rows(a, lda, trans_a, i0, rows, k, kp, abuf.data());
-    for (int64_t j0 = 0; j0 < n; j0 += kNR) {
-      const uint16_t* bp = b.data.get() + (j0 / kNR) * kpairs * 2 * kNR;
-      kKernels[size_t(rows - 1)](use_pairs, abuf.data(), kp, bp, c + i0 * ldc + j0, ldc, alpha,
-                                 beta, std::min<int64_t>(kNR, n - j0));
-    }
+    gemm_converted_rows(rows, n, use_pairs, alpha, abuf.data(), kp, b, beta, c + i0 * ldc, ldc);
   }
+}
+
+void bf16_gemm_converted(int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a,
+                         int64_t lda, const PackedBf16& b, float beta, float* c, int64_t ldc) {
+  if (!bf16_native_available()) throw Error("bf16_gemm_converted: no AVX512-BF16 on this CPU");
+  if (k > b.k || n > b.n) throw Error("bf16_gemm_converted: the product is larger than the packing");
+  if (lda % 2 || lda < k) throw Error("bf16_gemm_converted: lda must be even and at least k");
+  if (m <= 0 || n <= 0) return;
+  gemm_converted_rows(m, n, (k + 1) / 2, alpha, a, lda, b, beta, c, ldc);
 }
 
 #else  // no AVX512-BF16 in this build
 
+namespace {
+void pack_vector(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, uint16_t* d) {
+  pack_scalar(trans_b, k, n, b, ldb, d);
+}
+bool convert_transposed_pairs(const float*, int64_t, int64_t, int64_t, int64_t, uint16_t*,
+                              int64_t) {
+  return false;
+}
+}  // namespace
+
 bool bf16_native_available() { return false; }
+
+void bf16_gemm_converted(int64_t, int64_t, int64_t, float, const uint16_t*, int64_t,
+                         const PackedBf16&, float, float*, int64_t) {
+  throw Error("bf16_gemm_converted: this build has no AVX512-BF16 kernel");
+}
 
 void bf16_gemm_packed(bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
                       const PackedBf16&, float, float*, int64_t) {

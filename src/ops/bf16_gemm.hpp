@@ -47,12 +47,27 @@ bool bf16_native_available();
 // "native-avx512bf16" or "emulated (no AVX512-BF16 on this CPU or build)".
 std::string bf16_backend_name();
 
+// Packs op(B) [k, n] (vector code where the CPU has AVX512-BF16; bf16_pack_scalar is the plain
+// loop it is tested against). Reuses out's buffer when large enough.
 void bf16_pack(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, PackedBf16& out);
+void bf16_pack_scalar(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb,
+                      PackedBf16& out);
+
+// Rows r0 .. r1 of a [*, cols] written transposed in bf16: out[i * ldo + t] = bf16(a[t][i]).
+// Threads that own disjoint row ranges fill one transposed matrix together; it is the A of
+// bf16_gemm_converted for dW = dY^T X (the same dY serves every column block of dW).
+void bf16_convert_transposed(const float* a, int64_t lda, int64_t r0, int64_t r1, int64_t cols,
+                             uint16_t* out, int64_t ldo);
 
 // C = alpha * bf16(op(A)) * B[0 .. k, 0 .. n] + beta * C (beta == 0 never reads C). Native only:
 // throws infini::Error when bf16_native_available() is false.
 void bf16_gemm_packed(bool trans_a, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                       int64_t lda, const PackedBf16& b, float beta, float* c, int64_t ldc);
+
+// C = alpha * A B[0 .. k, 0 .. n] + beta * C with A [m, k] already bf16 (row i at a + i * lda;
+// lda even, the pad past an odd k zero). Native only, as bf16_gemm_packed.
+void bf16_gemm_converted(int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a,
+                         int64_t lda, const PackedBf16& b, float beta, float* c, int64_t ldc);
 
 // The same product without packing in advance: native when available, else emulated.
 void bf16_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,

@@ -17,4 +17,10 @@ double fma_chains(int64_t steps, float* sink);
 // runs of `steps` steps per thread.
 double fma_peak_gflops(int threads, int64_t steps = int64_t(1) << 21, int reps = 3);
 
+// The bf16 ceiling (issue #27): the same with VDPBF16PS, which does two bf16 products per fp32
+// lane (4 FLOPs per lane per instruction). Each chain adds 2 * 2^-20 per lane per step from
+// 2^-10 i, exactly. Returns 0 FLOPs (and bf16_peak_gflops 0) on CPUs without AVX512-BF16.
+double bf16_dot_chains(int64_t steps, float* sink);
+double bf16_peak_gflops(int threads, int64_t steps = int64_t(1) << 21, int reps = 3);
+
 }  // namespace infini::ops

@@ -155,11 +155,12 @@ PasskeyEvalResult evaluate_passkey(const model::Model<float>& m, const PasskeyGe
   const model::ModelConfig& c = m.config;
   const int64_t N = c.segment_length;
   model::ForwardContext<float> ctx(c);
+  ctx.precision = o.precision;
   model::SegmentActs<float> acts;
   PasskeyEvalResult res;
   // The weights packed once for every prompt (native GEMM), as a generation session does.
   model::PackedWeights packed;
-  model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes, packed);
+  model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes, packed, o.precision);
 
   for (size_t li = 0; li < o.lengths.size(); ++li) {
     const int64_t L = o.lengths[li];

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/model.hpp"
+#include "model/precision.hpp"
 #include "tasks/passkey.hpp"
 
 namespace infini::tasks {
@@ -23,6 +24,7 @@ struct PasskeyEvalOptions {
   // Prompts of one length run as a batch through the whole segments; at most this many rows
   // (sequences x segment length) at once bounds the activation memory.
   int64_t max_batch_rows = 8192;
+  model::Precision precision = model::Precision::FP32;  // of the products
 };
 
 struct PasskeyTrial {

@@ -48,11 +48,12 @@ nlohmann::json EvalResult::to_json() const {
 }
 
 EvalResult evaluate_documents(const model::Model<float>& m, const std::vector<Document>& docs,
-                              int64_t max_tokens) {
+                              int64_t max_tokens, model::Precision precision) {
   model::ForwardContext<float> ctx(m.config);
+  ctx.precision = precision;
   model::SegmentActs<float> acts;
   model::PackedWeights packed;  // once for every document
-  model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes, packed);
+  model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes, packed, precision);
   EvalResult r;
   std::vector<double> seg_loss;
   std::vector<int64_t> seg_count;

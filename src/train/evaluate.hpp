@@ -43,6 +43,7 @@ struct EvalResult {
 // Evaluates the documents in order, each from a zero memory, taking a prefix of each so that
 // at most `max_tokens` tokens are read in all (<= 0: everything).
 EvalResult evaluate_documents(const model::Model<float>& m, const std::vector<Document>& docs,
-                              int64_t max_tokens);
+                              int64_t max_tokens,
+                              model::Precision precision = model::Precision::FP32);
 
 }  // namespace infini::train

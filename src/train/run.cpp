@@ -144,6 +144,7 @@ TrainOptions trainer_options(const TrainRunOptions& o, const nlohmann::json& run
   to.rank = dist.rank();
   to.world = dist.world();
   to.run_record = run_record;
+  to.precision = model::parse_precision(o.precision, "--precision");
   return to;
 }
 

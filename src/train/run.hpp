@@ -21,7 +21,7 @@ namespace infini::train {
 
 // The options of `infini train`, one field per flag (the flag's help text is its contract).
 struct TrainRunOptions {
-  std::string config, model, tokenizer, out, token_cache, schedule = "cosine";
+  std::string config, model, tokenizer, out, token_cache, schedule = "cosine", precision = "fp32";
   std::vector<std::string> data, val_data;
   double val_fraction = 0.05, lr = 3e-4, gate_lr = 1e-2, weight_decay = 0.1, grad_clip = 1.0;
   double min_lr_ratio = 0.1, init_std = 0.02, gate_init = 0.0;

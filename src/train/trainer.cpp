@@ -76,6 +76,7 @@ Trainer::Trainer(Trainable& trainable, std::vector<ParamGroup> groups, BatchSour
   if (o.grad_accum < 1 || (o.batch / o.world) % o.grad_accum != 0)
     throw Error("--grad-accum " + std::to_string(o.grad_accum) + " must divide the batch " +
                 std::to_string(o.batch / o.world) + " (per process)");
+  ctx_.precision = o.precision;
   model_grad_.assign(size_t(trainable.forward_model().layout.total), 0.0f);
   grad_.assign(size_t(trainable.size()), 0.0f);
 }
@@ -174,7 +175,7 @@ StepGradient Trainer::compute_gradient(const Batch& b, float* grad) {
 
 nlohmann::json Trainer::evaluate() {
   const model::Model<float>& m = trainable_.forward_model();
-  nlohmann::json j = evaluate_documents(m, val_, opts_.val_tokens).to_json();
+  nlohmann::json j = evaluate_documents(m, val_, opts_.val_tokens, opts_.precision).to_json();
   // sigmoid(beta) per layer and head: the share of each head's output read from memory.
   if (m.config.use_memory) j["gates"] = model::memory_gates(m);
   return j;
@@ -189,6 +190,7 @@ std::string Trainer::save_checkpoint(std::FILE* log) {
                              {"data", source_.state()},
                              {"data_fingerprint", source_.fingerprint()},
                              {"omp_threads", omp_threads()},
+                             {"precision", model::precision_name(opts_.precision)},
                              {"args", opts_.run_record}};
   last_checkpoint_ = commit_checkpoint(
       opts_.out, step_,

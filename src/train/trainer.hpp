@@ -93,6 +93,7 @@ struct TrainOptions {
   bool progress_bar = false;    // redraw one status line on the log stream (a terminal)
   nlohmann::json run_record;    // stored as "args" in trainer.json; the CLI checks it on resume
   int64_t rank = 0, world = 1;  // data parallel: this process's share of each global batch
+  model::Precision precision = model::Precision::FP32;  // of the products (training and validation)
 };
 
 struct StepGradient {
