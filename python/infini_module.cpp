@@ -47,6 +47,13 @@ struct ModelHolder {
   model::Model<float> m;
   std::shared_ptr<const io::Tokenizer> tok;
   std::string tokenizer_json;  // written next to the model on save ("" for the byte tokenizer)
+  model::Precision precision = model::Precision::FP32;  // of every call's products
+  // The context every call runs the model with (the model's precision).
+  model::ForwardContext<float> context() const {
+    model::ForwardContext<float> ctx(m.config);
+    ctx.precision = precision;
+    return ctx;
+  }
 };
 using ModelPtr = std::shared_ptr<ModelHolder>;
 
@@ -153,21 +160,23 @@ std::vector<int32_t> token_ids(const py::handle& ids, const model::ModelConfig& 
   return v;
 }
 
-ModelPtr load(const std::string& path) {
+ModelPtr load(const std::string& path, const std::string& precision) {
   auto h = std::make_shared<ModelHolder>();
+  h->precision = model::parse_precision(precision, "precision");
   h->m = model::load_model(path);
   h->tok = std::shared_ptr<const io::Tokenizer>(io::load_tokenizer_for_model(path));
   h->tokenizer_json = model::read_tokenizer_json(path);
   return h;
 }
 
-ModelPtr init(const py::object& config, uint64_t seed) {
+ModelPtr init(const py::object& config, uint64_t seed, const std::string& precision) {
   model::ModelConfig c;
   if (py::isinstance<py::dict>(config))
     c = model::config_from_json(to_json(config), "config");
   else
     c = model::load_config(py::str(config).cast<std::string>());
   auto h = std::make_shared<ModelHolder>();
+  h->precision = model::parse_precision(precision, "precision");
   model::InitOptions io;
   io.seed = seed;
   h->m = model::init_model(c, io);
@@ -178,7 +187,7 @@ ModelPtr init(const py::object& config, uint64_t seed) {
 double loss(const ModelHolder& h, const py::handle& ids_in) {
   const std::vector<int32_t> ids = token_ids(ids_in, h.m.config, "loss", 2);
   return run_interruptible([&](std::atomic<bool>* stop) {
-    model::ForwardContext<float> ctx(h.m.config);
+    const model::ForwardContext<float> ctx = h.context();
     model::SequenceWorkspace<float> ws;
     model::SequenceOptions so;
     so.interrupt = stop;
@@ -195,7 +204,7 @@ py::array_t<double> token_losses(const ModelHolder& h, const py::handle& ids_in)
   py::array_t<double> out(T - 1);
   std::vector<double> all(static_cast<size_t>(T));
   run_interruptible([&](std::atomic<bool>* stop) {
-    model::ForwardContext<float> ctx(h.m.config);
+    const model::ForwardContext<float> ctx = h.context();
     model::SequenceWorkspace<float> ws;
     model::SequenceOptions so;
     so.interrupt = stop;
@@ -213,7 +222,7 @@ py::array_t<float> logits(const ModelHolder& h, const py::handle& ids_in) {
   py::array_t<float> out({T, V});
   float* dst = out.mutable_data();
   run_interruptible([&](std::atomic<bool>* stop) {
-    model::ForwardContext<float> ctx(h.m.config);
+    const model::ForwardContext<float> ctx = h.context();
     model::MemoryState<float> state = model::MemoryState<float>::zeros(h.m.config, 1);
     model::SegmentActs<float> acts;
     const int64_t N = h.m.config.segment_length;
@@ -232,7 +241,7 @@ py::dict grad(const ModelHolder& h, const py::handle& ids_in) {
   const std::vector<int32_t> ids = token_ids(ids_in, h.m.config, "grad", 2);
   std::vector<float> g(size_t(h.m.layout.total), 0.0f);
   run_interruptible([&](std::atomic<bool>* stop) {
-    model::ForwardContext<float> ctx(h.m.config);
+    const model::ForwardContext<float> ctx = h.context();
     model::SequenceWorkspace<float> ws;
     model::SequenceOptions so;
     so.interrupt = stop;
@@ -275,7 +284,9 @@ void save(const ModelHolder& h, const std::string& dir) {
 std::unique_ptr<SessionHandle> make_session(const ModelPtr& h) {
   auto s = std::make_unique<SessionHandle>();
   s->model = h;
-  s->session = std::make_unique<infer::Session>(h->m);
+  infer::SessionOptions so;
+  so.precision = h->precision;
+  s->session = std::make_unique<infer::Session>(h->m, so);
   return s;
 }
 
@@ -443,6 +454,11 @@ PYBIND11_MODULE(_infini, mod) {
       .def_property_readonly(
           "tokenizer", [](const ModelHolder& h) { return TokenizerHandle{h.tok}; },
           "The model's Tokenizer")
+      .def_property(
+          "precision", [](const ModelHolder& h) { return model::precision_name(h.precision); },
+          [](ModelHolder& h, const std::string& p) { h.precision = model::parse_precision(p, "precision"); },
+          "'fp32' or 'bf16': the products of loss, token_losses, logits, grad and new sessions "
+          "(SPEC §8; `--precision` of the command line)")
       .def("save", &save, py::arg("path"),
            "Writes config.json, model.safetensors (and tokenizer.json) into directory `path`")
       .def("loss", &loss, py::arg("ids"),
@@ -552,8 +568,9 @@ PYBIND11_MODULE(_infini, mod) {
   mod.def("_train", &train_run, py::arg("flags"), py::arg("callback"),
           "infini.train's engine; call infini.train(**flags)");
   mod.def("_train_flags_help", &train_flags_help, "The help text of infini.train's flags");
-  mod.def("load", &load, py::arg("path"), "Loads a model directory");
-  mod.def("init", &init, py::arg("config"), py::arg("seed") = 0,
+  mod.def("load", &load, py::arg("path"), py::arg("precision") = "fp32",
+          "Loads a model directory; precision 'fp32' or 'bf16' (Model.precision)");
+  mod.def("init", &init, py::arg("config"), py::arg("seed") = 0, py::arg("precision") = "fp32",
           "A new randomly initialised model from a config dict or config.json path "
           "(byte tokenizer)");
 }

@@ -5,6 +5,7 @@
 
 #include "model/bptt.hpp"
 #include "ops/attention.hpp"
+#include "ops/bf16_gemm.hpp"
 #include "ops/sgemm.hpp"
 #include "ops/fastmath.hpp"
 #include "util/gradcheck.hpp"
@@ -79,6 +80,69 @@ TEST_P(FastAttention, MatchesReferenceForwardAndBackward) {
   EXPECT_LT(rel_err(dk, dk_r), 1e-12);
   EXPECT_LT(rel_err(dv, dv_r), 1e-12);
   EXPECT_GT(max_abs(dk), 1e-3);  // the comparison is not between zeros
+}
+
+TEST_P(FastAttention, Bf16ForwardMatchesFloat64OfRoundedInputs) {
+  // With bf16 products, the blocked per-head kernel and the full-matrix reference are held to a
+  // float64 computation on bf16-rounded q, k, v whose probabilities are rounded to bf16 before
+  // PV, as the kernels round them (fp32 probabilities may round the other way near a tie, so
+  // the bound allows a bf16 step of the output's scale).
+  const auto c = GetParam();
+  const int64_t ctx = c.p0 + c.n, qw = c.H * c.d, kw = c.Hkv * c.d, G = c.H / c.Hkv;
+  const ops::AttentionShape s{c.B, c.n, c.p0, ctx, c.H, c.Hkv, c.d};
+  auto tofloat = [](const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); };
+  const auto q = tofloat(random_vec(c.B * c.n * qw, 11)), k = tofloat(random_vec(c.B * ctx * kw, 12));
+  const auto v = tofloat(random_vec(c.B * ctx * kw, 13));
+  std::vector<float> fast(q.size()), full(q.size()), scratch(size_t(ops::kAttentionBlock * ctx));
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t h = 0; h < c.H; ++h)
+      ops::attention_head_forward(fast.data() + b * c.n * qw + h * c.d, (float*)nullptr,
+                                  q.data() + b * c.n * qw + h * c.d,
+                                  k.data() + b * ctx * kw + (h / G) * c.d,
+                                  v.data() + b * ctx * kw + (h / G) * c.d, c.n, c.p0, c.d, qw, kw,
+                                  scratch.data(), true);
+  std::vector<float> probs(size_t(c.B * c.H * c.n * ctx));
+  ops::local_attention_forward_reference(full.data(), probs.data(), q.data(), k.data(), v.data(),
+                                         s, true);
+  const double scale = 1.0 / std::sqrt(double(c.d));
+  double worst = 0;
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t h = 0; h < c.H; ++h)
+      for (int64_t i = 0; i < c.n; ++i) {
+        const int64_t last = c.p0 + i;
+        std::vector<double> p(size_t(last + 1));
+        double mx = -1e300, sum = 0;
+        for (int64_t j = 0; j <= last; ++j) {
+          double dot = 0;
+          for (int64_t e = 0; e < c.d; ++e)
+            dot += double(ops::round_bf16(q[size_t(b * c.n * qw + i * qw + h * c.d + e)])) *
+                   double(ops::round_bf16(k[size_t(b * ctx * kw + j * kw + (h / G) * c.d + e)]));
+          p[size_t(j)] = dot * scale;
+          mx = std::max(mx, p[size_t(j)]);
+        }
+        for (auto& x : p) sum += (x = std::exp(x - mx));
+        for (int64_t e = 0; e < c.d; ++e) {
+          double o = 0;
+          for (int64_t j = 0; j <= last; ++j)
+            o += double(ops::round_bf16(float(p[size_t(j)] / sum))) *
+                 double(ops::round_bf16(v[size_t(b * ctx * kw + j * kw + (h / G) * c.d + e)]));
+          const size_t at = size_t(b * c.n * qw + i * qw + h * c.d + e);
+          worst = std::max({worst, std::abs(fast[at] - o), std::abs(full[at] - o)});
+        }
+      }
+  EXPECT_LT(worst, 4e-3);  // a bf16 step (2^-8) of outputs of size ~1, far below it in practice
+  // Without bf16 the kernel differs from these rounded products by more: the option is used.
+  std::vector<float> fp32(q.size());
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t h = 0; h < c.H; ++h)
+      ops::attention_head_forward(fp32.data() + b * c.n * qw + h * c.d, (float*)nullptr,
+                                  q.data() + b * c.n * qw + h * c.d,
+                                  k.data() + b * ctx * kw + (h / G) * c.d,
+                                  v.data() + b * ctx * kw + (h / G) * c.d, c.n, c.p0, c.d, qw, kw,
+                                  scratch.data(), false);
+  double moved = 0;
+  for (size_t i = 0; i < fp32.size(); ++i) moved = std::max(moved, double(std::abs(fp32[i] - fast[i])));
+  EXPECT_GT(moved, 1e-4);
 }
 
 // n not a multiple of the 64-row block, several blocks, GQA and MQA, a cached prefix.

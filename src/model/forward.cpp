@@ -145,7 +145,7 @@ void layer_forward_reference(const Model<T>& m, const ForwardContext<T>& ctx, in
   resize(A.probs, B * H * n * ctxlen);
   resize(A.local, r * qw);
   ops::local_attention_forward_reference(A.local.data(), A.probs.data(), A.q_rot.data(), kv.k_rot,
-                                         kv.v, as);
+                                         kv.v, as, bf16_products(ctx));
 
   const T* attn_out = A.local.data();
   if (c.use_memory) {
@@ -388,7 +388,7 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
         const int64_t off = b * n * qw + h * d, kvo = b * cap * kw + g * d;
         ops::attention_head_forward(A.local.data() + off, A.probs.data() + task * n * ctxlen,
                                     A.q_rot.data() + off, krb + kvo, vb + kvo, n, p0, d, qw, kw,
-                                    scratch);
+                                    scratch, bf16_products(ctx));
         if (!mem) continue;
         T* Mg = M + (b * Hkv + g) * d * d;
         T* zg = z + (b * Hkv + g) * d;

@@ -8,13 +8,29 @@
 
 #include "core/error.hpp"
 #include "ops/fastmath.hpp"
+#include "ops/bf16_gemm.hpp"
 #include "ops/gemm.hpp"
 
 namespace infini::ops {
 
+namespace {
+// gemm<T>, or with bf16 inputs (float only) when `bf16`.
+template <class T>
+void product(bool bf16, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+             int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16) {
+      bf16_gemm(false, trans_b, m, n, k, alpha, a, lda, b, ldb, 0.0f, c, ldc);
+      return;
+    }
+  }
+  gemm<T>(false, trans_b, m, n, k, alpha, a, lda, b, ldb, T(0), c, ldc);
+}
+}  // namespace
+
 template <class T>
 void local_attention_forward_reference(T* out, T* probs, const T* q, const T* k, const T* v,
-                                       const AttentionShape& s) {
+                                       const AttentionShape& s, bool bf16) {
   const int64_t n = s.n, ctx = s.ctx(), d = s.head_dim, G = s.heads / s.kv_heads;
   const int64_t qw = s.heads * d, kw = s.kv_heads * d;
   const T scale = T(1.0 / std::sqrt(double(d)));
@@ -29,7 +45,7 @@ void local_attention_forward_reference(T* out, T* probs, const T* q, const T* k,
         const T* qh = q + b * n * qw + h * d;
         const T* kg = k + b * s.cap * kw + g * d;
         const T* vg = v + b * s.cap * kw + g * d;
-        gemm<T>(false, true, n, ctx, d, scale, qh, qw, kg, kw, T(0), p, ctx);
+        product(bf16, true, n, ctx, d, scale, qh, qw, kg, kw, p, ctx);
         for (int64_t i = 0; i < n; ++i) {
           T* row = p + i * ctx;
           const int64_t last = s.p0 + i;  // causal: keys 0..last
@@ -43,8 +59,7 @@ void local_attention_forward_reference(T* out, T* probs, const T* q, const T* k,
           for (int64_t j = 0; j <= last; ++j) row[j] *= inv;
           std::fill(row + last + 1, row + ctx, T(0));
         }
-        gemm<T>(false, false, n, d, ctx, T(1), p, ctx, vg, kw, T(0), out + b * n * qw + h * d,
-                qw);
+        product(bf16, false, n, d, ctx, T(1), p, ctx, vg, kw, out + b * n * qw + h * d, qw);
       }
   }
 }
@@ -159,9 +174,17 @@ class HeadOperand {
  public:
   // op(B) [k_rows, n_cols] = b (trans = false, b is [k_rows, ldb]) or b^T (trans = true).
   HeadOperand(PackedMatrix& buffer, bool trans, int64_t k_rows, int64_t n_cols, const T* b,
-              int64_t ldb)
+              int64_t ldb, PackedBf16* bf16 = nullptr)
       : trans_(trans), b_(b), ldb_(ldb) {
     if constexpr (std::is_same_v<T, float>) {
+      if (bf16) {  // bf16 inputs: packed in bf16 natively, else each product emulates
+        bf16_ = true;
+        if (bf16_native_available()) {
+          bf16_pack(trans, k_rows, n_cols, b, ldb, *bf16);
+          packed_bf16_ = bf16;
+        }
+        return;
+      }
       if (gemm_backend() == GemmBackend::Native) {
         sgemm_pack(trans, k_rows, n_cols, b, ldb, buffer);
         packed_ = &buffer;
@@ -172,6 +195,14 @@ class HeadOperand {
   void multiply(int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, T beta, T* c,
                 int64_t ldc) const {
     if constexpr (std::is_same_v<T, float>) {
+      if (packed_bf16_) {
+        bf16_gemm_packed(false, m, n, k, alpha, a, lda, *packed_bf16_, beta, c, ldc);
+        return;
+      }
+      if (bf16_) {
+        bf16_gemm(false, trans_, m, n, k, alpha, a, lda, b_, ldb_, beta, c, ldc);
+        return;
+      }
       if (packed_) {
         sgemm_native_packed(false, m, n, k, alpha, a, lda, *packed_, beta, c, ldc);
         return;
@@ -181,7 +212,8 @@ class HeadOperand {
   }
 
  private:
-  bool trans_;
+  bool trans_, bf16_ = false;
+  const PackedBf16* packed_bf16_ = nullptr;
   const T* b_;
   int64_t ldb_;
   const PackedMatrix* packed_ = nullptr;
@@ -199,16 +231,24 @@ PackedMatrix& head_buffer(int role) {
   thread_local PackedMatrix buffers[2];
   return buffers[role];
 }
+PackedBf16* head_buffer_bf16(int role) {
+  thread_local PackedBf16 buffers[2];
+  return &buffers[role];
+}
 
 }  // namespace
 
 template <class T>
 void attention_head_forward(T* out, T* probs, const T* q, const T* k, const T* v, int64_t n,
-                            int64_t p0, int64_t d, int64_t ldq, int64_t ldk, T* scratch) {
+                            int64_t p0, int64_t d, int64_t ldq, int64_t ldk, T* scratch,
+                            bool bf16) {
   const int64_t ctx = p0 + n;
   const T scale = T(1.0 / std::sqrt(double(d)));
-  const HeadOperand<T> keys(head_buffer(0), true, d, ctx, k, ldk);     // K^T [d, ctx]
-  const HeadOperand<T> values(head_buffer(1), false, ctx, d, v, ldk);  // V [ctx, d]
+  bf16 = bf16 && std::is_same_v<T, float>;
+  const HeadOperand<T> keys(head_buffer(0), true, d, ctx, k, ldk,  // K^T [d, ctx]
+                            bf16 ? head_buffer_bf16(0) : nullptr);
+  const HeadOperand<T> values(head_buffer(1), false, ctx, d, v, ldk,  // V [ctx, d]
+                              bf16 ? head_buffer_bf16(1) : nullptr);
   for (int64_t i0 = 0; i0 < n; i0 += kAttentionBlock) {
     const int64_t i1 = std::min(n, i0 + kAttentionBlock), m = i1 - i0, e = p0 + i1;
     T* P = probs ? probs + i0 * ctx : scratch;
@@ -311,12 +351,12 @@ void local_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs
   template void local_attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, \
                                             const T*, const AttentionShape&);                   \
   template void local_attention_forward_reference<T>(T*, T*, const T*, const T*, const T*,      \
-                                                     const AttentionShape&);                    \
+                                                     const AttentionShape&, bool);              \
   template void local_attention_backward_reference<T>(T*, T*, T*, const T*, const T*,           \
                                                       const T*, const T*, const T*,             \
                                                       const AttentionShape&);                   \
   template void attention_head_forward<T>(T*, T*, const T*, const T*, const T*, int64_t,        \
-                                          int64_t, int64_t, int64_t, int64_t, T*);              \
+                                          int64_t, int64_t, int64_t, int64_t, T*, bool);        \
   template void attention_head_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,  \
                                            const T*, int64_t, int64_t, int64_t, int64_t, T*);
 INFINI_INSTANTIATE(float)

@@ -94,6 +94,29 @@ def test_grad_equals_infini_grad(tiny):
         assert np.abs(g - want[name]).max() <= 1e-5 * scale, name
 
 
+def test_bf16_precision_equals_the_cli_and_stays_near_fp32(tiny):
+    m = infini.load(str(tiny / "model"), precision="bf16")
+    assert m.precision == "bf16"
+    ids = m.tokenizer.encode(TEXT)
+    want = json.loads(cli("eval", "--model", str(tiny / "model"), "--data",
+                          str(tiny / "text.txt"), "--json", "--precision", "bf16"))
+    assert want["precision"] == "bf16"
+    bf16 = m.loss(ids)
+    assert bf16 == pytest.approx(want["loss"], rel=1e-6)
+    m.precision = "fp32"
+    fp32 = m.loss(ids)
+    assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.01)
+    out = tiny / "grad_bf16.safetensors"
+    cli("grad", "--model", str(tiny / "model"), "--data", str(tiny / "text.txt"), "--out",
+        str(out), "--precision", "bf16")
+    m.precision = "bf16"
+    got, ref = m.grad(ids), read_safetensors(str(out))
+    for name, g in got.items():
+        assert np.abs(g - ref[name]).max() <= 1e-5 * max(np.abs(ref[name]).max(), 1e-12), name
+    with pytest.raises(infini.Error, match="precision must be fp32 or bf16"):
+        m.precision = "fp16"
+
+
 def test_greedy_generate_equals_the_cli():
     m = infini.load(PASSKEY)
     prompt = "The grass is green. The sky is blue. The pass key is 31415. Remember it."
