@@ -127,9 +127,12 @@ TEST(Bf16, VectorPackingEqualsTheScalarOneInBothOrientations) {
       const int64_t ldb = (tb ? k : n) + 5;
       const auto b = random_matrix((tb ? n : k) * ldb, uint64_t(100 + k + n + tb));
       PackedBf16 fast, plain;
+      // A buffer that held a larger matrix first: the padding must be rewritten, not assumed.
+      const auto junk = random_matrix((k + 2) * (n + 40), 99);
+      bf16_pack(false, k + 2, n + 40, junk.data(), n + 40, fast);
       bf16_pack(tb, k, n, b.data(), ldb, fast);
       bf16_pack_scalar(tb, k, n, b.data(), ldb, plain);
-      ASSERT_EQ(fast.capacity, plain.capacity);
+      ASSERT_GE(fast.capacity, plain.capacity);
       EXPECT_EQ(std::memcmp(fast.data.get(), plain.data.get(), plain.bytes()), 0)
           << "k=" << k << " n=" << n << " trans_b=" << tb;
     }

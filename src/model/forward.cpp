@@ -553,9 +553,12 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
   const bool convert = bf16 && ops::bf16_native_available();
   const int64_t rp = (r + 1) / 2 * 2;
   if (convert) {
-    W.dyt_head.assign(size_t(V * rp), 0);
-    W.dyt_mlp.assign(size_t((2 * D + 2 * F) * rp), 0);
-    W.dyt_qkv.assign(size_t((qw + 2 * kw) * rp), 0);
+    for (auto [buf, rows] : {std::pair{&W.dyt_head, V}, std::pair{&W.dyt_mlp, 2 * D + 2 * F},
+                             std::pair{&W.dyt_qkv, qw + 2 * kw}}) {
+      resize(*buf, rows * rp);
+      if (rp != r)  // the pad column pairs with the last row: zero, so it adds nothing
+        for (int64_t i = 0; i < rows; ++i) (*buf)[size_t(i * rp + r)] = 0;
+    }
   }
   uint16_t* t_head = convert ? W.dyt_head.data() : nullptr;
   uint16_t* t_dh = convert ? W.dyt_mlp.data() : nullptr;

@@ -51,8 +51,9 @@ void pack_scalar(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb
 
 void pack_vector(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, uint16_t* d);
 
-// Allocates (or reuses) out's buffer for op(B) [k, n], zeroed: padding rows and columns are zero.
-uint16_t* prepare(int64_t k, int64_t n, PackedBf16& out) {
+// Allocates (or reuses) out's buffer for op(B) [k, n]. zero: clear it all (the packers that
+// do not write the padding themselves).
+uint16_t* prepare(int64_t k, int64_t n, PackedBf16& out, bool zero = true) {
   const int64_t kpairs = (k + 1) / 2, panels = (n + kNR - 1) / kNR;
   const size_t need = size_t(panels * kpairs * 2 * kNR);
   if (out.capacity < need) {
@@ -62,15 +63,17 @@ uint16_t* prepare(int64_t k, int64_t n, PackedBf16& out) {
   }
   out.k = k;
   out.n = n;
-  std::memset(out.data.get(), 0, need * sizeof(uint16_t));
+  if (zero) std::memset(out.data.get(), 0, need * sizeof(uint16_t));
   return out.data.get();
 }
 
 }  // namespace
 
 void bf16_pack(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, PackedBf16& out) {
-  uint16_t* d = prepare(k, n, out);
-  if (bf16_native_available())
+  // The vector packer of an untransposed B writes every value, padding included.
+  const bool native = bf16_native_available();
+  uint16_t* d = prepare(k, n, out, !(native && !trans_b));
+  if (native)
     pack_vector(trans_b, k, n, b, ldb, d);
   else
     pack_scalar(trans_b, k, n, b, ldb, d);
