@@ -1,8 +1,10 @@
 """Independent PyTorch reference implementation ("twin") of the Infini-attention model.
 
-Written from /work/shared/SPEC.md (sections 2-5) only. It is deliberately plain: one
-function per piece of math, batched over the batch and head dimensions with tensor
-ops, autograd for gradients (full back-propagation through time across segments).
+Written from /work/shared/SPEC.md (sections 2-5, and 7 for `model_type: "qwen2_moe"`) only.
+It is deliberately plain: one function per piece of math, batched over the batch and head
+dimensions with tensor ops, autograd for gradients (full back-propagation through time across
+segments). qwen2_moe: `moe_mlp` (router, top-k, routed and shared experts), `aux_loss` (the
+load-balancing loss, separate from the LM loss) and `training_loss`.
 
 Usage as a library:
 
@@ -64,6 +66,16 @@ class Config:
     memory_update: str
     use_memory: bool
     beta_init: float = 0.0  # used only when a checkpoint lacks beta tensors
+    # SPEC §7 (qwen2_moe only; a dense model has num_experts 0)
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0
+    norm_topk_prob: bool = False
+    decoder_sparse_step: int = 1
+    mlp_only_layers: Tuple[int, ...] = ()
+    router_aux_loss_coef: float = 0.001
+    output_router_logits: bool = False
     raw: Optional[dict] = None  # the config.json dict as read
 
     @staticmethod
@@ -76,10 +88,12 @@ class Config:
             assert D % H == 0, "hidden_size must be divisible by num_attention_heads"
             head_dim = D // H
         Hkv = int(c.get("num_key_value_heads", H) or H)
+        model_type = str(c.get("model_type", "llama"))
+        moe = model_type == "qwen2_moe"
         cfg = Config(
             vocab_size=int(c["vocab_size"]),
             hidden_size=D,
-            intermediate_size=int(c["intermediate_size"]),
+            intermediate_size=int(c.get("intermediate_size", 0) if moe else c["intermediate_size"]),
             num_hidden_layers=int(c["num_hidden_layers"]),
             num_attention_heads=H,
             num_key_value_heads=Hkv,
@@ -87,20 +101,45 @@ class Config:
             rms_norm_eps=float(c["rms_norm_eps"]),
             rope_theta=float(c["rope_theta"]),
             tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
-            attention_bias=bool(c.get("attention_bias", False)),
-            model_type=str(c.get("model_type", "llama")),
+            # SPEC §7: q, k, v always carry biases in qwen2_moe
+            attention_bias=True if moe else bool(c.get("attention_bias", False)),
+            model_type=model_type,
             segment_length=int(inf["segment_length"]),
             memory_update=str(inf.get("memory_update", "linear")),
             use_memory=bool(inf.get("use_memory", True)),
             beta_init=float(inf.get("beta_init", 0.0)),
             raw=c,
         )
+        if moe:
+            cfg.num_experts = int(c["num_experts"])
+            cfg.num_experts_per_tok = int(c["num_experts_per_tok"])
+            cfg.moe_intermediate_size = int(c["moe_intermediate_size"])
+            cfg.shared_expert_intermediate_size = int(c["shared_expert_intermediate_size"])
+            cfg.norm_topk_prob = bool(c.get("norm_topk_prob", False))
+            cfg.decoder_sparse_step = int(c.get("decoder_sparse_step", 1))
+            cfg.mlp_only_layers = tuple(int(l) for l in (c.get("mlp_only_layers") or []))
+            cfg.router_aux_loss_coef = float(c.get("router_aux_loss_coef", 0.001))
+            cfg.output_router_logits = bool(c.get("output_router_logits", False))
+            assert 1 <= cfg.num_experts_per_tok <= cfg.num_experts, "need 1 <= num_experts_per_tok <= num_experts"
+            assert cfg.moe_intermediate_size >= 1 and cfg.shared_expert_intermediate_size >= 1
+            assert cfg.decoder_sparse_step >= 1
+            assert all(0 <= l < cfg.num_hidden_layers for l in cfg.mlp_only_layers), "bad mlp_only_layers"
+            if any(not cfg.is_sparse(l) for l in range(cfg.num_hidden_layers)):
+                assert cfg.intermediate_size >= 1, "a dense layer needs intermediate_size"
         assert cfg.num_attention_heads % cfg.num_key_value_heads == 0
         assert cfg.head_dim % 2 == 0, "rotate-half RoPE needs an even head_dim"
         assert cfg.memory_update in ("linear", "delta"), cfg.memory_update
-        assert cfg.model_type in ("llama", "qwen2"), cfg.model_type
+        assert cfg.model_type in ("llama", "qwen2", "qwen2_moe"), cfg.model_type
         assert cfg.segment_length >= 1
         return cfg
+
+    def is_sparse(self, l: int) -> bool:
+        """SPEC §7: layer l has the MoE MLP iff l ∉ mlp_only_layers and (l+1) % decoder_sparse_step == 0."""
+        return (self.model_type == "qwen2_moe" and l not in self.mlp_only_layers
+                and (l + 1) % self.decoder_sparse_step == 0)
+
+    def sparse_layers(self) -> List[int]:
+        return [l for l in range(self.num_hidden_layers) if self.is_sparse(l)]
 
     @staticmethod
     def load(path: str) -> "Config":
@@ -129,9 +168,21 @@ def param_shapes(cfg: Config) -> Dict[str, Tuple[int, ...]]:
         if cfg.use_memory:
             s[p + "self_attn.beta"] = (H,)
         s[p + "post_attention_layernorm.weight"] = (D,)
-        s[p + "mlp.gate_proj.weight"] = (Fi, D)
-        s[p + "mlp.up_proj.weight"] = (Fi, D)
-        s[p + "mlp.down_proj.weight"] = (D, Fi)
+        if cfg.is_sparse(l):  # SPEC §7 tensors, Hugging Face module order
+            E, Fm, Fs = cfg.num_experts, cfg.moe_intermediate_size, cfg.shared_expert_intermediate_size
+            s[p + "mlp.gate.weight"] = (E, D)
+            for e in range(E):
+                s[p + f"mlp.experts.{e}.gate_proj.weight"] = (Fm, D)
+                s[p + f"mlp.experts.{e}.up_proj.weight"] = (Fm, D)
+                s[p + f"mlp.experts.{e}.down_proj.weight"] = (D, Fm)
+            s[p + "mlp.shared_expert.gate_proj.weight"] = (Fs, D)
+            s[p + "mlp.shared_expert.up_proj.weight"] = (Fs, D)
+            s[p + "mlp.shared_expert.down_proj.weight"] = (D, Fs)
+            s[p + "mlp.shared_expert_gate.weight"] = (1, D)
+        else:
+            s[p + "mlp.gate_proj.weight"] = (Fi, D)
+            s[p + "mlp.up_proj.weight"] = (Fi, D)
+            s[p + "mlp.down_proj.weight"] = (D, Fi)
     s["model.norm.weight"] = (D,)
     if not cfg.tie_word_embeddings:
         s["lm_head.weight"] = (V, D)
@@ -404,10 +455,64 @@ def init_state(cfg: Config, B: int, dtype: torch.dtype, device=None):
     ]
 
 
-def forward_segment(cfg: Config, P: Dict[str, torch.Tensor], x: torch.Tensor, state):
+def swiglu(m: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """W_down( silu(W_gate m) ⊙ (W_up m) )."""
+    return F.linear(F.silu(F.linear(m, w_gate)) * F.linear(m, w_up), w_down)
+
+
+def topk_lower_index(p: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The k largest entries of each row of p (descending), ties to the lower index.
+
+    A stable descending sort keeps equal values in index order, so of two equal
+    probabilities the lower expert index comes first.
+    """
+    vals, idx = torch.sort(p, dim=-1, descending=True, stable=True)
+    return vals[..., :k], idx[..., :k]
+
+
+def router_probs(cfg: Config, m: torch.Tensor, w_router: torch.Tensor) -> torch.Tensor:
+    """SPEC §7: p = softmax(m W_routerᵀ), in float32 (float64 when the twin runs in float64)."""
+    dt = torch.float64 if m.dtype == torch.float64 else torch.float32
+    return torch.softmax(F.linear(m, w_router).to(dt), dim=-1)
+
+
+def moe_mlp(cfg: Config, P: Dict[str, torch.Tensor], p: str, m: torch.Tensor, router_log: Optional[list] = None,
+            layer: int = -1) -> torch.Tensor:
+    """SPEC §7 sparse MLP of one layer. m [B, n, D] (after post_attention_layernorm) -> [B, n, D].
+
+    Routed experts are computed on their own tokens only (gather, expert, weighted scatter-add):
+    an expert no token chose gets no gradient at all. The gradient reaches the router through
+    the top-k weights w; the selection idx is piecewise constant.
+    """
+    B, n, D = m.shape
+    k, E = cfg.num_experts_per_tok, cfg.num_experts
+    mf = m.reshape(B * n, D)
+    probs = router_probs(cfg, mf, P[p + "mlp.gate.weight"])  # [B*n, E]
+    w, idx = topk_lower_index(probs, k)  # [B*n, k]
+    if cfg.norm_topk_prob:
+        w = w / w.sum(dim=-1, keepdim=True)
+    w = w.to(m.dtype)
+    if router_log is not None:
+        router_log.append({"layer": layer, "probs": probs, "idx": idx.detach()})
+    y = torch.zeros_like(mf)
+    for e in range(E):
+        tok, slot = (idx == e).nonzero(as_tuple=True)  # each token at most once per expert
+        if tok.numel() == 0:
+            continue
+        q = f"{p}mlp.experts.{e}."
+        out = swiglu(mf[tok], P[q + "gate_proj.weight"], P[q + "up_proj.weight"], P[q + "down_proj.weight"])
+        y = y.index_add(0, tok, w[tok, slot].unsqueeze(-1) * out)
+    q = p + "mlp.shared_expert."
+    shared = swiglu(mf, P[q + "gate_proj.weight"], P[q + "up_proj.weight"], P[q + "down_proj.weight"])
+    y = y + torch.sigmoid(F.linear(mf, P[p + "mlp.shared_expert_gate.weight"])) * shared
+    return y.view(B, n, D)
+
+
+def forward_segment(cfg: Config, P: Dict[str, torch.Tensor], x: torch.Tensor, state, router_log: Optional[list] = None):
     """One segment. x [B, n] token ids; state: list of (M, z) per layer (or None without memory).
 
-    Returns (logits [B, n, V], new state).
+    Returns (logits [B, n, V], new state). With router_log (a list), every sparse layer appends
+    {"layer", "probs" [B*n, E], "idx" [B*n, k]} (SPEC §7 router rows, for the aux loss).
     """
     B, n = x.shape
     H, Hkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -441,19 +546,23 @@ def forward_segment(cfg: Config, P: Dict[str, torch.Tensor], x: torch.Tensor, st
         h = h + F.linear(O, P[p + "self_attn.o_proj.weight"])
 
         m = rms_norm(h, P[p + "post_attention_layernorm.weight"], cfg.rms_norm_eps)
-        mlp = F.silu(F.linear(m, P[p + "mlp.gate_proj.weight"])) * F.linear(m, P[p + "mlp.up_proj.weight"])
-        h = h + F.linear(mlp, P[p + "mlp.down_proj.weight"])
+        if cfg.is_sparse(l):
+            h = h + moe_mlp(cfg, P, p, m, router_log, l)
+        else:
+            h = h + swiglu(m, P[p + "mlp.gate_proj.weight"], P[p + "mlp.up_proj.weight"], P[p + "mlp.down_proj.weight"])
 
     hf = rms_norm(h, P["model.norm.weight"], cfg.rms_norm_eps)
     w_lm = P["model.embed_tokens.weight"] if cfg.tie_word_embeddings else P["lm_head.weight"]
     return F.linear(hf, w_lm), (new_state if cfg.use_memory else None)
 
 
-def forward(cfg: Config, P: Dict[str, torch.Tensor], x: torch.Tensor, state=None, return_state: bool = False):
+def forward(cfg: Config, P: Dict[str, torch.Tensor], x: torch.Tensor, state=None, return_state: bool = False,
+            router_log: Optional[list] = None):
     """Sequences x [B, T], segment by segment (the last segment may be shorter). -> [B,T,V].
 
     `state` continues from an earlier call (streaming); it is zero when None. Streaming in
     pieces whose lengths are multiples of segment_length gives the same result as one call.
+    `router_log` (qwen2_moe): a list that collects the router rows of every segment and sparse layer.
     """
     B, T = x.shape
     N = cfg.segment_length
@@ -461,7 +570,7 @@ def forward(cfg: Config, P: Dict[str, torch.Tensor], x: torch.Tensor, state=None
         state = init_state(cfg, B, P["model.embed_tokens.weight"].dtype, x.device)
     out = []
     for s0 in range(0, T, N):
-        logits, state = forward_segment(cfg, P, x[:, s0 : s0 + N], state)
+        logits, state = forward_segment(cfg, P, x[:, s0 : s0 + N], state, router_log)
         out.append(logits)
     logits = torch.cat(out, dim=1)
     return (logits, state) if return_state else logits
@@ -475,13 +584,43 @@ def lm_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return -lp.gather(1, tgt[:, None]).mean()
 
 
+def aux_loss(cfg: Config, router_log: list) -> torch.Tensor:
+    """SPEC §7 load-balancing loss over the router rows of one step (all sparse layers pooled).
+
+    router_aux_loss_coef · E · Σ_e f_e P_e, with f_e = (1/T') Σ_t [e ∈ idx_t] (Σ_e f_e = k) and
+    P_e = (1/T') Σ_t p_t,e over all T' rows. Differentiable through P (f is piecewise constant).
+    Training adds it to the LM loss when output_router_logits is true; eval/grad never do.
+    """
+    E = cfg.num_experts
+    probs = torch.cat([r["probs"] for r in router_log], dim=0)  # [T', E]
+    idx = torch.cat([r["idx"] for r in router_log], dim=0)  # [T', k]
+    Tp = probs.shape[0]
+    counts = torch.zeros(E, dtype=probs.dtype).index_add_(0, idx.reshape(-1), torch.ones(idx.numel(), dtype=probs.dtype))
+    f = counts / Tp
+    Pm = probs.mean(dim=0)
+    return cfg.router_aux_loss_coef * E * (f * Pm).sum()
+
+
+def training_loss(cfg: Config, P: Dict[str, torch.Tensor], x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(LM loss + aux loss when output_router_logits, aux loss) of one step on x [B, T]."""
+    log: list = []
+    lm = lm_loss(forward(cfg, P, x, router_log=log), x)
+    if not log:
+        z = torch.zeros((), dtype=lm.dtype)
+        return lm, z
+    aux = aux_loss(cfg, log)
+    return (lm + aux if cfg.output_router_logits else lm), aux
+
+
 def loss_and_grads(cfg: Config, P: Dict[str, torch.Tensor], x: torch.Tensor):
     """Loss (full BPTT) and its gradient with respect to every parameter."""
     Pg = {n: t.detach().clone().requires_grad_(True) for n, t in P.items()}
     logits = forward(cfg, Pg, x)
     loss = lm_loss(logits, x)
     loss.backward()
-    return loss.detach(), logits.detach(), {n: t.grad.detach() for n, t in Pg.items()}
+    # A parameter the loss does not reach (an expert no token chose) has gradient exactly zero.
+    return loss.detach(), logits.detach(), {
+        n: (t.grad.detach() if t.grad is not None else torch.zeros_like(t.detach())) for n, t in Pg.items()}
 
 
 def init_params(cfg: Config, seed: int = 0, std: float = 0.02, dtype=torch.float32) -> Dict[str, torch.Tensor]:

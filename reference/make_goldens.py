@@ -4,7 +4,8 @@
 
 Each case directory holds config.json, the weights (model.safetensors, or shards with
 model.safetensors.index.json), data.txt, expected.json (float64 loss/ppl/tokens and a few
-logits) and grads.safetensors (F32 gradient of the loss w.r.t. every parameter, full BPTT).
+logits; for qwen2_moe also sparse_layers, min_topk_gap, aux_loss and router_counts) and
+grads.safetensors (F32 gradient of the loss w.r.t. every parameter, full BPTT).
 
 Everything is deterministic: weights come from numpy's legacy RandomState with a fixed
 seed per case, and the expected values are computed in float64 from the weights exactly as
@@ -20,8 +21,14 @@ import os
 import shutil
 import sys
 
-import numpy as np
-import torch
+# Bitwise reproducibility across x86 machines: the system torch uses OpenBLAS, whose kernel
+# (and so the float64 rounding of every matrix product) depends on the CPU it detects. The
+# committed goldens were made with the AVX2 (Haswell) kernel; pin it before torch loads OpenBLAS
+# (an AVX-512 machine would otherwise pick another kernel and change the last bits).
+os.environ["OPENBLAS_CORETYPE"] = "Haswell"
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import infini_ref as ir  # noqa: E402
@@ -69,6 +76,30 @@ TEXTS = {
         'back. "North is... that way. Probably."\n'
         "They walked on. Behind them, a sign they had not read said: BRIDGE OUT, 2 MILES."
     ),
+    "garden": (
+        "In April the garden is mostly promise: bare canes, a rake against the fence, seed packets "
+        "in a shoebox sorted by the month they go in. Beans after the last frost; lettuce now, "
+        "because lettuce forgives. My neighbour swears by crushed eggshells for the slugs. I have "
+        "tried it twice. The slugs, I think, enjoy the crunch."
+    ),
+    "train": (
+        "Platform 4, the 07:42 to Edinburgh: delayed 18 minutes (signal failure near York). "
+        "Passengers for Newcastle should change at Darlington. Coach C is quiet; the buffet is in "
+        "coach F and closes at 11:00. We apologise for the inconvenience -- and, on behalf of the "
+        "driver, for the weather, which is not our fault either."
+    ),
+    "market": (
+        "Saturday market, stall by stall: honey (three jars for 10), sourdough that sells out by "
+        "nine, a man who sharpens knives while telling you about his daughter in Lisbon, tomatoes "
+        "in five colours, and a fiddler who only knows two tunes but plays them with conviction. "
+        "Bring cash; bring a bag; bring patience."
+    ),
+    "clock": (
+        "The clock in the hall gains four minutes a week. Grandfather said a clock that runs fast "
+        "is an optimist, and one that runs slow is a philosopher; a stopped clock, he said, is "
+        "right twice a day and proud of it. Every Sunday I open the case, nudge the hand back, "
+        "and listen to the pendulum think it over."
+    ),
     "notes": (
         "Meeting notes, 14 March: (a) the server moved to rack 7B; (b) backups now run at 02:00 "
         "UTC instead of 03:30; (c) Priya will rotate the keys on Friday. Action items: update "
@@ -105,6 +136,46 @@ def hf_config(model_type, V, D, Fi, L, H, Hkv, N, update, use_memory=True, head_
     }
     if head_dim is not None:
         c["head_dim"] = head_dim
+    return c
+
+
+def moe_config(V, D, L, H, Hkv, N, update, E, k, Fm, Fs, Fi=64, tie=False, eps=1e-6, theta=1000000.0,
+               norm_topk_prob=None, decoder_sparse_step=None, mlp_only_layers=None, coef=None,
+               output_router_logits=None):
+    """A Hugging Face Qwen2MoeConfig-style config.json (SPEC §7). Optional MoE keys left as None
+    are omitted, so their SPEC defaults are exercised. No attention_bias key: qwen2_moe always has
+    q/k/v biases."""
+    c = {
+        "architectures": ["Qwen2MoeForCausalLM"],
+        "model_type": "qwen2_moe",
+        "vocab_size": V,
+        "hidden_size": D,
+        "intermediate_size": Fi,
+        "num_hidden_layers": L,
+        "num_attention_heads": H,
+        "num_key_value_heads": Hkv,
+        "rms_norm_eps": eps,
+        "rope_theta": theta,
+        "tie_word_embeddings": tie,
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+        "initializer_range": 0.02,
+        "use_sliding_window": False,
+        "sliding_window": 4096,
+        "max_window_layers": L,
+        "attention_dropout": 0.0,
+        "num_experts": E,
+        "num_experts_per_tok": k,
+        "moe_intermediate_size": Fm,
+        "shared_expert_intermediate_size": Fs,
+        "torch_dtype": "float32",
+        "infini": {"segment_length": N, "memory_update": update, "use_memory": True},
+    }
+    for key, val in (("norm_topk_prob", norm_topk_prob), ("decoder_sparse_step", decoder_sparse_step),
+                     ("mlp_only_layers", mlp_only_layers), ("router_aux_loss_coef", coef),
+                     ("output_router_logits", output_router_logits)):
+        if val is not None:
+            c[key] = val
     return c
 
 
@@ -175,7 +246,62 @@ CASES = [
         "seed": 610,
         "length": 224,
     },
+    # ---- SPEC §7: qwen2_moe (Qwen1.5-MoE layout). Seeds picked so that no routing decision is
+    # near a tie (expected.json: min_topk_gap, the smallest p_(k) - p_(k+1) over every router row).
+    {
+        "name": "qwen2moe_linear_gqa_untied",
+        "about": "qwen2_moe, GQA (H=4, Hkv=2), E=4 experts top-2, norm_topk_prob false (explicit), "
+                 "every layer sparse, untied, linear memory update; N=60.",
+        "config": moe_config(V=260, D=32, L=2, H=4, Hkv=2, N=60, update="linear", E=4, k=2, Fm=16, Fs=32,
+                             norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[],
+                             coef=0.001, output_router_logits=False),
+        "text": "garden",
+        "dtype": "F32",
+        "shards": 1,
+        "seed": 700,
+    },
+    {
+        "name": "qwen2moe_delta_tied_norm_dense",
+        "about": "qwen2_moe, MHA (H=Hkv=4), E=6 top-2, norm_topk_prob true, mlp_only_layers [1] (dense middle "
+                 "layer, intermediate 64), tied embeddings, delta memory update, output_router_logits true "
+                 "with router_aux_loss_coef 0.02; N=48.",
+        "config": moe_config(V=260, D=32, L=3, H=4, Hkv=4, N=48, update="delta", E=6, k=2, Fm=24, Fs=48,
+                             Fi=64, tie=True, norm_topk_prob=True, mlp_only_layers=[1], coef=0.02,
+                             output_router_logits=True),
+        "text": "train",
+        "dtype": "F32",
+        "shards": 1,
+        "seed": 700,
+    },
+    {
+        "name": "qwen2moe_delta_mqa_step2",
+        "about": "qwen2_moe, MQA (H=4, Hkv=1), decoder_sparse_step 2 over 3 layers (only layer 1 sparse, "
+                 "layers 0 and 2 dense with intermediate 48), E=5 top-3, norm_topk_prob / mlp_only_layers / "
+                 "router_aux_loss_coef absent (defaults false / [] / 0.001), untied, delta; N=40.",
+        "config": moe_config(V=260, D=32, L=3, H=4, Hkv=1, N=40, update="delta", E=5, k=3, Fm=20, Fs=40,
+                             Fi=48, decoder_sparse_step=2),
+        "text": "market",
+        "dtype": "F32",
+        "shards": 1,
+        "seed": 801,
+    },
+    {
+        "name": "qwen2moe_linear_bf16_sharded",
+        "about": "qwen2_moe stored as BF16 in 2 shards + model.safetensors.index.json (expected values from the "
+                 "BF16-rounded weights), GQA (H=4, Hkv=2), E=4 top-2, norm_topk_prob false, every layer sparse, "
+                 "untied, linear; N=56.",
+        "config": moe_config(V=260, D=32, L=2, H=4, Hkv=2, N=56, update="linear", E=4, k=2, Fm=16, Fs=32,
+                             norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[],
+                             coef=0.001, output_router_logits=True),
+        "text": "clock",
+        "dtype": "BF16",
+        "shards": 2,
+        "seed": 766,
+    },
 ]
+
+
+ROUTER_SCALE = 2.0
 
 
 def random_params(cfg: ir.Config, seed: int) -> dict:
@@ -201,6 +327,9 @@ def random_params(cfg: ir.Config, seed: int) -> dict:
         elif name.endswith("q_proj.weight") or name.endswith("k_proj.weight"):
             # ~ 1.2 / sqrt(fan_in) so attention scores and memory reads are not flat
             a = (1.2 / math.sqrt(shape[1])) * rs.randn(*shape)
+        elif name.endswith("mlp.gate.weight"):
+            # SPEC §7 router: logits of std ~2, so routing is decisive and top-k gaps not tiny
+            a = (ROUTER_SCALE / math.sqrt(shape[1])) * rs.randn(*shape)
         elif name.endswith("v_proj.weight") or name.endswith("o_proj.weight"):
             # larger, so the attention (and memory) output weighs in the residual stream
             a = (1.6 / math.sqrt(shape[1])) * rs.randn(*shape)
@@ -208,6 +337,26 @@ def random_params(cfg: ir.Config, seed: int) -> dict:
             a = (1.0 / math.sqrt(shape[1])) * rs.randn(*shape)
         P[name] = torch.from_numpy(np.asarray(a, dtype=np.float64)).to(torch.float32)
     return P
+
+
+def routing_summary(cfg: ir.Config, P64: dict, x: torch.Tensor) -> dict:
+    """SPEC §7 routing facts of the whole sequence (float64): the smallest top-k gap
+    p_(k) - p_(k+1) over every router row of every sparse layer, the load-balancing loss of the
+    sequence as one step, and the tokens each expert got per sparse layer."""
+    log = []
+    with torch.no_grad():
+        ir.forward(cfg, P64, x, router_log=log)
+        aux = float(ir.aux_loss(cfg, log))
+    k, E = cfg.num_experts_per_tok, cfg.num_experts
+    gaps = []
+    counts = {}
+    for r in log:
+        srt = torch.sort(r["probs"], dim=-1, descending=True).values
+        gaps.append(srt[:, k - 1] - srt[:, k])
+        c = counts.setdefault(str(r["layer"]), [0] * E)
+        for e in r["idx"].reshape(-1).tolist():
+            c[e] += 1
+    return {"min_topk_gap": float(torch.cat(gaps).min()), "aux_loss": aux, "router_counts": counts}
 
 
 def write_case(case: dict, out_root: str) -> dict:
@@ -244,6 +393,13 @@ def write_case(case: dict, out_root: str) -> dict:
         "logits_last": [float(v) for v in logits[0, T - 1, :8]],
     }
     info = {"T": T, "N": cfg.segment_length, "segments": math.ceil(T / cfg.segment_length), "loss": loss}
+    if cfg.model_type == "qwen2_moe":
+        rs = routing_summary(cfg, P64, x)
+        exp["sparse_layers"] = cfg.sparse_layers()
+        exp["min_topk_gap"] = rs["min_topk_gap"]
+        exp["aux_loss"] = rs["aux_loss"]
+        exp["router_counts"] = rs["router_counts"]
+        info.update(rs)
     if cfg.use_memory:
         # Same weights, memory path off: the memory must change the loss meaningfully.
         cfg_nm = ir.Config.from_dict({**cfg_dict, "infini": {**cfg_dict["infini"], "use_memory": False}})
@@ -269,7 +425,8 @@ def write_case(case: dict, out_root: str) -> dict:
                          {n: g.numpy() for n, g in grads.items()}, "F32")
     size = sum(os.path.getsize(os.path.join(d, fn)) for fn in os.listdir(d))
     info["bytes"] = size
-    assert size < 300 * 1024, (name, size)
+    # tiny models only (MoE cases carry E experts per sparse layer, so they get more room)
+    assert size < (640 if cfg.model_type == "qwen2_moe" else 300) * 1024, (name, size)
     return info
 
 
@@ -289,6 +446,8 @@ def main():
         if "loss_no_memory" in info:
             extra = (f"  use_memory=false: {info['loss_no_memory']:.6f} (diff {info['loss'] - info['loss_no_memory']:+.6f})"
                      f" KL {info['kl_no_memory']:.3f};  memory reset per segment: diff {info['loss'] - info['loss_reset']:+.6f}")
+        if "min_topk_gap" in info:
+            extra += f"  min_topk_gap={info['min_topk_gap']:.3g} aux={info['aux_loss']:.6g}"
         print(f"{case['name']:28s} T={info['T']:4d} N={info['N']:3d} S={info['segments']:2d} "
               f"loss={info['loss']:.6f}{extra}  [{info['bytes'] // 1024} KB]")
 

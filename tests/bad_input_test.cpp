@@ -156,6 +156,20 @@ json tiny_config() {
           {"infini", {{"segment_length", 16}, {"memory_update", "linear"}, {"use_memory", true}}}};
 }
 
+// A tiny qwen2_moe config (SPEC §7): layer 0 sparse (4 experts of width 8, top 2, a shared
+// expert of width 16), layer 1 dense (mlp_only_layers).
+json tiny_moe_config() {
+  json j = tiny_config();
+  j["model_type"] = "qwen2_moe";
+  j["num_hidden_layers"] = 2;
+  j["num_experts"] = 4;
+  j["num_experts_per_tok"] = 2;
+  j["moe_intermediate_size"] = 8;
+  j["shared_expert_intermediate_size"] = 16;
+  j["mlp_only_layers"] = {1};
+  return j;
+}
+
 // Shared fixtures, built once per process: a valid tiny model and a text file.
 struct Fixture {
   fs::path root, model, data, config;
@@ -300,6 +314,40 @@ fs::path hf_checkpoint(const fs::path& dir, const std::function<void(json&)>& cf
   edit_config(h, [&](json& j) {
     j.erase("infini");
     j["architectures"] = {"LlamaForCausalLM"};
+    j["hidden_act"] = "silu";
+    if (cfg) cfg(j);
+  });
+  return h;
+}
+
+// The tiny qwen2_moe model (`infini init`), built once.
+const fs::path& moe_model() {
+  static const fs::path p = [] {
+    const fs::path cfg = fixture().root / "tiny_moe.json";
+    write_bytes(cfg, tiny_moe_config().dump(2));
+    const fs::path m = fixture().root / "moe_model";
+    const Result r = run_infini({"init", "--config", cfg, "--out", m, "--seed", "2"});
+    if (r.code != 0) throw std::runtime_error("infini init (qwen2_moe) failed: " + r.err);
+    return m;
+  }();
+  return p;
+}
+
+// A Hugging Face qwen2_moe checkpoint made from moe_model(): no beta tensors, no infini block,
+// no attention_bias key (Qwen2MoeConfig has none). `cfg` edits config.json, `st` the header.
+fs::path moe_hf_checkpoint(const fs::path& dir, const std::function<void(json&)>& cfg = {},
+                           const std::function<void(St&)>& st = {}) {
+  const fs::path h = dir / "hf";
+  fs::copy(moe_model(), h, fs::copy_options::recursive);
+  edit_header(h, [&](St& s) {
+    s.header.erase("model.layers.0.self_attn.beta");
+    s.header.erase("model.layers.1.self_attn.beta");
+    if (st) st(s);
+  });
+  edit_config(h, [&](json& j) {
+    j.erase("infini");
+    j.erase("attention_bias");
+    j["architectures"] = {"Qwen2MoeForCausalLM"};
     j["hidden_act"] = "silu";
     if (cfg) cfg(j);
   });
@@ -1066,6 +1114,117 @@ const std::vector<Case>& cases() {
       {"ConvertDiskFull",
        [](const fs::path& d) { return convert_args(d, hf_checkpoint(d)); }, "File too large",
        "out", 8192},
+      // ---- qwen2_moe (SPEC §7): configs, checkpoints, conversion
+      {"MoeTopKAboveExperts",
+       [](const fs::path& d) {
+         json j = tiny_moe_config();
+         j["num_experts_per_tok"] = 5;
+         write_bytes(d / "config.json", j.dump());
+         return Args{"init", "--config", d / "config.json", "--out", d / "out"};
+       },
+       "'num_experts_per_tok' (5) must not exceed 'num_experts' (4)", "out"},
+      {"MoeMissingNumExperts",
+       [](const fs::path& d) {
+         json j = tiny_moe_config();
+         j.erase("num_experts");
+         write_bytes(d / "config.json", j.dump());
+         return Args{"init", "--config", d / "config.json", "--out", d / "out"};
+       },
+       "missing required key 'num_experts'", "out"},
+      {"MoeSharedExpertWidthZero",
+       [](const fs::path& d) {
+         json j = tiny_moe_config();
+         j["shared_expert_intermediate_size"] = 0;
+         write_bytes(d / "config.json", j.dump());
+         return Args{"init", "--config", d / "config.json", "--out", d / "out"};
+       },
+       "'shared_expert_intermediate_size' = 0 is out of range", "out"},
+      {"MoeSparseStepZero",  // (l + 1) % 0 would divide by zero
+       [](const fs::path& d) {
+         json j = tiny_moe_config();
+         j["decoder_sparse_step"] = 0;
+         write_bytes(d / "config.json", j.dump());
+         return Args{"init", "--config", d / "config.json", "--out", d / "out"};
+       },
+       "'decoder_sparse_step' = 0 is out of range", "out"},
+      {"MoeMlpOnlyLayerOutOfRange",
+       [](const fs::path& d) {
+         json j = tiny_moe_config();
+         j["mlp_only_layers"] = {2};
+         write_bytes(d / "config.json", j.dump());
+         return Args{"init", "--config", d / "config.json", "--out", d / "out"};
+       },
+       "'mlp_only_layers' entry 2 is out of range [0, 1]", "out"},
+      {"MoeMlpOnlyLayerDuplicate",
+       [](const fs::path& d) {
+         json j = tiny_moe_config();
+         j["mlp_only_layers"] = {1, 1};
+         write_bytes(d / "config.json", j.dump());
+         return Args{"init", "--config", d / "config.json", "--out", d / "out"};
+       },
+       "'mlp_only_layers' lists layer 1 more than once", "out"},
+      {"MoeMlpOnlyLayersNotAList",
+       [](const fs::path& d) {
+         json j = tiny_moe_config();
+         j["mlp_only_layers"] = "1";
+         write_bytes(d / "config.json", j.dump());
+         return Args{"init", "--config", d / "config.json", "--out", d / "out"};
+       },
+       "key 'mlp_only_layers' must be a list of layer indices", "out"},
+      {"MoeAttentionBiasFalse",
+       [](const fs::path& d) {
+         json j = tiny_moe_config();
+         j["attention_bias"] = false;
+         write_bytes(d / "config.json", j.dump());
+         return Args{"init", "--config", d / "config.json", "--out", d / "out"};
+       },
+       "qwen2_moe always has q/k/v biases", "out"},
+      {"MoeConvertMissingExpert",
+       [](const fs::path& d) {
+         return convert_args(d, moe_hf_checkpoint(d, {}, [](St& st) {
+                               st.header.erase("model.layers.0.mlp.experts.1.up_proj.weight");
+                             }));
+       },
+       "tensor 'model.layers.0.mlp.experts.1.up_proj.weight' is missing", "out"},
+      {"MoeConvertMissingRouter",
+       [](const fs::path& d) {
+         return convert_args(d, moe_hf_checkpoint(d, {}, [](St& st) {
+                               st.header.erase("model.layers.0.mlp.gate.weight");
+                             }));
+       },
+       "tensor 'model.layers.0.mlp.gate.weight' is missing", "out"},
+      {"MoeConvertDenseLayerWhereConfigSaysSparse",
+       [](const fs::path& d) {
+         return convert_args(
+             d, moe_hf_checkpoint(d, [](json& j) { j["mlp_only_layers"] = json::array(); }));
+       },
+       "has a dense MLP in layer 1", "out"},
+      {"MoeConvertExpertCountMismatch",
+       [](const fs::path& d) {
+         return convert_args(d, moe_hf_checkpoint(d, [](json& j) { j["num_experts"] = 3; }));
+       },
+       "tensor 'model.layers.0.mlp.gate.weight' has shape [4, 16], expected [3, 16]", "out"},
+      {"MoeConvertExpertNan",
+       [](const fs::path& d) {
+         return convert_args(d, moe_hf_checkpoint(d, {}, [](St& st) {
+                               const size_t at =
+                                   st.header["model.layers.0.mlp.experts.3.down_proj.weight"]
+                                            ["data_offsets"][0];
+                               const float nan = NAN;
+                               std::memcpy(st.data.data() + at + 8, &nan, 4);
+                             }));
+       },
+       "tensor 'model.layers.0.mlp.experts.3.down_proj.weight' contains a non-finite value",
+       "out"},
+      {"MoeConvertValid", [](const fs::path& d) { return convert_args(d, moe_hf_checkpoint(d)); },
+       nullptr},
+      {"MoeExportValid",
+       [](const fs::path& d) { return Args{"export", "--model", moe_model(), "--out", d / "out"}; },
+       nullptr},
+      {"MoeConvertDiskFull",
+       [](const fs::path& d) { return convert_args(d, moe_hf_checkpoint(d)); }, "File too large",
+       "out", 8192},
+
       {"ExportOutIsTheModel",
        [](const fs::path& d) {
          const fs::path m = copy_model(d);

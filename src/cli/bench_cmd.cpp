@@ -3,7 +3,9 @@
 // SGEMM throughput measured on the spot.
 //
 // Model FLOPs are the useful FLOPs of the model, counted analytically (docs/benchmarks.md):
-//   forward  = 2 P_mm tokens                        P_mm: weights of all matmuls, lm_head too
+//   forward  = 2 P_mm tokens                        P_mm: weights of all matmuls, lm_head too;
+//                                                   in a sparse (MoE) layer the active ones:
+//                                                   router, k routed experts, shared expert
 //            + L 4 d H B sum_segments n(n+1)/2      causal QK^T and PV, the unmasked half only
 //            + L 2 d^2 tokens (H + u Hkv)           memory read + update (u = 1 linear, 2 delta)
 //   training = 3 forward                            (backward = 2 forward)
@@ -55,7 +57,15 @@ FlopCount model_flops(const model::ModelConfig& c, int64_t batch, int64_t T_len)
   const double qw = double(c.q_width()), kw = double(c.kv_width()), d = double(c.head_dim);
   const double H = double(c.num_heads), Hkv = double(c.num_kv_heads), L = double(c.num_layers);
   const double tokens = double(batch * T_len);
-  const double p_mm = L * (D * qw + 2 * D * kw + qw * D + 3 * D * F) + double(c.vocab_size) * D;
+  double p_mm = double(c.vocab_size) * D;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const double mlp = c.is_sparse_layer(l)
+                           ? double(c.num_experts) * D + D +  // router and shared gate
+                                 3 * D * double(c.num_experts_per_tok * c.moe_intermediate_size +
+                                                c.shared_expert_intermediate_size)
+                           : 3 * D * F;
+    p_mm += D * qw + 2 * D * kw + qw * D + mlp;
+  }
   double pairs = 0;  // causal (query, key) pairs per sequence, summed over segments
   for (int64_t s = 0; s * c.segment_length < T_len; ++s) {
     const double n = double(std::min(c.segment_length, T_len - s * c.segment_length));

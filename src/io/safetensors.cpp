@@ -180,8 +180,11 @@ int write_all(int fd, const uint8_t* p, size_t n) {
   return 0;
 }
 
+// Writes `tensors` (their bytes, or when `produce` is set, what produce(i, sink) passes to
+// the sink for tensor i) atomically.
 void write_atomic(const std::string& path, const std::vector<Writable>& tensors,
-                  const std::map<std::string, std::string>& metadata) {
+                  const std::map<std::string, std::string>& metadata,
+                  const std::function<void(size_t, const ByteSink&)>* produce = nullptr) {
   // Validate and lay out everything before touching the file system.
   std::set<std::string> seen;
   std::string header = "{";
@@ -212,7 +215,7 @@ void write_atomic(const std::string& path, const std::vector<Writable>& tensors,
       fail(path, where + " has " + std::to_string(t.nbytes) + " bytes, shape " +
                      shape_str(t.shape) + " " + dtype_name(t.dtype) + " needs " +
                      std::to_string(nbytes));
-    if (nbytes > 0 && t.bytes == nullptr) fail(path, where + " has no data");
+    if (nbytes > 0 && t.bytes == nullptr && !produce) fail(path, where + " has no data");
     if (header.size() > 1) header += ",";
     header += json_str(t.name, path) + ":{\"dtype\":\"" + dtype_name(t.dtype) + "\",\"shape\":[";
     for (size_t i = 0; i < t.shape.size(); ++i) {
@@ -242,8 +245,27 @@ void write_atomic(const std::string& path, const std::vector<Writable>& tensors,
   if (int err = write_all(tmp.fd_, len, 8)) fail_errno("write", err);
   if (int err = write_all(tmp.fd_, reinterpret_cast<const uint8_t*>(header.data()), n))
     fail_errno("write", err);
-  for (const auto& t : tensors)
-    if (int err = write_all(tmp.fd_, t.bytes, t.nbytes)) fail_errno("write", err);
+  if (produce) {
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const Writable& t = tensors[i];
+      size_t written = 0;
+      const ByteSink sink = [&](const void* data, size_t n) {
+        if (n > t.nbytes - written)
+          fail(path, "tensor '" + esc(t.name) + "': more than its " + std::to_string(t.nbytes) +
+                         " bytes were produced");
+        if (int err = write_all(tmp.fd_, static_cast<const uint8_t*>(data), n))
+          fail_errno("write", err);
+        written += n;
+      };
+      (*produce)(i, sink);
+      if (written != t.nbytes)
+        fail(path, "tensor '" + esc(t.name) + "': " + std::to_string(written) + " of its " +
+                       std::to_string(t.nbytes) + " bytes were produced");
+    }
+  } else {
+    for (const auto& t : tensors)
+      if (int err = write_all(tmp.fd_, t.bytes, t.nbytes)) fail_errno("write", err);
+  }
   if (::fsync(tmp.fd_) != 0) fail_errno("fsync", errno);
   int fd = tmp.fd_;
   tmp.fd_ = -1;
@@ -421,6 +443,20 @@ SafetensorsFile::~SafetensorsFile() {
   if (map_) ::munmap(map_, map_size_);
 }
 
+void SafetensorsFile::release(const TensorInfo& t) const {
+  if (!map_ || t.nbytes == 0) return;
+  const auto* base = static_cast<const uint8_t*>(map_);
+  if (t.data < base || t.data + t.nbytes > base + map_size_) return;  // not of this file
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t b = static_cast<size_t>(t.data - base) / page * page;
+  const size_t e =
+      std::min(map_size_, (static_cast<size_t>(t.data - base) + t.nbytes + page - 1) / page * page);
+  // A read-only private mapping of a file: dropped pages are read from the file again when
+  // touched. Pages shared with a neighbouring tensor are simply read again. Advice only: an
+  // error changes nothing that is read.
+  ::madvise(const_cast<uint8_t*>(base) + b, e - b, MADV_DONTNEED);
+}
+
 const TensorInfo* SafetensorsFile::find(const std::string& name) const {
   auto it = index_.find(name);
   return it == index_.end() ? nullptr : &tensors_[it->second];
@@ -477,6 +513,7 @@ WeightStore WeightStore::open_dir(const std::string& dir) {
                      it->second->path());
       ws.by_name_[tensor] = t;
       ws.file_of_[tensor] = it->second->path();
+      ws.owner_[tensor] = it->second.get();
     }
     return ws;
   }
@@ -486,6 +523,7 @@ WeightStore WeightStore::open_dir(const std::string& dir) {
     for (const TensorInfo& t : f->tensors()) {
       ws.by_name_[t.name] = &t;
       ws.file_of_[t.name] = f->path();
+      ws.owner_[t.name] = f.get();
     }
     return ws;
   }
@@ -530,6 +568,49 @@ void WeightStore::read_f32(const std::string& name, const std::vector<int64_t>& 
     std::memcpy(&v, t.data + 2 * i, 2);
     dst[i] = bf ? bf16_to_f32(v) : f16_to_f32(v);
   }
+}
+
+void WeightStore::read_f32_range(const std::string& name, int64_t begin, int64_t count,
+                                 float* dst) const {
+  const TensorInfo& t = get(name);
+  if (begin < 0 || count < 0 || begin > t.numel() || count > t.numel() - begin)
+    fail(file_of_.at(name), "tensor '" + esc(name) + "': elements [" + std::to_string(begin) +
+                                ", +" + std::to_string(count) + ") are outside its " +
+                                std::to_string(t.numel()));
+  const size_t n = static_cast<size_t>(count), at = static_cast<size_t>(begin);
+  if (t.dtype == DType::F32) {
+    if (n) std::memcpy(dst, t.data + 4 * at, n * 4);
+    return;
+  }
+  const bool bf = t.dtype == DType::BF16;
+  const uint8_t* src = t.data + 2 * at;
+  for (size_t i = 0; i < n; ++i) {
+    uint16_t v;
+    std::memcpy(&v, src + 2 * i, 2);
+    dst[i] = bf ? bf16_to_f32(v) : f16_to_f32(v);
+  }
+}
+
+void WeightStore::release(const std::string& name) const {
+  auto it = owner_.find(name);
+  if (it != owner_.end()) it->second->release(get(name));
+}
+
+void write_safetensors_streaming(const std::string& path, const std::vector<TensorSpec>& tensors,
+                                 const std::function<void(size_t, const ByteSink&)>& produce,
+                                 const std::map<std::string, std::string>& metadata) {
+  std::vector<Writable> w;
+  w.reserve(tensors.size());
+  for (const auto& t : tensors) {
+    // As write_safetensors: a bad shape gets nbytes 0, and write_atomic rejects it by name.
+    uint64_t numel = 1, nbytes = 0;
+    bool ok = true;
+    for (int64_t d : t.shape)
+      ok = ok && d >= 0 && !__builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel);
+    if (!ok || __builtin_mul_overflow(numel, uint64_t(dtype_size(t.dtype)), &nbytes)) nbytes = 0;
+    w.push_back({t.name, t.dtype, t.shape, nullptr, static_cast<size_t>(nbytes)});
+  }
+  write_atomic(path, w, metadata, &produce);
 }
 
 void write_safetensors(const std::string& path, const std::vector<TensorView>& tensors,

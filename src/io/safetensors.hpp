@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -43,6 +44,10 @@ class SafetensorsFile {
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   const TensorInfo* find(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // Drops the mapped pages of `t` (a tensor of this file) from the process's memory; they
+  // are read from the file again if touched later. Lets a reader that goes tensor by tensor
+  // keep its resident memory at one tensor instead of the whole file.
+  void release(const TensorInfo& t) const;
 
  private:
   SafetensorsFile() = default;
@@ -66,9 +71,14 @@ class WeightStore {
   void check_shape(const std::string& name, const std::vector<int64_t>& shape) const;
   // Converts to float32 into dst. Throws if the shape differs from `shape`.
   void read_f32(const std::string& name, const std::vector<int64_t>& shape, float* dst) const;
+  // Converts elements [begin, begin + count) of the tensor (flat, row-major) into dst.
+  void read_f32_range(const std::string& name, int64_t begin, int64_t count, float* dst) const;
+  // SafetensorsFile::release for the tensor `name`.
+  void release(const std::string& name) const;
 
  private:
   std::vector<std::shared_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const SafetensorsFile*> owner_;  // tensor name -> its file
   std::map<std::string, const TensorInfo*> by_name_;
   std::map<std::string, std::string> file_of_;  // tensor name -> shard path, for messages
   std::string dir_;                             // for "not found in <dir>" messages
@@ -93,6 +103,22 @@ struct RawTensor {
 };
 void write_safetensors_raw(const std::string& path, const std::vector<RawTensor>& tensors,
                            const std::map<std::string, std::string>& metadata = {});
+
+// Writes tensors whose bytes are produced one at a time, so that no more than what the
+// producer holds is ever in memory: the header is laid out from the names, dtypes and shapes
+// first, then produce(i, out) is called for each tensor i in order and must pass exactly its
+// bytes (numel * dtype size) to out, in any number of pieces. Atomic as write_safetensors;
+// when produce throws, nothing is left at `path` (nor a temp file) and the error propagates.
+// The file is byte-identical to write_safetensors_raw of the same tensors.
+struct TensorSpec {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+};
+using ByteSink = std::function<void(const void* data, size_t nbytes)>;
+void write_safetensors_streaming(const std::string& path, const std::vector<TensorSpec>& tensors,
+                                 const std::function<void(size_t, const ByteSink&)>& produce,
+                                 const std::map<std::string, std::string>& metadata = {});
 
 float bf16_to_f32(uint16_t v);
 float f16_to_f32(uint16_t v);

@@ -41,10 +41,60 @@ int64_t activation_bytes(const SegmentActs<T>& a) {
   for (const LayerActs<T>& l : a.layers)
     for (const std::vector<T>* v :
          {&l.x_in, &l.rstd_in, &l.a, &l.q, &l.q_rot, &l.k, &l.k_rot, &l.v, &l.probs, &l.local,
-          &l.mem, &l.sq, &l.den, &l.mixed, &l.x_mid, &l.rstd_post, &l.m, &l.gate, &l.up, &l.hmid})
+          &l.mem, &l.sq, &l.den, &l.mixed, &l.x_mid, &l.rstd_post, &l.m, &l.gate, &l.up, &l.hmid,
+          &l.router_logits, &l.sgate, &l.sup, &l.shmid, &l.sg, &l.sout, &l.routing.probs,
+          &l.routing.weight, &l.experts.xg, &l.experts.gate, &l.experts.up, &l.experts.hmid,
+          &l.experts.out})
       b += vector_bytes(*v);
   return b;
 }
+
+namespace {
+
+// The router statistics of one call (SPEC §7's load-balancing loss pools every token of every
+// sparse layer): assignments per expert per sparse layer, and the sums of the probabilities.
+template <class T>
+struct RouterStats {
+  std::vector<std::vector<int64_t>> counts;  // [sparse layer][E]
+  std::vector<double> prob_sum;              // [E], over all layers and rows
+  int64_t rows = 0;                          // T': router rows, all layers
+
+  void add(const Model<T>& m, const SegmentActs<T>& a) {
+    const ModelConfig& c = m.config;
+    if (!c.is_moe()) return;
+    const int64_t E = c.num_experts;
+    if (prob_sum.empty()) prob_sum.assign(size_t(E), 0.0);
+    size_t s = 0;
+    for (size_t l = 0; l < a.layers.size(); ++l) {
+      if (!m.layout.layers[l].sparse) continue;
+      if (counts.size() <= s) counts.emplace_back(size_t(E), 0);
+      const ops::MoeRouting<T>& r = a.layers[l].routing;
+      for (int64_t i = 0; i < r.rows * r.k; ++i) counts[s][size_t(r.idx[size_t(i)])] += 1;
+      for (int64_t i = 0; i < r.rows; ++i)
+        for (int64_t e = 0; e < E; ++e) prob_sum[size_t(e)] += double(r.probs[size_t(i * E + e)]);
+      rows += r.rows;
+      ++s;
+    }
+  }
+  // The load-balancing loss, and (scale > 0) its gradient with respect to every probability.
+  double aux_loss(const ModelConfig& c, double scale, std::vector<T>& grad) const {
+    if (rows == 0) return 0;
+    const int64_t E = c.num_experts;
+    std::vector<double> f(size_t(E), 0.0);
+    for (const auto& layer : counts)
+      for (int64_t e = 0; e < E; ++e) f[size_t(e)] += double(layer[size_t(e)]);
+    double loss = 0;
+    grad.assign(size_t(E), T(0));
+    for (int64_t e = 0; e < E; ++e) {
+      const double fe = f[size_t(e)] / double(rows), pe = prob_sum[size_t(e)] / double(rows);
+      loss += fe * pe;
+      grad[size_t(e)] = T(scale * c.router_aux_loss_coef * double(E) * fe / double(rows));
+    }
+    return c.router_aux_loss_coef * double(E) * loss;
+  }
+};
+
+}  // namespace
 
 template <class T>
 LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
@@ -77,6 +127,12 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
   auto check_interrupt = [&opts] {
     if (opts.interrupt && opts.interrupt->load(std::memory_order_relaxed)) throw Interrupted();
   };
+  RouterStats<T> router;
+  std::vector<T> aux_grad;
+  auto finish_router = [&](double scale) {
+    result.aux_loss = router.aux_loss(c, scale, aux_grad);
+    result.expert_counts = router.counts;
+  };
   if (!grads) {
     // Loss only: one pass, the activations of one segment at a time.
     for (int64_t s = 0; s < S; ++s) {
@@ -85,6 +141,7 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
       gather_segment(tokens, opts.loss_mask, batch, T_len, start, n, ws.seg_tokens, ws.targets);
       forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, state, ws.acts, (KVCache<T>*)nullptr,
                     true, packed);
+      router.add(m, ws.acts);
       result.loss_sum += ops::cross_entropy(ws.acts.logits.data(), ws.targets.data(), batch * n,
                                             V, (T*)nullptr, T(0));
       if (opts.token_losses)
@@ -99,6 +156,7 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
           }
     }
     if (state_io) *state_io = state;
+    finish_router(0);
     return result;
   }
 
@@ -123,15 +181,20 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
       forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, state, a, (KVCache<T>*)nullptr, true,
                     packed);
       std::swap(a.work, ws.acts.work);
+      router.add(m, a);
       // The first segment sets the cost of keeping one; drop it if even one does not fit.
       if (s > 0 || activation_bytes(a) <= opts.keep_activations_bytes) kept = s + 1;
     } else {
       forward_chunk(m, ctx, ws.seg_tokens.data(), batch, n, state, ws.acts, (KVCache<T>*)nullptr,
                     /*compute_logits=*/s == S - 1, packed);
+      router.add(m, ws.acts);
     }
   }
   ws.kept_segments = kept;
   if (state_io) *state_io = state;
+  // The aux loss's gradient needs the whole call's routing, known only now.
+  finish_router(opts.moe_aux_scale);
+  const T* moe_aux_grad = opts.moe_aux_scale > 0 && !aux_grad.empty() ? aux_grad.data() : nullptr;
 
   // Backward, last segment first, carrying dM and dz.
   MemoryState<T> dstate = MemoryState<T>::zeros(c, batch);
@@ -152,7 +215,7 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
     if (opts.bptt_segments > 0 && (s + 1) % opts.bptt_segments == 0) dstate.set_zero();
     if (is_kept) std::swap(a.work, ws.acts.work);
     backward_segment(m, ctx, ws.seg_tokens.data(), a, ws.dlogits.data(), ws.boundary[size_t(s)],
-                     dstate, grads, packed);
+                     dstate, grads, packed, moe_aux_grad);
     if (is_kept) std::swap(a.work, ws.acts.work);
   }
   return result;

@@ -7,6 +7,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <vector>
 
 #include "core/error.hpp"
 #include "model/forward.hpp"
@@ -41,6 +42,11 @@ struct SequenceOptions {
   // t+1 (0 at the last position and where the mask leaves it out). For analyses of where a
   // loss comes from; loss_sum is the same with or without it.
   double* token_losses = nullptr;
+  // Mixture-of-experts models, training: > 0 adds the load-balancing loss of SPEC §7 over this
+  // call's router rows (every token of every sparse layer, pooled) to the objective, its
+  // gradient times this factor (a trainer passes its micro-batch's share of the step). It is
+  // never part of loss_sum; LossResult::aux_loss reports it whatever this is.
+  double moe_aux_scale = 0;
 };
 
 // Thrown by sequence_loss when SequenceOptions::interrupt is set (Ctrl-C in Python).
@@ -52,6 +58,10 @@ class Interrupted : public Error {
 struct LossResult {
   double loss_sum = 0;   // summed negative log-likelihood (natural log)
   int64_t predicted = 0; // positions with a target: batch * (T - 1), or the masked-in ones
+  // Mixture-of-experts models: tokens routed to each expert, [sparse layer][expert], and the
+  // load-balancing loss router_aux_loss_coef * E * sum_e f_e P_e over this call's router rows.
+  std::vector<std::vector<int64_t>> expert_counts;
+  double aux_loss = 0;
   double mean() const { return predicted ? loss_sum / double(predicted) : 0.0; }
 };
 

@@ -1,6 +1,7 @@
 #include "model/config.hpp"
 
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +18,14 @@ using nlohmann::json;
 
 const char* memory_update_name(MemoryUpdate u) {
   return u == MemoryUpdate::Delta ? "delta" : "linear";
+}
+
+bool ModelConfig::is_sparse_layer(int64_t l) const {
+  if (!is_moe() || num_experts <= 0 || decoder_sparse_step < 1 || l < 0 || l >= num_layers)
+    return false;
+  for (int64_t d : mlp_only_layers)
+    if (d == l) return false;
+  return (l + 1) % decoder_sparse_step == 0;
 }
 
 namespace {
@@ -79,17 +88,63 @@ const char* kKnownKeys[] = {"model_type",          "vocab_size",        "hidden_
                             "rope_theta",          "tie_word_embeddings", "attention_bias",
                             "infini"};
 
+// Interpreted for qwen2_moe only; other model types keep them as uninterpreted extras.
+const char* kMoeKeys[] = {"num_experts",           "num_experts_per_tok",
+                          "moe_intermediate_size", "shared_expert_intermediate_size",
+                          "norm_topk_prob",        "decoder_sparse_step",
+                          "mlp_only_layers",       "router_aux_loss_coef",
+                          "output_router_logits"};
+
+// mlp_only_layers: a list of integers (null or absent: empty).
+std::vector<int64_t> get_int_list(const json& j, const char* key, const std::string& src) {
+  std::vector<int64_t> out;
+  const json* v = find_key(j, key);
+  if (!v) return out;
+  if (!v->is_array()) throw Error(src + ": key '" + key + "' must be a list of layer indices");
+  for (const json& e : *v) {
+    if (!e.is_number_integer() && !e.is_number_unsigned())
+      throw Error(src + ": key '" + key + "' must be a list of layer indices (integers)");
+    if (e.is_number_unsigned() && e.get<uint64_t>() > uint64_t(INT64_MAX))
+      throw Error(src + ": key '" + key + "' has an entry that is too large");
+    out.push_back(e.get<int64_t>());
+  }
+  return out;
+}
+
+// Parses the mixture-of-experts keys of a qwen2_moe config (SPEC §7).
+void parse_moe(const json& j, const std::string& src, ModelConfig& c) {
+  c.num_experts = get_int(j, "num_experts", src, true, 0);
+  c.num_experts_per_tok = get_int(j, "num_experts_per_tok", src, true, 0);
+  c.moe_intermediate_size = get_int(j, "moe_intermediate_size", src, true, 0);
+  c.shared_expert_intermediate_size = get_int(j, "shared_expert_intermediate_size", src, true, 0);
+  c.norm_topk_prob = get_bool(j, "norm_topk_prob", src, false);
+  c.decoder_sparse_step = get_int(j, "decoder_sparse_step", src, false, 1);
+  c.mlp_only_layers = get_int_list(j, "mlp_only_layers", src);
+  c.router_aux_loss_coef = get_num(j, "router_aux_loss_coef", src, 0.001);
+  c.output_router_logits = get_bool(j, "output_router_logits", src, false);
+  // Hugging Face's Qwen2MoeConfig has no attention_bias (newer versions: qkv_bias, default
+  // true); its q/k/v projections always carry biases, and so do ours.
+  for (const char* key : {"attention_bias", "qkv_bias"})
+    if (!get_bool(j, key, src, true))
+      throw Error(src + ": key '" + key +
+                  "' is false, but qwen2_moe always has q/k/v biases (SPEC §7)");
+  c.attention_bias = true;
+}
+
 }  // namespace
 
 ModelConfig config_from_json(const json& j, const std::string& src) {
   if (!j.is_object()) throw Error(src + ": config must be a JSON object");
   ModelConfig c;
   const json* mt = find_key(j, "model_type");
-  if (!mt) throw Error(src + ": missing required key 'model_type' (\"llama\" or \"qwen2\")");
+  if (!mt)
+    throw Error(src +
+                ": missing required key 'model_type' (\"llama\", \"qwen2\" or \"qwen2_moe\")");
   if (!mt->is_string()) throw Error(src + ": key 'model_type' must be a string");
   c.model_type = mt->get<std::string>();
-  if (c.model_type != "llama" && c.model_type != "qwen2")
-    throw Error(src + ": unsupported model_type '" + c.model_type + "' (expected llama or qwen2)");
+  if (c.model_type != "llama" && c.model_type != "qwen2" && c.model_type != "qwen2_moe")
+    throw Error(src + ": unsupported model_type '" + c.model_type +
+                "' (expected llama, qwen2 or qwen2_moe)");
   c.vocab_size = get_int(j, "vocab_size", src, true, 0);
   c.hidden_size = get_int(j, "hidden_size", src, true, 0);
   c.intermediate_size = get_int(j, "intermediate_size", src, true, 0);
@@ -111,6 +166,7 @@ ModelConfig config_from_json(const json& j, const std::string& src) {
   c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", src, false);
   // Qwen2 checkpoints carry q/k/v biases without saying so in config.json.
   c.attention_bias = get_bool(j, "attention_bias", src, c.model_type == "qwen2");
+  if (c.is_moe()) parse_moe(j, src, c);
   if (const json* inf = find_key(j, "infini")) {
     if (!inf->is_object()) throw Error(src + ": key 'infini' must be an object");
     const std::string isrc = src + " (infini)";
@@ -127,6 +183,8 @@ ModelConfig config_from_json(const json& j, const std::string& src) {
   for (auto it = j.begin(); it != j.end(); ++it) {
     bool known = false;
     for (const char* k : kKnownKeys) known = known || it.key() == k;
+    if (c.is_moe())
+      for (const char* k : kMoeKeys) known = known || it.key() == k;
     if (known) continue;
     // Copying a json value recurses: a deeply nested unknown key would overflow the stack.
     if (nests_deeper_than(it.value(), 64)) {
@@ -165,12 +223,46 @@ void validate_config(const ModelConfig& c, const std::string& src) {
   check(c.head_dim % 2 == 0, "'head_dim' must be even for rotary embeddings");
   check(c.rms_norm_eps > 0 && c.rms_norm_eps < 1, "'rms_norm_eps' must be in (0, 1)");
   check(c.rope_theta > 1 && c.rope_theta < 1e12, "'rope_theta' must be in (1, 1e12)");
+  double moe_layers = 0;  // sparse layers, counted for the size guard below
+  if (c.is_moe()) {
+    check(c.attention_bias,
+          "qwen2_moe always has q/k/v biases (SPEC §7): 'attention_bias' "
+          "must be true");
+    in_range(c.num_experts, "num_experts", 1, 1 << 12);
+    in_range(c.num_experts_per_tok, "num_experts_per_tok", 1, 1 << 12);
+    check(c.num_experts_per_tok <= c.num_experts,
+          "'num_experts_per_tok' (" + std::to_string(c.num_experts_per_tok) +
+              ") must not exceed 'num_experts' (" + std::to_string(c.num_experts) + ")");
+    in_range(c.moe_intermediate_size, "moe_intermediate_size", 1, 1 << 18);
+    in_range(c.shared_expert_intermediate_size, "shared_expert_intermediate_size", 1, 1 << 18);
+    in_range(c.decoder_sparse_step, "decoder_sparse_step", 1, 1 << 20);
+    check(c.mlp_only_layers.size() <= size_t(c.num_layers),
+          "'mlp_only_layers' lists more layers than 'num_hidden_layers' (" +
+              std::to_string(c.num_layers) + ")");
+    std::vector<bool> listed(size_t(c.num_layers), false);
+    for (int64_t l : c.mlp_only_layers) {
+      check(l >= 0 && l < c.num_layers,
+            "'mlp_only_layers' entry " + std::to_string(l) + " is out of range [0, " +
+                std::to_string(c.num_layers - 1) + "] (num_hidden_layers " +
+                std::to_string(c.num_layers) + ")");
+      check(!listed[size_t(l)],
+            "'mlp_only_layers' lists layer " + std::to_string(l) + " more than once");
+      listed[size_t(l)] = true;
+    }
+    check(std::isfinite(c.router_aux_loss_coef) && c.router_aux_loss_coef >= 0,
+          "'router_aux_loss_coef' must be a finite number >= 0");
+    for (int64_t l = 0; l < c.num_layers; ++l) moe_layers += c.is_sparse_layer(l) ? 1 : 0;
+  }
   // Guard against configs that would need absurd memory before we allocate anything.
-  const double params = double(c.vocab_size) * double(c.hidden_size) * 2 +
-                        double(c.num_layers) *
-                            (double(c.hidden_size) * double(c.q_width()) * 2 +
-                             double(c.hidden_size) * double(c.kv_width()) * 2 +
-                             3.0 * double(c.hidden_size) * double(c.intermediate_size));
+  const double D = double(c.hidden_size);
+  const double moe_mlp = D * (double(c.num_experts) + 1) +
+                         3.0 * D * double(c.moe_intermediate_size) * double(c.num_experts) +
+                         3.0 * D * double(c.shared_expert_intermediate_size);
+  const double params =
+      double(c.vocab_size) * D * 2 +
+      double(c.num_layers) * (D * double(c.q_width()) * 2 + D * double(c.kv_width()) * 2) +
+      (double(c.num_layers) - moe_layers) * 3.0 * D * double(c.intermediate_size) +
+      moe_layers * moe_mlp;
   check(params < 2.0e10, "the configured model is too large (" + std::to_string(params) +
                              " parameters)");
 }
@@ -189,6 +281,17 @@ json config_to_json(const ModelConfig& c) {
   j["rope_theta"] = c.rope_theta;
   j["tie_word_embeddings"] = c.tie_word_embeddings;
   j["attention_bias"] = c.attention_bias;
+  if (c.is_moe()) {
+    j["num_experts"] = c.num_experts;
+    j["num_experts_per_tok"] = c.num_experts_per_tok;
+    j["moe_intermediate_size"] = c.moe_intermediate_size;
+    j["shared_expert_intermediate_size"] = c.shared_expert_intermediate_size;
+    j["norm_topk_prob"] = c.norm_topk_prob;
+    j["decoder_sparse_step"] = c.decoder_sparse_step;
+    j["mlp_only_layers"] = c.mlp_only_layers;
+    j["router_aux_loss_coef"] = c.router_aux_loss_coef;
+    j["output_router_logits"] = c.output_router_logits;
+  }
   j["infini"] = {{"segment_length", c.segment_length},
                  {"memory_update", memory_update_name(c.memory_update)},
                  {"use_memory", c.use_memory}};

@@ -25,6 +25,11 @@ void resize(std::vector<T>& v, int64_t n) {
 }
 
 template <class T>
+void grow_vec(std::vector<T>& v, int64_t n) {
+  if (int64_t(v.size()) < n) v.resize(size_t(n));
+}
+
+template <class T>
 ops::MemoryShape memory_shape(const ModelConfig& c, int64_t batch, int64_t n, int64_t cap) {
   return {batch, n, cap, c.num_heads, c.num_kv_heads, c.head_dim};
 }
@@ -101,6 +106,172 @@ void linear_back(const ForwardContext<T>& ctx, T* dx, T* dw, T* dbias, const T* 
   ops::linear_backward(dx, dw, dbias, dy, x, w, rows, in, out, accumulate_dx);
 }
 
+// dW (+=) dy^T x alone, under the context's precision; nothing when dw is null.
+template <class T>
+void linear_back_weights(const ForwardContext<T>& ctx, T* dw, const T* dy, const T* x,
+                         int64_t rows, int64_t in, int64_t out) {
+  if (!dw) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16_products(ctx)) {
+      ops::bf16_gemm(true, false, out, in, rows, 1.0f, dy, out, x, in, 1.0f, dw, in);
+      return;
+    }
+  }
+  ops::gemm<T>(true, false, out, in, rows, T(1), dy, out, x, in, T(1), dw, in);
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// The sparse MLP (mixture of experts, SPEC §7): the block kind a sparse layer has where a dense
+// layer has its MLP. Both paths below run it in the same phases (the plain one with one
+// thread and all rows):
+//   rows    : router logits and routing; the shared expert and its gate, added to x
+//   (one)   : the assignments grouped by expert
+//   experts : each expert's gate/up/down as one GEMM over its own tokens
+//   rows    : x += the routing-weighted expert outputs
+// The router and the shared-expert gate are products in fp32 whatever the precision (the
+// routing decision is what a bf16 rounding would move); the experts run in fp32 too (their
+// bf16 path is not written yet); the shared expert follows the precision like a dense MLP.
+
+template <class T>
+void moe_prepare(LayerActs<T>& A, const ModelConfig& c, int64_t r) {
+  const int64_t D = c.hidden_size, E = c.num_experts, k = c.num_experts_per_tok;
+  const int64_t Fs = c.shared_expert_intermediate_size;
+  resize(A.router_logits, r * E);
+  ops::moe_routing_resize(A.routing, r, E, k);
+  ops::moe_acts_resize(A.experts, r * k, D, c.moe_intermediate_size);
+  for (auto* v : {&A.sgate, &A.sup, &A.shmid}) resize(*v, r * Fs);
+  resize(A.sg, r);
+  resize(A.sout, r * D);
+}
+
+// The packed copies of expert e's weights for the fp32 GEMM (W^T for the forward, W for the
+// backward), or null when they are not all there.
+template <class T>
+const ops::MoeExpertPacks* expert_packs(const ForwardContext<T>& ctx, const PackedWeights* packed,
+                                        const LayerOffsets::ExpertOffsets& ex, bool backward,
+                                        ops::MoeExpertPacks& out) {
+  if (!packed || bf16_products(ctx)) return nullptr;
+  auto get = [&](int64_t w) { return backward ? packed->backward(w) : packed->forward(w); };
+  out = {get(ex.w_gate), get(ex.w_up), get(ex.w_down)};
+  return out.gate && out.up && out.down ? &out : nullptr;
+}
+
+template <class T>
+void moe_rows_forward(const Model<T>& m, const ForwardContext<T>& ctx, const PackedWeights* packed,
+                      const LayerOffsets& o, LayerActs<T>& A, T* x, int64_t r0, int64_t r1) {
+  const ModelConfig& c = m.config;
+  const int64_t D = c.hidden_size, E = c.num_experts, Fs = c.shared_expert_intermediate_size;
+  const int64_t rows = r1 - r0;
+  if (rows <= 0) return;
+  const T* mm = A.m.data() + r0 * D;
+  ops::gemm<T>(false, true, rows, E, D, T(1), mm, D, m.at(o.router), D, T(0),
+               A.router_logits.data() + r0 * E, E);
+  ops::moe_route_rows(A.routing, A.router_logits.data(), r0, r1, c.norm_topk_prob);
+  project(m, ctx, packed, o.shared.w_gate, -1, A.sgate.data() + r0 * Fs, mm, rows, D, Fs);
+  project(m, ctx, packed, o.shared.w_up, -1, A.sup.data() + r0 * Fs, mm, rows, D, Fs);
+  ops::swiglu_forward(A.shmid.data() + r0 * Fs, A.sgate.data() + r0 * Fs, A.sup.data() + r0 * Fs,
+                      rows * Fs);
+  project(m, ctx, packed, o.shared.w_down, -1, A.sout.data() + r0 * D, A.shmid.data() + r0 * Fs,
+          rows, Fs, D);
+  ops::gemm<T>(false, true, rows, 1, D, T(1), mm, D, m.at(o.shared_gate), D, T(0),
+               A.sg.data() + r0, 1);
+  for (int64_t i = r0; i < r1; ++i) {
+    const T s = ops::sigmoid(A.sg[size_t(i)]);
+    A.sg[size_t(i)] = s;
+    const T* so = A.sout.data() + i * D;
+    T* xi = x + i * D;
+#pragma omp simd
+    for (int64_t j = 0; j < D; ++j) xi[j] += s * so[j];
+  }
+}
+
+template <class T>
+void moe_expert_forward(const Model<T>& m, const ForwardContext<T>& ctx,
+                        const PackedWeights* packed, const LayerOffsets& o, LayerActs<T>& A,
+                        int64_t e) {
+  const ModelConfig& c = m.config;
+  const auto& ex = o.experts[size_t(e)];
+  ops::MoeExpertPacks packs;
+  ops::moe_expert_forward(e, A.routing, A.m.data(), c.hidden_size, c.moe_intermediate_size,
+                          m.at(ex.w_gate), m.at(ex.w_up), m.at(ex.w_down), A.experts,
+                          expert_packs(ctx, packed, ex, false, packs));
+}
+
+// Rows r0..r1 of the shared expert's backward: dm (=) its input gradient, and the gradients of
+// its product outputs for the weight gradients (dsout = sg dh, dsgate, dsup, dsg the gate
+// logit's).
+template <class T>
+void moe_shared_backward_rows(const Model<T>& m, const ForwardContext<T>& ctx,
+                              const PackedWeights* packed, const LayerOffsets& o,
+                              const LayerActs<T>& A, const T* dh, T* dm, T* dsout, T* dshmid,
+                              T* dsgate, T* dsup, T* dsg, int64_t r0, int64_t r1) {
+  const ModelConfig& c = m.config;
+  const int64_t D = c.hidden_size, Fs = c.shared_expert_intermediate_size, rows = r1 - r0;
+  if (rows <= 0) return;
+  for (int64_t i = r0; i < r1; ++i) {
+    const T s = A.sg[size_t(i)];
+    const T* d = dh + i * D;
+    const T* so = A.sout.data() + i * D;
+    T* ds = dsout + i * D;
+    T dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < D; ++j) {
+      ds[j] = s * d[j];
+      dot += d[j] * so[j];
+    }
+    dsg[i] = dot * s * (T(1) - s);
+  }
+  project_back(m, ctx, packed, o.shared.w_down, dshmid + r0 * Fs, dsout + r0 * D, rows, Fs, D,
+               false);
+  ops::swiglu_backward(dsgate + r0 * Fs, dsup + r0 * Fs, dshmid + r0 * Fs,
+                       A.sgate.data() + r0 * Fs, A.sup.data() + r0 * Fs, rows * Fs);
+  project_back(m, ctx, packed, o.shared.w_gate, dm + r0 * D, dsgate + r0 * Fs, rows, D, Fs, false);
+  project_back(m, ctx, packed, o.shared.w_up, dm + r0 * D, dsup + r0 * Fs, rows, D, Fs, true);
+  // The gate's logit is m W_sg^T, W_sg [1, D]: dm += dsg W_sg.
+  ops::gemm<T>(false, false, rows, D, 1, T(1), dsg + r0, 1, m.at(o.shared_gate), D, T(1),
+               dm + r0 * D, D);
+}
+
+// Expert e's backward: its weight gradients (+=), its assignments' routing-weight gradients
+// and input gradients (by grouped position).
+template <class T>
+void moe_expert_backward(const Model<T>& m, const ForwardContext<T>& ctx,
+                         const PackedWeights* packed, const LayerOffsets& o,
+                         const LayerActs<T>& A, int64_t e, const T* dh, T* grads, T* dweight,
+                         T* dxg) {
+  const ModelConfig& c = m.config;
+  const auto& ex = o.experts[size_t(e)];
+  const int64_t Fm = c.moe_intermediate_size;
+  thread_local std::vector<T> scratch;
+  grow_vec(scratch, ops::moe_backward_scratch_size(A.routing, e, Fm));
+  auto g = [&](int64_t off) { return grads ? grads + off : nullptr; };
+  ops::MoeExpertPacks packs;
+  ops::moe_expert_backward(e, A.routing, A.experts, dh, c.hidden_size, Fm, m.at(ex.w_gate),
+                           m.at(ex.w_up), m.at(ex.w_down), g(ex.w_gate), g(ex.w_up),
+                           g(ex.w_down), dweight, dxg, scratch.data(),
+                           expert_packs(ctx, packed, ex, true, packs));
+}
+
+// Rows r0..r1 after every expert's backward: the router's backward (through the routing
+// weights, plus the aux loss's gradient of the probabilities when given) into drouter, and
+// dm += drouter W_router + the experts' input gradients.
+template <class T>
+void moe_route_backward_rows(const Model<T>& m, const LayerOffsets& o, const LayerActs<T>& A,
+                             const T* dweight, const T* dxg, const T* aux_grad, T* dprobs,
+                             T* drouter, T* dm, int64_t r0, int64_t r1) {
+  const ModelConfig& c = m.config;
+  const int64_t D = c.hidden_size, E = c.num_experts, rows = r1 - r0;
+  if (rows <= 0) return;
+  if (aux_grad)
+    for (int64_t i = r0; i < r1; ++i) std::copy_n(aux_grad, E, dprobs + i * E);
+  ops::moe_route_backward_rows(A.routing, dweight, aux_grad ? dprobs : nullptr, drouter, r0, r1,
+                               c.norm_topk_prob);
+  ops::gemm<T>(false, false, rows, D, E, T(1), drouter + r0 * E, E, m.at(o.router), D, T(1),
+               dm + r0 * D, D);
+  ops::moe_scatter_dx_rows(A.routing, dxg, D, dm, r0, r1);
+}
+
 // Where one layer's keys and values live during a forward: the activations (training) or the
 // streaming cache.
 template <class T>
@@ -169,14 +340,23 @@ void layer_forward_reference(const Model<T>& m, const ForwardContext<T>& ctx, in
   std::copy_n(x, r * D, A.x_mid.data());
   project(m, ctx, packed, o.wo, -1, A.x_mid.data(), attn_out, r, qw, D, /*add=*/true);
 
-  // h = h + W_down(silu(W_gate m) * W_up m)
+  // h = h + W_down(silu(W_gate m) * W_up m), or the sparse MLP
   resize(A.rstd_post, r);
   resize(A.m, r * D);
+  ops::rmsnorm_forward(A.m.data(), A.rstd_post.data(), A.x_mid.data(), m.at(o.post_norm), r, D,
+                       c.rms_norm_eps);
+  if (o.sparse) {
+    moe_prepare(A, c, r);
+    std::copy_n(A.x_mid.data(), r * D, x);
+    moe_rows_forward(m, ctx, packed, o, A, x, 0, r);
+    ops::moe_group(A.routing);
+    for (int64_t e = 0; e < c.num_experts; ++e) moe_expert_forward(m, ctx, packed, o, A, e);
+    ops::moe_combine_rows(A.routing, A.experts, D, x, 0, r);
+    return;
+  }
   resize(A.gate, r * F);
   resize(A.up, r * F);
   resize(A.hmid, r * F);
-  ops::rmsnorm_forward(A.m.data(), A.rstd_post.data(), A.x_mid.data(), m.at(o.post_norm), r, D,
-                       c.rms_norm_eps);
   project(m, ctx, packed, o.w_gate, -1, A.gate.data(), A.m.data(), r, D, F);
   project(m, ctx, packed, o.w_up, -1, A.up.data(), A.m.data(), r, D, F);
   ops::swiglu_forward(A.hmid.data(), A.gate.data(), A.up.data(), r * F);
@@ -187,24 +367,52 @@ void layer_forward_reference(const Model<T>& m, const ForwardContext<T>& ctx, in
 template <class T>
 struct LayerGrads {
   std::vector<T> dxm, dhmid, dgate, dup, dm, dmixed, dmem, dlocal, dq, dk, dv, da;
+  std::vector<T> dsout, dshmid, dsgate, dsup, dsg, drouter, dprobs, dweight, dxg;  // sparse MLP
 };
 
 template <class T>
 void layer_backward_reference(const Model<T>& m, const ForwardContext<T>& ctx, int64_t l, T* dx,
                     const LayerActs<T>& A, const int32_t* positions, int64_t B, int64_t n,
-                    const T* M, const T* z, T* dM, T* dz, T* grads, LayerGrads<T>& G) {
+                    const T* M, const T* z, T* dM, T* dz, T* grads, LayerGrads<T>& G,
+                    const T* moe_aux_grad) {
   const ModelConfig& c = m.config;
   const LayerOffsets& o = m.layout.layers[size_t(l)];
   const int64_t D = c.hidden_size, F = c.intermediate_size, r = B * n;
   const int64_t qw = c.q_width(), kw = c.kv_width(), H = c.num_heads, Hkv = c.num_kv_heads;
   auto g = [&](int64_t off) { return off < 0 ? nullptr : grads + off; };
 
-  // MLP: x_out = x_mid + W_down(hmid)
+  // MLP: x_out = x_mid + W_down(hmid), or the sparse MLP
+  resize(G.dm, r * D);
+  resize(G.dxm, r * D);
+  if (o.sparse) {
+    const int64_t Fs = c.shared_expert_intermediate_size, E = c.num_experts;
+    const int64_t k = c.num_experts_per_tok;
+    resize(G.dsout, r * D);
+    for (auto* v : {&G.dshmid, &G.dsgate, &G.dsup}) resize(*v, r * Fs);
+    resize(G.dsg, r);
+    resize(G.drouter, r * E);
+    resize(G.dprobs, r * E);
+    resize(G.dweight, r * k);
+    resize(G.dxg, r * k * D);
+    moe_shared_backward_rows(m, ctx, (const PackedWeights*)nullptr, o, A, dx, G.dm.data(),
+                             G.dsout.data(), G.dshmid.data(), G.dsgate.data(), G.dsup.data(),
+                             G.dsg.data(), 0, r);
+    linear_back_weights(ctx, g(o.shared.w_down), G.dsout.data(), A.shmid.data(), r, Fs, D);
+    linear_back_weights(ctx, g(o.shared.w_gate), G.dsgate.data(), A.m.data(), r, D, Fs);
+    linear_back_weights(ctx, g(o.shared.w_up), G.dsup.data(), A.m.data(), r, D, Fs);
+    for (int64_t e = 0; e < E; ++e)
+      moe_expert_backward(m, ctx, (const PackedWeights*)nullptr, o, A, e, dx, grads,
+                          G.dweight.data(), G.dxg.data());
+    moe_route_backward_rows(m, o, A, G.dweight.data(), G.dxg.data(), moe_aux_grad,
+                            G.dprobs.data(), G.drouter.data(), G.dm.data(), 0, r);
+    if (T* gw = g(o.router))  // dW_router += drouter^T m, dW_sg += dsg^T m (fp32, as forward)
+      ops::gemm<T>(true, false, E, D, r, T(1), G.drouter.data(), E, A.m.data(), D, T(1), gw, D);
+    if (T* gw = g(o.shared_gate))
+      ops::gemm<T>(true, false, 1, D, r, T(1), G.dsg.data(), 1, A.m.data(), D, T(1), gw, D);
+  } else {
   resize(G.dhmid, r * F);
   resize(G.dgate, r * F);
   resize(G.dup, r * F);
-  resize(G.dm, r * D);
-  resize(G.dxm, r * D);
   linear_back(ctx, G.dhmid.data(), g(o.w_down), (T*)nullptr, dx, A.hmid.data(),
                        m.at(o.w_down), r, F, D, false);
   ops::swiglu_backward(G.dgate.data(), G.dup.data(), G.dhmid.data(), A.gate.data(), A.up.data(),
@@ -213,6 +421,7 @@ void layer_backward_reference(const Model<T>& m, const ForwardContext<T>& ctx, i
                        m.at(o.w_gate), r, D, F, false);
   linear_back(ctx, G.dm.data(), g(o.w_up), (T*)nullptr, G.dup.data(), A.m.data(),
                        m.at(o.w_up), r, D, F, true);
+  }
   std::copy_n(dx, r * D, G.dxm.data());
   ops::rmsnorm_backward(G.dxm.data(), g(o.post_norm), G.dm.data(), A.x_mid.data(),
                         A.rstd_post.data(), m.at(o.post_norm), r, D, true);
@@ -304,7 +513,7 @@ void grow(std::vector<T>& v, int64_t n) {
 
 template <class T>
 void prepare_layer_acts(LayerActs<T>& A, const ModelConfig& c, int64_t B, int64_t n,
-                        int64_t ctxlen, bool own_kv) {
+                        int64_t ctxlen, bool own_kv, bool sparse) {
   const int64_t r = B * n, D = c.hidden_size, F = c.intermediate_size;
   const int64_t qw = c.q_width(), kw = c.kv_width();
   for (auto* v : {&A.x_in, &A.a, &A.x_mid, &A.m}) resize(*v, r * D);
@@ -318,7 +527,10 @@ void prepare_layer_acts(LayerActs<T>& A, const ModelConfig& c, int64_t B, int64_
     for (auto* v : {&A.mem, &A.sq, &A.mixed}) resize(*v, r * qw);
     resize(A.den, B * c.num_heads * n);
   }
-  for (auto* v : {&A.gate, &A.up, &A.hmid}) resize(*v, r * F);
+  if (sparse)
+    moe_prepare(A, c, r);
+  else
+    for (auto* v : {&A.gate, &A.up, &A.hmid}) resize(*v, r * F);
 }
 
 template <class T>
@@ -339,7 +551,8 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
   ChunkWorkspace<T>& W = acts.work;
   resize(W.h, r * D);
   for (int64_t l = 0; l < L; ++l)
-    prepare_layer_acts(acts.layers[size_t(l)], c, B, n, ctxlen, cache == nullptr);
+    prepare_layer_acts(acts.layers[size_t(l)], c, B, n, ctxlen, cache == nullptr,
+                       m.layout.layers[size_t(l)].sparse);
   resize(acts.h_final, r * D);
   resize(acts.rstd_final, r);
   resize(acts.f, r * D);
@@ -422,13 +635,25 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
         project(m, ctx, packed, o.wo, -1, xm, attn, rows, qw, D, /*add=*/true);
         T* mm = A.m.data() + r0 * D;
         ops::rmsnorm_forward(mm, A.rstd_post.data() + r0, xm, m.at(o.post_norm), rows, D, eps);
-        project(m, ctx, packed, o.w_gate, -1, A.gate.data() + r0 * F, mm, rows, D, F);
-        project(m, ctx, packed, o.w_up, -1, A.up.data() + r0 * F, mm, rows, D, F);
-        ops::swiglu_forward(A.hmid.data() + r0 * F, A.gate.data() + r0 * F, A.up.data() + r0 * F,
-                            rows * F);
         std::copy_n(xm, rows * D, x + r0 * D);
-        project(m, ctx, packed, o.w_down, -1, x + r0 * D, A.hmid.data() + r0 * F, rows, F, D,
-                /*add=*/true);
+        if (o.sparse) {
+          moe_rows_forward(m, ctx, packed, o, A, x, r0, r1);
+        } else {
+          project(m, ctx, packed, o.w_gate, -1, A.gate.data() + r0 * F, mm, rows, D, F);
+          project(m, ctx, packed, o.w_up, -1, A.up.data() + r0 * F, mm, rows, D, F);
+          ops::swiglu_forward(A.hmid.data() + r0 * F, A.gate.data() + r0 * F,
+                              A.up.data() + r0 * F, rows * F);
+          project(m, ctx, packed, o.w_down, -1, x + r0 * D, A.hmid.data() + r0 * F, rows, F, D,
+                  /*add=*/true);
+        }
+      }
+      if (o.sparse) {  // the experts need every row's routing and input
+#pragma omp barrier
+#pragma omp single
+        ops::moe_group(A.routing);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t e = 0; e < c.num_experts; ++e) moe_expert_forward(m, ctx, packed, o, A, e);
+        if (rows > 0) ops::moe_combine_rows(A.routing, A.experts, D, x, r0, r1);
       }
     }
     if (rows > 0) {
@@ -528,10 +753,12 @@ void run_grad_task(const GradTask<T>& k, int64_t r, const int32_t* tokens) {
 template <class T>
 void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
                    const SegmentActs<T>& acts, const T* dlogits, const MemoryState<T>& state_before,
-                   MemoryState<T>& dstate, T* grads, const PackedWeights* packed) {
+                   MemoryState<T>& dstate, T* grads, const PackedWeights* packed,
+                   const T* moe_aux_grad) {
   const ModelConfig& c = m.config;
   const int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
   const int64_t B = acts.batch, n = acts.n, r = B * n;
+  const int64_t E = c.num_experts, Fs = c.shared_expert_intermediate_size;
   const int64_t qw = c.q_width(), kw = c.kv_width(), H = c.num_heads, Hkv = c.num_kv_heads;
   const int64_t d = c.head_dim, G = c.group_size(), L = c.num_layers;
   const bool mem = c.use_memory, delta = c.memory_update == MemoryUpdate::Delta;
@@ -543,6 +770,15 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
   for (auto* v : {&W.dk, &W.dv}) resize(*v, r * kw);
   for (auto* v : {&W.dhmid, &W.dgate, &W.dup}) resize(*v, r * F);
   resize(W.dbeta, L * B * H);
+  if (c.is_moe()) {
+    const int64_t k = c.num_experts_per_tok;
+    resize(W.dsout, r * D);
+    for (auto* v : {&W.dshmid, &W.dsgate, &W.dsup}) resize(*v, r * Fs);
+    resize(W.dsg, r);
+    for (auto* v : {&W.drouter, &W.dprobs}) resize(*v, r * E);
+    resize(W.dweight, r * k);
+    resize(W.dxg, r * k * D);
+  }
   const int max_threads = chunk_threads(ctx, c, r);
   W.thread.resize(size_t(max_threads));
   for (auto& s : W.thread) grow(s, std::max(n * n, ops::memory_scratch_size(n, d)));
@@ -585,12 +821,25 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
     const LayerActs<T>& A = acts.layers[size_t(l)];
     const LayerOffsets& o = m.layout.layers[size_t(l)];
     auto& mlp = with_heads[size_t(l)];
-    add_linear_grad(mlp, W.dh.data(), A.hmid.data(), g(o.w_down), (T*)nullptr, D, F, bf16, t_dh,
-                    rp);
-    add_linear_grad(mlp, W.dgate.data(), A.m.data(), g(o.w_gate), (T*)nullptr, F, D, bf16,
-                    t_dgate, rp);
-    add_linear_grad(mlp, W.dup.data(), A.m.data(), g(o.w_up), (T*)nullptr, F, D, bf16, t_dup,
-                    rp);
+    if (o.sparse) {
+      // The shared expert (bf16 inputs converted on the fly under bf16), the router and the
+      // shared gate (fp32, as in the forward); the experts' weights are done by expert.
+      add_linear_grad(mlp, W.dsout.data(), A.shmid.data(), g(o.shared.w_down), (T*)nullptr, D,
+                      Fs, bf16);
+      add_linear_grad(mlp, W.dsgate.data(), A.m.data(), g(o.shared.w_gate), (T*)nullptr, Fs, D,
+                      bf16);
+      add_linear_grad(mlp, W.dsup.data(), A.m.data(), g(o.shared.w_up), (T*)nullptr, Fs, D,
+                      bf16);
+      add_linear_grad(mlp, W.drouter.data(), A.m.data(), g(o.router), (T*)nullptr, E, D);
+      add_linear_grad(mlp, W.dsg.data(), A.m.data(), g(o.shared_gate), (T*)nullptr, 1, D);
+    } else {
+      add_linear_grad(mlp, W.dh.data(), A.hmid.data(), g(o.w_down), (T*)nullptr, D, F, bf16,
+                      t_dh, rp);
+      add_linear_grad(mlp, W.dgate.data(), A.m.data(), g(o.w_gate), (T*)nullptr, F, D, bf16,
+                      t_dgate, rp);
+      add_linear_grad(mlp, W.dup.data(), A.m.data(), g(o.w_up), (T*)nullptr, F, D, bf16, t_dup,
+                      rp);
+    }
     add_linear_grad(mlp, W.dxm.data(), mem ? A.mixed.data() : A.local.data(), g(o.wo),
                     (T*)nullptr, D, qw, bf16, t_dxm, rp);
     add_norm_grad(mlp, W.dm.data(), A.x_mid.data(), A.rstd_post.data(), g(o.post_norm), D);
@@ -626,26 +875,42 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
       const LayerActs<T>& A = acts.layers[size_t(l)];
       const LayerOffsets& o = m.layout.layers[size_t(l)];
       // MLP and output projection, by rows: dh is the gradient of this layer's output.
+      if (o.sparse) {
+        moe_shared_backward_rows(m, ctx, packed, o, A, W.dh.data(), W.dm.data(), W.dsout.data(),
+                                 W.dshmid.data(), W.dsgate.data(), W.dsup.data(), W.dsg.data(),
+                                 r0, r1);
+#pragma omp barrier
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t e = 0; e < E; ++e)
+          moe_expert_backward(m, ctx, packed, o, A, e, W.dh.data(), grads, W.dweight.data(),
+                              W.dxg.data());
+        moe_route_backward_rows(m, o, A, W.dweight.data(), W.dxg.data(), moe_aux_grad,
+                                W.dprobs.data(), W.drouter.data(), W.dm.data(), r0, r1);
+      }
       if (rows > 0) {
         const T* dh = W.dh.data() + r0 * D;
-        T* dhmid = W.dhmid.data() + r0 * F;
-        T* dgate = W.dgate.data() + r0 * F;
-        T* dup = W.dup.data() + r0 * F;
         T* dm = W.dm.data() + r0 * D;
         T* dxm = W.dxm.data() + r0 * D;
-        project_back(m, ctx, packed, o.w_down, dhmid, dh, rows, F, D, false);
-        ops::swiglu_backward(dgate, dup, dhmid, A.gate.data() + r0 * F, A.up.data() + r0 * F,
-                             rows * F);
-        project_back(m, ctx, packed, o.w_gate, dm, dgate, rows, D, F, false);
-        project_back(m, ctx, packed, o.w_up, dm, dup, rows, D, F, true);
+        if (!o.sparse) {
+          T* dhmid = W.dhmid.data() + r0 * F;
+          T* dgate = W.dgate.data() + r0 * F;
+          T* dup = W.dup.data() + r0 * F;
+          project_back(m, ctx, packed, o.w_down, dhmid, dh, rows, F, D, false);
+          ops::swiglu_backward(dgate, dup, dhmid, A.gate.data() + r0 * F, A.up.data() + r0 * F,
+                               rows * F);
+          project_back(m, ctx, packed, o.w_gate, dm, dgate, rows, D, F, false);
+          project_back(m, ctx, packed, o.w_up, dm, dup, rows, D, F, true);
+        }
         std::copy_n(dh, rows * D, dxm);
         ops::rmsnorm_backward(dxm, (T*)nullptr, dm, A.x_mid.data() + r0 * D,
                               A.rstd_post.data() + r0, m.at(o.post_norm), rows, D, true);
         project_back(m, ctx, packed, o.wo, W.dmixed.data() + r0 * qw, dxm, rows, qw, D, false);
         if (convert) {
-          to_bf16_t(W.dh.data(), D, t_dh, r0, r1);
-          to_bf16_t(W.dgate.data(), F, t_dgate, r0, r1);
-          to_bf16_t(W.dup.data(), F, t_dup, r0, r1);
+          if (!o.sparse) {
+            to_bf16_t(W.dh.data(), D, t_dh, r0, r1);
+            to_bf16_t(W.dgate.data(), F, t_dgate, r0, r1);
+            to_bf16_t(W.dup.data(), F, t_dup, r0, r1);
+          }
           to_bf16_t(W.dxm.data(), D, t_dxm, r0, r1);
         }
       }
@@ -853,11 +1118,12 @@ template <class T>
 void backward_segment(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
                       const SegmentActs<T>& acts, const T* dlogits,
                       const MemoryState<T>& state_before, MemoryState<T>& dstate, T* grads,
-                      const PackedWeights* packed) {
+                      const PackedWeights* packed, const T* moe_aux_grad) {
   const ModelConfig& c = m.config;
   const int64_t D = c.hidden_size, V = c.vocab_size, B = acts.batch, n = acts.n, r = B * n;
   if (use_fast_path(ctx, r)) {
-    backward_fast(m, ctx, tokens, acts, dlogits, state_before, dstate, grads, packed);
+    backward_fast(m, ctx, tokens, acts, dlogits, state_before, dstate, grads, packed,
+                  moe_aux_grad);
     return;
   }
   std::vector<T> df(size_t(r * D)), dh(size_t(r * D));
@@ -872,7 +1138,7 @@ void backward_segment(const Model<T>& m, const ForwardContext<T>& ctx, const int
                              B, n, mem ? state_before.M_layer(l) : nullptr,
                              mem ? state_before.z_layer(l) : nullptr,
                              mem ? dstate.M_layer(l) : nullptr, mem ? dstate.z_layer(l) : nullptr,
-                             grads, scratch);
+                             grads, scratch, moe_aux_grad);
   }
   T* dE = grads + m.layout.embed;
   // Serial over rows: two rows may hold the same token.
@@ -890,7 +1156,7 @@ void backward_segment(const Model<T>& m, const ForwardContext<T>& ctx, const int
   template void fold_cache_into_memory<T>(const Model<T>&, KVCache<T>&, MemoryState<T>&);        \
   template void backward_segment<T>(const Model<T>&, const ForwardContext<T>&, const int32_t*,   \
                                     const SegmentActs<T>&, const T*, const MemoryState<T>&,      \
-                                    MemoryState<T>&, T*, const PackedWeights*);
+                                    MemoryState<T>&, T*, const PackedWeights*, const T*);
 INFINI_INSTANTIATE(float)
 INFINI_INSTANTIATE(double)
 #undef INFINI_INSTANTIATE

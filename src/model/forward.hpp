@@ -9,6 +9,7 @@
 #include "model/model.hpp"
 #include "model/packed_weights.hpp"
 #include "model/state.hpp"
+#include "ops/moe.hpp"
 #include "ops/rope.hpp"
 
 namespace infini::model {
@@ -29,7 +30,14 @@ struct LayerActs {
   std::vector<T> local, mem, sq, den;     // local attention, memory read, sigma(q), denominators
   std::vector<T> mixed;                   // gated mix, [r, H*d]
   std::vector<T> x_mid, rstd_post, m;     // after attention, its RMSNorm
-  std::vector<T> gate, up, hmid;          // MLP, [r, F]
+  std::vector<T> gate, up, hmid;          // MLP, [r, F] (dense layers)
+  // Sparse layers (mixture of experts, SPEC §7): router logits [r, E] and the routing, the
+  // experts' grouped activations, the shared expert [r, Fs], its gate sigmoid(m W_sg^T) [r]
+  // and its output before the gate [r, D].
+  std::vector<T> router_logits;
+  ops::MoeRouting<T> routing;
+  ops::MoeExpertActs<T> experts;
+  std::vector<T> sgate, sup, shmid, sg, sout;
 };
 
 // Work buffers of forward_chunk and backward_segment (residual stream, gradients, per-thread
@@ -41,6 +49,10 @@ struct ChunkWorkspace {
   std::vector<T> dhmid, dgate, dup;                   // [r, F]
   std::vector<T> dq, dk, dv;                          // [r, H*d], [r, Hkv*d]
   std::vector<T> dbeta;                               // [L, B, H] partial gate gradients
+  // Sparse layers: the shared expert's dY (gated) [r, D], its hidden gradients [r, Fs], the
+  // gate logit's [r], the router logits' [r, E], the routing weights' [r, k], the experts'
+  // input gradients by assignment [r * k, D], and the aux loss's gradient of the probabilities.
+  std::vector<T> dsout, dshmid, dsgate, dsup, dsg, drouter, dweight, dxg, dprobs;
   // Precision::BF16: the output gradients dY of the weight gradients dW = dY^T X, transposed
   // and rounded to bf16 once per layer for all of dW's column blocks ([out, r even] each):
   // the LM head's; dh, dgate, dup, dxm of the MLP and output projection; dq, dk, dv.
@@ -110,6 +122,9 @@ template <class T>
 void fold_cache_into_memory(const Model<T>& m, KVCache<T>& cache, MemoryState<T>& state);
 
 // Backward of a whole-segment forward_chunk (cache == nullptr).
+//   moe_aux_grad: [num_experts], or null: the gradient of the training objective with respect
+//   to every router probability p_{t,e} of every sparse layer (the load-balancing loss of
+//   SPEC §7 has the same one for all rows: coef E f_e / T', times its scale).
 //   dlogits [r, V]: gradient of the loss with respect to the logits.
 //   state_before: the memory state the forward started from.
 //   dstate: in, gradient with respect to the state after the segment; out, with respect to the
@@ -119,6 +134,6 @@ template <class T>
 void backward_segment(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
                       const SegmentActs<T>& acts, const T* dlogits,
                       const MemoryState<T>& state_before, MemoryState<T>& dstate, T* grads,
-                      const PackedWeights* packed = nullptr);
+                      const PackedWeights* packed = nullptr, const T* moe_aux_grad = nullptr);
 
 }  // namespace infini::model

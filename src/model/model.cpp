@@ -69,6 +69,7 @@ Model<float> init_model(const ModelConfig& config, const InitOptions& opts) {
     switch (p.kind) {
       case ParamKind::Embedding:
       case ParamKind::Matrix:
+      case ParamKind::Router:  // Hugging Face inits the router like any linear layer
         for (int64_t i = 0; i < p.numel; ++i) w[i] = float(rng.next() * opts.init_std);
         break;
       case ParamKind::Norm:
@@ -84,6 +85,43 @@ Model<float> init_model(const ModelConfig& config, const InitOptions& opts) {
   return m;
 }
 
+namespace {
+
+// For a missing MLP tensor of layer l: a note when the checkpoint holds the other kind of MLP
+// in that layer (dense where the config says sparse, or the reverse), "" otherwise.
+std::string mlp_kind_hint(const std::string& name, const io::WeightStore& store) {
+  const std::string layers = "model.layers.";
+  const size_t mlp = name.find(".mlp.");
+  if (name.rfind(layers, 0) != 0 || mlp == std::string::npos) return "";
+  const std::string pre = name.substr(0, mlp + 5),
+                    layer = name.substr(layers.size(), mlp - layers.size());
+  const bool want_sparse = name.compare(mlp + 5, std::string::npos, "gate_proj.weight") != 0 &&
+                           name.compare(mlp + 5, std::string::npos, "up_proj.weight") != 0 &&
+                           name.compare(mlp + 5, std::string::npos, "down_proj.weight") != 0;
+  if (want_sparse && store.has(pre + "gate_proj.weight"))
+    return " (the checkpoint has a dense MLP in layer " + layer +
+           ", which the config makes sparse: check decoder_sparse_step and mlp_only_layers)";
+  if (!want_sparse && store.has(pre + "gate.weight"))
+    return " (the checkpoint has experts in layer " + layer +
+           ", which the config makes dense: check decoder_sparse_step and mlp_only_layers)";
+  return "";
+}
+
+}  // namespace
+
+void check_weights(const ParamLayout& layout, const io::WeightStore& store, const std::string& dir,
+                   const LoadOptions& opts) {
+  for (const auto& p : layout.params) {
+    if (!store.has(p.name)) {
+      if (p.kind == ParamKind::Gate && opts.allow_missing_gates) continue;
+      throw Error(dir + ": tensor '" + p.name + "' is missing" +
+                  (p.kind == ParamKind::Gate ? " (convert a plain checkpoint with infini convert)"
+                                             : mlp_kind_hint(p.name, store)));
+    }
+    store.check_shape(p.name, p.shape);
+  }
+}
+
 Model<float> load_weights(const ModelConfig& config, const std::string& dir,
                           const LoadOptions& opts) {
   Model<float> m;
@@ -92,15 +130,7 @@ Model<float> load_weights(const ModelConfig& config, const std::string& dir,
   io::WeightStore store = io::WeightStore::open_dir(dir);
   // Every tensor is checked against the config before the weights are allocated: a config
   // that claims a huge model next to small files fails here, not by exhausting memory.
-  for (const auto& p : m.layout.params) {
-    if (!store.has(p.name)) {
-      if (p.kind == ParamKind::Gate && opts.allow_missing_gates) continue;
-      throw Error(dir + ": tensor '" + p.name + "' is missing" +
-                  (p.kind == ParamKind::Gate ? " (convert a plain checkpoint with infini convert)"
-                                             : ""));
-    }
-    store.check_shape(p.name, p.shape);
-  }
+  check_weights(m.layout, store, dir, opts);
   m.weights.assign(size_t(m.layout.total), 0.0f);
   for (const auto& p : m.layout.params) {
     float* w = m.weights.data() + p.offset;
@@ -109,6 +139,7 @@ Model<float> load_weights(const ModelConfig& config, const std::string& dir,
       continue;
     }
     store.read_f32(p.name, p.shape, w);
+    store.release(p.name);
     for (int64_t i = 0; i < p.numel; ++i)
       if (!std::isfinite(w[i]))
         throw Error(dir + ": tensor '" + p.name + "' contains a non-finite value (NaN or Inf)");

@@ -8,6 +8,10 @@
 #include "model/config.hpp"
 #include "model/params.hpp"
 
+namespace infini::io {
+class WeightStore;
+}
+
 namespace infini::model {
 
 template <class T>
@@ -44,8 +48,17 @@ struct LoadOptions {
 Model<float> load_model(const std::string& dir, const LoadOptions& opts = {});
 
 // Reads the weights of `dir` for an already parsed config (conversion supplies its own).
+// Goes tensor by tensor, dropping each tensor's mapped file pages once it is converted: the
+// peak resident memory is the float32 weights plus about one tensor, not weights + file.
 Model<float> load_weights(const ModelConfig& config, const std::string& dir,
                           const LoadOptions& opts = {});
+
+// Checks that `store` (the weights of `dir`) holds every tensor of `layout` with its shape,
+// before anything is allocated or written; a missing beta passes when
+// opts.allow_missing_gates. Errors name `dir` and the tensor (and, for an MLP tensor of a
+// mixture-of-experts model, say when the checkpoint has the other kind of MLP in that layer).
+void check_weights(const ParamLayout& layout, const io::WeightStore& store, const std::string& dir,
+                   const LoadOptions& opts = {});
 
 // Writes config.json and model.safetensors (F32) into `dir`, creating it if needed.
 // Each file is written atomically (temp file, fsync, rename); on failure, as write_model_dir.

@@ -39,14 +39,25 @@ void pack_weights(const Model<float>& m, bool backward, int64_t max_bytes, Packe
   const ModelConfig& c = m.config;
   const int64_t D = c.hidden_size, F = c.intermediate_size, qw = c.q_width(), kw = c.kv_width();
   std::vector<Weight> list;
+  const int64_t Fm = c.moe_intermediate_size, Fs = c.shared_expert_intermediate_size;
   for (const LayerOffsets& o : m.layout.layers) {
     list.push_back({o.wq, qw, D});
     list.push_back({o.wk, kw, D});
     list.push_back({o.wv, kw, D});
     list.push_back({o.wo, D, qw});
-    list.push_back({o.w_gate, F, D});
-    list.push_back({o.w_up, F, D});
-    list.push_back({o.w_down, D, F});
+    // A sparse layer's experts and shared expert (the router and the shared gate are small
+    // and multiplied unpacked).
+    auto mlp = [&](const LayerOffsets::ExpertOffsets& e, int64_t width) {
+      list.push_back({e.w_gate, width, D});
+      list.push_back({e.w_up, width, D});
+      list.push_back({e.w_down, D, width});
+    };
+    if (o.sparse) {
+      mlp(o.shared, Fs);
+      for (const auto& e : o.experts) mlp(e, Fm);
+    } else {
+      mlp({o.w_gate, o.w_up, o.w_down}, F);
+    }
   }
   list.push_back({m.layout.lm_head, c.vocab_size, D});
 

@@ -33,10 +33,32 @@ ParamLayout ParamLayout::build(const ModelConfig& c) {
     o.wo = add(pre + "self_attn.o_proj.weight", {D, c.q_width()}, ParamKind::Matrix);
     if (c.use_memory) o.beta = add(pre + "self_attn.beta", {c.num_heads}, ParamKind::Gate);
     o.post_norm = add(pre + "post_attention_layernorm.weight", {D}, ParamKind::Norm);
-    o.w_gate = add(pre + "mlp.gate_proj.weight", {F, D}, ParamKind::Matrix);
-    o.w_up = add(pre + "mlp.up_proj.weight", {F, D}, ParamKind::Matrix);
-    o.w_down = add(pre + "mlp.down_proj.weight", {D, F}, ParamKind::Matrix);
-    p.layers.push_back(o);
+    if (c.is_sparse_layer(l)) {
+      // Hugging Face's module order (Qwen2MoeSparseMoeBlock): router, experts 0..E-1 (gate,
+      // up, down each), shared expert (gate, up, down), shared expert gate.
+      const std::string mlp = pre + "mlp.";
+      const int64_t E = c.num_experts, Fm = c.moe_intermediate_size,
+                    Fs = c.shared_expert_intermediate_size;
+      o.sparse = true;
+      o.router = add(mlp + "gate.weight", {E, D}, ParamKind::Router);
+      o.experts.resize(size_t(E));
+      for (int64_t e = 0; e < E; ++e) {
+        const std::string ex = mlp + "experts." + std::to_string(e) + ".";
+        auto& x = o.experts[size_t(e)];
+        x.w_gate = add(ex + "gate_proj.weight", {Fm, D}, ParamKind::Matrix);
+        x.w_up = add(ex + "up_proj.weight", {Fm, D}, ParamKind::Matrix);
+        x.w_down = add(ex + "down_proj.weight", {D, Fm}, ParamKind::Matrix);
+      }
+      o.shared.w_gate = add(mlp + "shared_expert.gate_proj.weight", {Fs, D}, ParamKind::Matrix);
+      o.shared.w_up = add(mlp + "shared_expert.up_proj.weight", {Fs, D}, ParamKind::Matrix);
+      o.shared.w_down = add(mlp + "shared_expert.down_proj.weight", {D, Fs}, ParamKind::Matrix);
+      o.shared_gate = add(mlp + "shared_expert_gate.weight", {1, D}, ParamKind::Router);
+    } else {
+      o.w_gate = add(pre + "mlp.gate_proj.weight", {F, D}, ParamKind::Matrix);
+      o.w_up = add(pre + "mlp.up_proj.weight", {F, D}, ParamKind::Matrix);
+      o.w_down = add(pre + "mlp.down_proj.weight", {D, F}, ParamKind::Matrix);
+    }
+    p.layers.push_back(std::move(o));
   }
   p.final_norm = add("model.norm.weight", {D}, ParamKind::Norm);
   p.lm_head = c.tie_word_embeddings ? p.embed

@@ -9,7 +9,10 @@
 
 namespace infini::model {
 
-enum class ParamKind { Embedding, Matrix, Norm, Bias, Gate };
+// Router: the mixture-of-experts routing projections of a sparse layer (SPEC §7), mlp.gate
+// [E, D] and mlp.shared_expert_gate [1, D]. Initialised like a Matrix, trained in their own
+// optimizer group ("routers"); the experts' own projections are Matrix.
+enum class ParamKind { Embedding, Matrix, Norm, Bias, Gate, Router };
 
 struct ParamInfo {
   std::string name;
@@ -22,7 +25,21 @@ struct ParamInfo {
 // Offsets of one layer's tensors in the flat buffer; -1 marks an absent tensor.
 struct LayerOffsets {
   int64_t in_norm = -1, wq = -1, bq = -1, wk = -1, bk = -1, wv = -1, bv = -1, wo = -1;
-  int64_t beta = -1, post_norm = -1, w_gate = -1, w_up = -1, w_down = -1;
+  int64_t beta = -1, post_norm = -1;
+  // Dense MLP (SPEC §2): gate/up [F, D], down [D, F]. All -1 in a sparse layer.
+  int64_t w_gate = -1, w_up = -1, w_down = -1;
+  // Sparse (mixture-of-experts) MLP, SPEC §7; only when `sparse`:
+  //   router       mlp.gate.weight                 [E, D]   (ParamKind::Router)
+  //   experts[e]   mlp.experts.{e}.{gate,up,down}_proj.weight   [Fm, D], [Fm, D], [D, Fm]
+  //   shared       mlp.shared_expert.{gate,up,down}_proj.weight [Fs, D], [Fs, D], [D, Fs]
+  //   shared_gate  mlp.shared_expert_gate.weight   [1, D]   (ParamKind::Router)
+  bool sparse = false;
+  int64_t router = -1, shared_gate = -1;
+  struct ExpertOffsets {
+    int64_t w_gate = -1, w_up = -1, w_down = -1;
+  };
+  ExpertOffsets shared;
+  std::vector<ExpertOffsets> experts;  // num_experts entries in a sparse layer, else empty
 };
 
 struct ParamLayout {

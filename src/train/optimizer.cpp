@@ -17,6 +17,7 @@ std::vector<ParamGroup> model_param_groups(const model::ParamLayout& layout, dou
   ParamGroup mat{"matrices", {}, lr, weight_decay};
   ParamGroup norm{"norms", {}, lr, 0.0};
   ParamGroup gate{"gates", {}, gate_lr, 0.0};
+  ParamGroup router{"routers", {}, lr, weight_decay};
   for (const auto& p : layout.params) {
     switch (p.kind) {
       case model::ParamKind::Embedding:
@@ -30,10 +31,13 @@ std::vector<ParamGroup> model_param_groups(const model::ParamLayout& layout, dou
       case model::ParamKind::Gate:
         gate.ranges.push_back({p.offset, p.numel});
         break;
+      case model::ParamKind::Router:
+        router.ranges.push_back({p.offset, p.numel});
+        break;
     }
   }
   std::vector<ParamGroup> out;
-  for (auto* g : {&mat, &norm, &gate})
+  for (auto* g : {&mat, &norm, &gate, &router})
     if (!g->ranges.empty()) out.push_back(std::move(*g));
   return out;
 }

@@ -28,7 +28,10 @@ struct ParamGroup {
 //   "matrices"  Embedding + Matrix      lr,      weight_decay
 //   "norms"     Norm + Bias             lr,      no decay
 //   "gates"     Gate (beta)             gate_lr, no decay
-// Empty groups are left out.
+//   "routers"   Router (MoE mlp.gate, mlp.shared_expert_gate)   lr, weight_decay
+// Empty groups are left out (a dense model has no "routers" group, so its groups and saved
+// optimizer states are as before). The routers get the matrices' hyperparameters but a group
+// of their own, so they show in the group list and can be tuned or frozen apart.
 std::vector<ParamGroup> model_param_groups(const model::ParamLayout& layout, double lr,
                                            double gate_lr, double weight_decay);
 

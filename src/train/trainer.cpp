@@ -153,6 +153,10 @@ StepGradient Trainer::compute_gradient(const Batch& b, float* grad) {
     // grad_scale 0 would mean "1 / own count"; a batch with no prediction contributes nothing.
     so.grad_scale = global > 0 ? 1.0 / double(global) : 1e-30;
     so.loss_mask = b.loss_mask.empty() ? nullptr : b.loss_mask.data() + row * T;
+    // The load-balancing loss is a mean per micro-batch; the step's objective averages them
+    // (the language-model gradient is summed over ranks, hence the world size too).
+    if (m.config.is_moe() && m.config.output_router_logits)
+      so.moe_aux_scale = 1.0 / double(opts_.grad_accum * opts_.world);
     model::MemoryState<float>* start = nullptr;
     if (!b.initial_state.M.empty()) {
       start_ = model::MemoryState<float>::zeros(m.config, micro);
@@ -163,6 +167,12 @@ StepGradient Trainer::compute_gradient(const Batch& b, float* grad) {
         m, ctx_, b.tokens.data() + row * T, micro, T, model_grad_.data(), so, ws_, start);
     sg.loss_sum += r.loss_sum;
     sg.predicted += r.predicted;
+    sg.aux_loss += r.aux_loss / double(opts_.grad_accum);
+    if (sg.expert_counts.empty()) sg.expert_counts = r.expert_counts;
+    else
+      for (size_t l = 0; l < r.expert_counts.size(); ++l)
+        for (size_t e = 0; e < r.expert_counts[l].size(); ++e)
+          sg.expert_counts[l][e] += r.expert_counts[l][e];
     if (hooks_.after_micro_batch)
       hooks_.after_micro_batch(step_, a, model_grad_.data(), int64_t(model_grad_.size()));
   }
@@ -271,6 +281,21 @@ Trainer::Outcome Trainer::run(const std::atomic<bool>* interrupt, std::FILE* log
                            {"step_s", secs}};
     for (const auto& g : opt_.groups())
       if (g.name == "gates") line["gate_lr"] = g.lr * factor;
+    if (!sg.expert_counts.empty()) {
+      // A collapsed router is how MoE training fails silently: the busiest and the idlest
+      // expert's share of each sparse layer's assignments (1/E each when balanced).
+      line["aux_loss"] = sg.aux_loss;
+      nlohmann::json most = nlohmann::json::array(), least = nlohmann::json::array();
+      for (const auto& counts : sg.expert_counts) {
+        int64_t total = 0;
+        for (int64_t x : counts) total += x;
+        const auto [lo, hi] = std::minmax_element(counts.begin(), counts.end());
+        most.push_back(total ? double(*hi) / double(total) : 0.0);
+        least.push_back(total ? double(*lo) / double(total) : 0.0);
+      }
+      line["expert_load_max"] = most;
+      line["expert_load_min"] = least;
+    }
     const bool do_eval = opts_.eval_every > 0 && !val_.empty() &&
                          (step_ % opts_.eval_every == 0 || step_ == opts_.steps);
     if (do_eval) {

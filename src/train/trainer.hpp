@@ -102,6 +102,11 @@ struct StepGradient {
   int64_t size = 0;
   double loss_sum = 0;    // summed loss of this process's rows
   int64_t predicted = 0;  // predictions of this process's rows
+  // Mixture-of-experts models: the load-balancing loss (SPEC §7, mean over the micro-batches;
+  // in the objective only when the config's output_router_logits is true) and the tokens
+  // routed to each expert of each sparse layer, this process's rows.
+  double aux_loss = 0;
+  std::vector<std::vector<int64_t>> expert_counts;
 };
 
 struct TrainHooks {
