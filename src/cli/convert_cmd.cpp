@@ -1,4 +1,4 @@
-// infini convert / infini export: Hugging Face Llama/Qwen2 checkpoints in and out.
+// infini convert / infini export: Hugging Face Llama/Qwen2/Qwen2-MoE checkpoints in and out.
 #include <cstdio>
 #include <memory>
 
@@ -16,7 +16,7 @@ void register_convert(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   CLI::App* cmd = app.add_subcommand(
-      "convert", "Convert a Hugging Face Llama/Qwen2 checkpoint to an Infini-attention model");
+      "convert", "Convert a Hugging Face Llama/Qwen2/Qwen2-MoE checkpoint to an Infini-attention model");
   cmd->add_option("--from", o->from, "Hugging Face checkpoint directory")->required();
   cmd->add_option("--out", o->out, "Output model directory")->required();
   cmd->add_option("--segment-length", o->segment_length,

@@ -118,7 +118,17 @@ uint64_t config_fingerprint(const model::ModelConfig& c) {
                 c.rms_norm_eps, c.rope_theta, int(c.tie_word_embeddings),
                 int(c.attention_bias), (long long)c.segment_length,
                 model::memory_update_name(c.memory_update), int(c.use_memory));
-  return hash_bytes(buf, std::strlen(buf), 0x1F1A1);
+  std::string text = buf;
+  if (c.is_moe()) {  // dense models keep their fingerprint (states saved before MoE existed)
+    std::snprintf(buf, sizeof buf, ";moe:E=%lld;k=%lld;Fm=%lld;Fs=%lld;norm=%d;step=%lld;dense=",
+                  (long long)c.num_experts, (long long)c.num_experts_per_tok,
+                  (long long)c.moe_intermediate_size,
+                  (long long)c.shared_expert_intermediate_size, int(c.norm_topk_prob),
+                  (long long)c.decoder_sparse_step);
+    text += buf;
+    for (int64_t l : c.mlp_only_layers) text += std::to_string(l) + ",";
+  }
+  return hash_bytes(text.data(), text.size(), 0x1F1A1);
 }
 
 std::string serialize_state(const StateView& v) {
