@@ -46,6 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
     "small": ("configs/bench_small.json", 2048, 2),
     "medium": ("configs/bench_medium.json", 4096, 1),
+    "moe": ("configs/bench_moe.json", 2048, 2),
 }
 
 
