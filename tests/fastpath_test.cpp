@@ -191,13 +191,6 @@ Model<double> random_model(const ModelConfig& cfg, uint64_t seed) {
   return m;
 }
 
-std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 g(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = int32_t(g() % uint64_t(vocab));
-  return t;
-}
-
 // Segments longer than one attention block, a short last segment, batches of 2.
 const ModelCase kModelCases[] = {
     {"delta_mha", MemoryUpdate::Delta, true, false, 2, 2, 12, 80, 190, 2},

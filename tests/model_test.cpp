@@ -50,13 +50,6 @@ Model<double> random_model(const ModelConfig& cfg, uint64_t seed) {
   return m;
 }
 
-std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 g(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = int32_t(g() % uint64_t(vocab));
-  return t;
-}
-
 const Case kCases[] = {
     {"linear_mha_tied", MemoryUpdate::Linear, true, false, true, 2, 2, 4, 3, 8},
     {"delta_gqa_bias", MemoryUpdate::Delta, true, true, false, 4, 2, 4, 3, 10},

@@ -58,13 +58,6 @@ Model<double> random_model(const ModelConfig& cfg, uint64_t seed) {
   return m;
 }
 
-std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 g(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = int32_t(g() % uint64_t(vocab));
-  return t;
-}
-
 // The smallest gap between the k-th and (k+1)-th router probability over every row of every
 // sparse layer of a forward over `tokens`: finite differences hold the selection only when
 // it is well above their step.

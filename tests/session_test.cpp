@@ -19,6 +19,7 @@
 #include "infer/generate.hpp"
 #include "infer/session.hpp"
 #include "model/bptt.hpp"
+#include "util/gradcheck.hpp"
 #include "ops/cross_entropy.hpp"
 #include "util/nan_max.hpp"
 
@@ -27,6 +28,7 @@
 using infini::testing::nan_max;
 using namespace infini;
 using namespace infini::infer;
+using infini::testing::random_tokens;
 using model::MemoryUpdate;
 using model::ModelConfig;
 
@@ -69,13 +71,6 @@ model::Model<float> random_model(const ModelConfig& cfg, uint64_t seed) {
     if (p.kind == model::ParamKind::Gate || p.kind == model::ParamKind::Bias)
       for (int64_t i = 0; i < p.numel; ++i) m.weights[size_t(p.offset + i)] = d(g);
   return m;
-}
-
-std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 g(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = int32_t(g() % uint64_t(vocab));
-  return t;
 }
 
 // The training-time reference: one forward_chunk per whole segment, all logits [T, V].

@@ -92,31 +92,47 @@ FlopCount model_flops(const model::ModelConfig& c, int64_t batch, int64_t T_len)
 struct SgemmRate {
   double wall = 0, cpu = 0;
 };
-void measure_sgemm(int m, int n, int k, int pad, int reps, bool native, SgemmRate& best) {
-  const int lda = k + pad, ldb = n + pad, ldc = n + pad;
-  std::vector<float> a(size_t(m) * size_t(lda)), b(size_t(k) * size_t(ldb)),
-      c(size_t(m) * size_t(ldc));
-  std::mt19937 g(1);
-  std::uniform_real_distribution<float> u(-1, 1);
-  for (auto& x : a) x = u(g);
-  for (auto& x : b) x = u(g);
-  const ops::GemmBackend saved = ops::gemm_backend();
-  if (native) ops::set_gemm_backend(ops::GemmBackend::Native);
+// Random operands of an m x n x k product whose rows are `pad` floats longer than the matrix.
+struct GemmOperands {
+  int lda, ldb, ldc;
+  std::vector<float> a, b, c;
+  GemmOperands(int m, int n, int k, int pad)
+      : lda(k + pad), ldb(n + pad), ldc(n + pad), a(size_t(m) * size_t(lda)),
+        b(size_t(k) * size_t(ldb)), c(size_t(m) * size_t(ldc)) {
+    std::mt19937 g(1);
+    std::uniform_real_distribution<float> u(-1, 1);
+    for (auto& x : a) x = u(g);
+    for (auto& x : b) x = u(g);
+  }
+};
+
+// Runs `product` reps + 1 times (the first warms up) and raises `best` to its rates.
+template <class Product>
+void time_product(int m, int n, int k, int reps, SgemmRate& best, Product&& product) {
+  const double flop = 2.0 * m * n * k / 1e9;
   for (int r = 0; r < reps + 1; ++r) {
     const double c0 = process_cpu_seconds();
     Stopwatch sw;
-    if (native)
-      ops::gemm<float>(false, false, m, n, k, 1.0f, a.data(), lda, b.data(), ldb, 0.0f, c.data(),
-                       ldc);
-    else
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a.data(), lda,
-                  b.data(), ldb, 0.0f, c.data(), ldc);
+    product();
     const double s = sw.seconds(), cs = process_cpu_seconds() - c0;
-    if (r == 0) continue;  // the first call warms up
-    const double flop = 2.0 * m * n * k / 1e9;
+    if (r == 0) continue;
     best.wall = std::max(best.wall, flop / s);
     if (cs > 0) best.cpu = std::max(best.cpu, flop / cs);
   }
+}
+
+void measure_sgemm(int m, int n, int k, int pad, int reps, bool native, SgemmRate& best) {
+  GemmOperands o(m, n, k, pad);
+  const ops::GemmBackend saved = ops::gemm_backend();
+  if (native) ops::set_gemm_backend(ops::GemmBackend::Native);
+  time_product(m, n, k, reps, best, [&] {
+    if (native)
+      ops::gemm<float>(false, false, m, n, k, 1.0f, o.a.data(), o.lda, o.b.data(), o.ldb, 0.0f,
+                       o.c.data(), o.ldc);
+    else
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, o.a.data(), o.lda,
+                  o.b.data(), o.ldb, 0.0f, o.c.data(), o.ldc);
+  });
   ops::set_gemm_backend(saved);
 }
 
@@ -124,31 +140,18 @@ void measure_sgemm(int m, int n, int k, int pad, int reps, bool native, SgemmRat
 // fly), rows shared over the threads. Nothing where the CPU has no AVX512-BF16.
 void measure_bf16_gemm(int m, int n, int k, int pad, int reps, int threads, SgemmRate& best) {
   if (!ops::bf16_native_available()) return;
-  const int lda = k + pad, ldb = n + pad, ldc = n + pad;
-  std::vector<float> a(size_t(m) * size_t(lda)), b(size_t(k) * size_t(ldb)),
-      c(size_t(m) * size_t(ldc));
-  std::mt19937 g(1);
-  std::uniform_real_distribution<float> u(-1, 1);
-  for (auto& x : a) x = u(g);
-  for (auto& x : b) x = u(g);
+  GemmOperands o(m, n, k, pad);
   ops::PackedBf16 packed;
-  ops::bf16_pack(false, k, n, b.data(), ldb, packed);
-  for (int r = 0; r < reps + 1; ++r) {
-    const double c0 = process_cpu_seconds();
-    Stopwatch sw;
+  ops::bf16_pack(false, k, n, o.b.data(), o.ldb, packed);
+  time_product(m, n, k, reps, best, [&] {
 #pragma omp parallel num_threads(threads)
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
       const int r0 = m * t / nt, r1 = m * (t + 1) / nt;
-      ops::bf16_gemm_packed(false, r1 - r0, n, k, 1.0f, a.data() + size_t(r0) * size_t(lda), lda,
-                            packed, 0.0f, c.data() + size_t(r0) * size_t(ldc), ldc);
+      ops::bf16_gemm_packed(false, r1 - r0, n, k, 1.0f, o.a.data() + size_t(r0) * size_t(o.lda),
+                            o.lda, packed, 0.0f, o.c.data() + size_t(r0) * size_t(o.ldc), o.ldc);
     }
-    const double s = sw.seconds(), cs = process_cpu_seconds() - c0;
-    if (r == 0) continue;
-    const double flop = 2.0 * m * n * k / 1e9;
-    best.wall = std::max(best.wall, flop / s);
-    if (cs > 0) best.cpu = std::max(best.cpu, flop / cs);
-  }
+  });
 }
 
 }  // namespace

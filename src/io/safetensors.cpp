@@ -133,6 +133,17 @@ json parse_header_json(const char* begin, const char* end, const std::string& fi
   return j;
 }
 
+// The bytes of a tensor of `shape`, or 0 for a negative or overflowing shape: write_atomic then
+// rejects the shape with a message naming the tensor.
+size_t checked_nbytes(const std::vector<int64_t>& shape, size_t element_bytes) {
+  uint64_t numel = 1, nbytes = 0;
+  bool ok = true;
+  for (int64_t d : shape)
+    ok = ok && d >= 0 && !__builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel);
+  if (!ok || __builtin_mul_overflow(numel, uint64_t(element_bytes), &nbytes)) return 0;
+  return static_cast<size_t>(nbytes);
+}
+
 struct Writable {
   std::string name;
   DType dtype;
@@ -602,13 +613,7 @@ void write_safetensors_streaming(const std::string& path, const std::vector<Tens
   std::vector<Writable> w;
   w.reserve(tensors.size());
   for (const auto& t : tensors) {
-    // As write_safetensors: a bad shape gets nbytes 0, and write_atomic rejects it by name.
-    uint64_t numel = 1, nbytes = 0;
-    bool ok = true;
-    for (int64_t d : t.shape)
-      ok = ok && d >= 0 && !__builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel);
-    if (!ok || __builtin_mul_overflow(numel, uint64_t(dtype_size(t.dtype)), &nbytes)) nbytes = 0;
-    w.push_back({t.name, t.dtype, t.shape, nullptr, static_cast<size_t>(nbytes)});
+    w.push_back({t.name, t.dtype, t.shape, nullptr, checked_nbytes(t.shape, dtype_size(t.dtype))});
   }
   write_atomic(path, w, metadata, &produce);
 }
@@ -618,14 +623,8 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
   std::vector<Writable> w;
   w.reserve(tensors.size());
   for (const auto& t : tensors) {
-    // A bad shape gets nbytes 0 here; write_atomic then rejects the shape with a message.
-    uint64_t numel = 1, nbytes = 0;
-    bool ok = true;
-    for (int64_t d : t.shape)
-      ok = ok && d >= 0 && !__builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel);
-    if (!ok || __builtin_mul_overflow(numel, uint64_t{4}, &nbytes)) nbytes = 0;
     w.push_back({t.name, DType::F32, t.shape, reinterpret_cast<const uint8_t*>(t.data),
-                 static_cast<size_t>(nbytes)});
+                 checked_nbytes(t.shape, 4)});
   }
   write_atomic(path, w, metadata);
 }

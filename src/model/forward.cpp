@@ -25,7 +25,7 @@ void resize(std::vector<T>& v, int64_t n) {
 }
 
 template <class T>
-void grow_vec(std::vector<T>& v, int64_t n) {
+void grow(std::vector<T>& v, int64_t n) {
   if (int64_t(v.size()) < n) v.resize(size_t(n));
 }
 
@@ -244,7 +244,7 @@ void moe_expert_backward(const Model<T>& m, const ForwardContext<T>& ctx,
   const auto& ex = o.experts[size_t(e)];
   const int64_t Fm = c.moe_intermediate_size;
   thread_local std::vector<T> scratch;
-  grow_vec(scratch, ops::moe_backward_scratch_size(A.routing, e, Fm));
+  grow(scratch, ops::moe_backward_scratch_size(A.routing, e, Fm));
   auto g = [&](int64_t off) { return grads ? grads + off : nullptr; };
   ops::MoeExpertPacks packs;
   ops::moe_expert_backward(e, A.routing, A.experts, dh, c.hidden_size, Fm, m.at(ex.w_gate),
@@ -504,11 +504,6 @@ int chunk_threads(const ForwardContext<T>& ctx, const ModelConfig& c, int64_t ro
                        (D * double(2 * c.q_width() + 2 * c.kv_width()) +
                         3.0 * D * double(c.intermediate_size));
   return flops < 2e7 ? 1 : omp_get_max_threads();
-}
-
-template <class T>
-void grow(std::vector<T>& v, int64_t n) {
-  if (int64_t(v.size()) < n) v.resize(size_t(n));
 }
 
 template <class T>

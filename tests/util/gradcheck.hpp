@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <limits>
 #include <random>
@@ -19,6 +20,14 @@ inline std::vector<double> random_vec(size_t n, uint64_t seed, double scale = 1.
   std::vector<double> v(n);
   for (auto& x : v) x = d(g);
   return v;
+}
+
+// n token ids uniform in [0, vocab), from `seed`.
+inline std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 g(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = int32_t(g() % uint64_t(vocab));
+  return t;
 }
 
 // Central differences of f at x, for the entries listed (all when empty).
