@@ -9,7 +9,8 @@
 //                      primitive picks (format_tag::any, reordered once: its packing), dst f32.
 //   DnnlMatmul_f32A    the same plus oneDNN's f32 -> bf16 reorder of src in every iteration.
 //   DnnlGemm_bf16A     dnnl_gemm_bf16bf16f32: exported by libdnnl.so 2.6 but absent from its
-//                      public headers (declared here); no packing in advance.
+//                      public headers (declared here); it packs both operands in every call.
+//   DnnlGemm_f32A      the same after a vector f32 -> bf16 pass over A in every iteration.
 //   Xsmm_bf16A         libxsmm 1.17: W packed once in VNNI layout, one JIT batch-reduce kernel
 //                      (libxsmm_bsmmdispatch_reducebatch_strd) per output tile, summing over
 //                      the k blocks, as libxsmm's own fully-connected layer does.
@@ -212,23 +213,28 @@ void dnnl_matmul(benchmark::State& state, bool src_f32) {
 void BM_DnnlMatmul_bf16A(benchmark::State& state) { dnnl_matmul(state, false); }
 void BM_DnnlMatmul_f32A(benchmark::State& state) { dnnl_matmul(state, true); }
 
-void BM_DnnlGemm_bf16A(benchmark::State& state) {
+// a_f32: A converted to bf16 (the vector conversion above, one pass) in every iteration.
+void dnnl_gemm(benchmark::State& state, bool a_f32) {
   if (!have_bf16(state)) return;
   const Problem& p = problem(state.range(0), state.range(1), state.range(2));
   std::vector<float> c(size_t(p.m * p.n), NAN);
+  std::vector<uint16_t> a16(p.a16);
   auto run = [&] {
-    if (dnnl_gemm_bf16bf16f32('N', 'T', p.m, p.n, p.k, 1.0f, p.a16.data(), p.k, p.w16.data(),
-                              p.k, 0.0f, c.data(), p.n) != dnnl_success)
+    if (a_f32) convert(p.a.data(), a16.data(), p.m * p.k);
+    if (dnnl_gemm_bf16bf16f32('N', 'T', p.m, p.n, p.k, 1.0f, a16.data(), p.k, p.w16.data(), p.k,
+                              0.0f, c.data(), p.n) != dnnl_success)
       fail("dnnl_gemm_bf16bf16f32 failed");
   };
   run();
-  verify("DnnlGemm_bf16A", p, c.data());
+  verify(a_f32 ? "DnnlGemm_f32A" : "DnnlGemm_bf16A", p, c.data());
   for (auto _ : state) {
     run();
     benchmark::DoNotOptimize(c.data());
   }
   bench::set_flops(state, 2.0 * p.m * p.n * p.k);
 }
+void BM_DnnlGemm_bf16A(benchmark::State& state) { dnnl_gemm(state, false); }
+void BM_DnnlGemm_f32A(benchmark::State& state) { dnnl_gemm(state, true); }
 
 #endif  // INFINI_WITH_DNNL
 
@@ -241,7 +247,10 @@ void BM_DnnlGemm_bf16A(benchmark::State& state) {
 // contiguous, the blocks of one tile BM * BK apart (the stride the batch-reduce kernel steps
 // by). One kernel call sums count = k / BK block products into one BM x BN tile of C', beta 0.
 struct XsmmGemm {
-  static constexpr int64_t kBM = 64, kBN = 64, kBK = 256;  // see docs/benchmarks.md
+  // Tile sizes: BM = 64 columns of C (four 16-float vectors), BN = 64 rows, BK = 256. Those
+  // tried (BM 32-128, BN 32-256, BK 64 to all of k) came within 5% of each other, the noise
+  // here; INFINI_XSMM_TILE=BM,BN,BK tries others.
+  int64_t tile_m = 64, tile_n = 64, tile_k = 256;
   int64_t m = 0, n = 0, k = 0, bk = 0;
   std::vector<uint16_t> wpack;
   std::map<std::pair<int64_t, int64_t>, libxsmm_bsmmfunction_reducebatch_strd> kernels;
@@ -261,12 +270,18 @@ struct XsmmGemm {
   }
 
   XsmmGemm(const Problem& p) : m(p.m), n(p.n), k(p.k) {
-    bk = std::min(kBK, k);
+    if (const char* t = std::getenv("INFINI_XSMM_TILE")) {
+      long bm = 0, bn = 0, bkk = 0;
+      if (std::sscanf(t, "%ld,%ld,%ld", &bm, &bn, &bkk) != 3 || bm <= 0 || bn <= 0 || bkk <= 0)
+        fail("INFINI_XSMM_TILE must be BM,BN,BK");
+      tile_m = bm, tile_n = bn, tile_k = bkk;
+    }
+    bk = std::min(tile_k, k);
     if (k % bk || bk % 2) fail("libxsmm case: k must be a multiple of its block");
     wpack.assign(size_t(n * k), 0);
     // Tile j0 (width bm) starts at j0 * k; its block q0 at + q0 * bm.
-    for (int64_t j0 = 0; j0 < n; j0 += kBM) {
-      const int64_t bm = std::min(kBM, n - j0);
+    for (int64_t j0 = 0; j0 < n; j0 += tile_m) {
+      const int64_t bm = std::min(tile_m, n - j0);
       uint16_t* tile = wpack.data() + j0 * k;
       for (int64_t q0 = 0; q0 < k; q0 += bk)
         for (int64_t q = 0; q < bk; ++q)
@@ -274,23 +289,23 @@ struct XsmmGemm {
             tile[q0 * bm + (q / 2) * bm * 2 + j * 2 + q % 2] =
                 p.w16[size_t((j0 + j) * k + q0 + q)];
     }
-    for (int64_t i0 = 0; i0 < m; i0 += kBN)
-      for (int64_t j0 = 0; j0 < n; j0 += kBM) kernel(std::min(kBM, n - j0), std::min(kBN, m - i0));
+    for (int64_t i0 = 0; i0 < m; i0 += tile_n)
+      for (int64_t j0 = 0; j0 < n; j0 += tile_m) kernel(std::min(tile_m, n - j0), std::min(tile_n, m - i0));
   }
 
   // c = a16 W^T, a16 [m, k] bf16 row-major. With a32, each BN-row block of A is first
   // converted into a16 (a BN x k buffer then), as infini converts A on the fly.
   void run(const uint16_t* a16, const float* a32, uint16_t* buf, float* c) {
     const unsigned long long count = (unsigned long long)(k / bk);
-    for (int64_t i0 = 0; i0 < m; i0 += kBN) {
-      const int64_t bn = std::min(kBN, m - i0);
+    for (int64_t i0 = 0; i0 < m; i0 += tile_n) {
+      const int64_t bn = std::min(tile_n, m - i0);
       const uint16_t* ab = a16 + i0 * k;
       if (a32) {
         convert(a32 + i0 * k, buf, bn * k);
         ab = buf;
       }
-      for (int64_t j0 = 0; j0 < n; j0 += kBM) {
-        const int64_t bm = std::min(kBM, n - j0);
+      for (int64_t j0 = 0; j0 < n; j0 += tile_m) {
+        const int64_t bm = std::min(tile_m, n - j0);
         kernel(bm, bn)(reinterpret_cast<const libxsmm_bfloat16*>(wpack.data() + j0 * k),
                        reinterpret_cast<const libxsmm_bfloat16*>(ab), c + i0 * n + j0, &count);
       }
@@ -304,7 +319,7 @@ void xsmm(benchmark::State& state, bool a_f32) {
   libxsmm_init();
   XsmmGemm g(p);
   std::vector<float> c(size_t(p.m * p.n), NAN);
-  std::vector<uint16_t> buf(size_t(XsmmGemm::kBN * p.k));
+  std::vector<uint16_t> buf(size_t(g.tile_n * p.k));
   const float* a32 = a_f32 ? p.a.data() : nullptr;
   g.run(p.a16.data(), a32, buf.data(), c.data());
   verify(a_f32 ? "Xsmm_f32A" : "Xsmm_bf16A", p, c.data());
@@ -312,7 +327,8 @@ void xsmm(benchmark::State& state, bool a_f32) {
     g.run(p.a16.data(), a32, buf.data(), c.data());
     benchmark::DoNotOptimize(c.data());
   }
-  state.SetLabel(std::string("libxsmm ") + libxsmm_get_target_arch());
+  state.SetLabel(std::string("libxsmm ") + libxsmm_get_target_arch() + " tile " +
+                 std::to_string(g.tile_m) + "x" + std::to_string(g.tile_n) + "x" + std::to_string(g.bk));
   bench::set_flops(state, 2.0 * p.m * p.n * p.k);
 }
 void BM_Xsmm_bf16A(benchmark::State& state) { xsmm(state, false); }
@@ -341,6 +357,7 @@ BENCHMARK(BM_Infini_bf16A)->Apply(Shapes);
 BENCHMARK(BM_DnnlMatmul_bf16A)->Apply(Shapes);
 BENCHMARK(BM_DnnlMatmul_f32A)->Apply(Shapes);
 BENCHMARK(BM_DnnlGemm_bf16A)->Apply(Shapes);
+BENCHMARK(BM_DnnlGemm_f32A)->Apply(Shapes);
 #endif
 #if defined(INFINI_WITH_LIBXSMM)
 BENCHMARK(BM_Xsmm_bf16A)->Apply(Shapes);
