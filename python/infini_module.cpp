@@ -552,6 +552,7 @@ PYBIND11_MODULE(_infini, mod) {
         o.depths = depths;
         o.trials = trials;
         o.seed = seed;
+        o.precision = h->precision;
         nlohmann::json j;
         {
           py::gil_scoped_release nogil;
