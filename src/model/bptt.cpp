@@ -51,46 +51,24 @@ int64_t activation_bytes(const SegmentActs<T>& a) {
 
 namespace {
 
-// The router statistics of one call (SPEC §7's load-balancing loss pools every token of every
-// sparse layer): assignments per expert per sparse layer, and the sums of the probabilities.
+// The router statistics of one call: SPEC §7's load-balancing loss pools every token of every
+// sparse layer (ops::MoeRouterPool); the assignments per expert of each sparse layer are kept
+// for the load summary.
 template <class T>
 struct RouterStats {
   std::vector<std::vector<int64_t>> counts;  // [sparse layer][E]
-  std::vector<double> prob_sum;              // [E], over all layers and rows
-  int64_t rows = 0;                          // T': router rows, all layers
+  ops::MoeRouterPool pool;
 
   void add(const Model<T>& m, const SegmentActs<T>& a) {
-    const ModelConfig& c = m.config;
-    if (!c.is_moe()) return;
-    const int64_t E = c.num_experts;
-    if (prob_sum.empty()) prob_sum.assign(size_t(E), 0.0);
     size_t s = 0;
     for (size_t l = 0; l < a.layers.size(); ++l) {
       if (!m.layout.layers[l].sparse) continue;
-      if (counts.size() <= s) counts.emplace_back(size_t(E), 0);
       const ops::MoeRouting<T>& r = a.layers[l].routing;
-      for (int64_t i = 0; i < r.rows * r.k; ++i) counts[s][size_t(r.idx[size_t(i)])] += 1;
-      for (int64_t i = 0; i < r.rows; ++i)
-        for (int64_t e = 0; e < E; ++e) prob_sum[size_t(e)] += double(r.probs[size_t(i * E + e)]);
-      rows += r.rows;
+      if (counts.size() <= s) counts.emplace_back(size_t(r.experts), 0);
+      for (int64_t e = 0; e < r.experts; ++e) counts[s][size_t(e)] += r.count(e);
+      pool.add(r);
       ++s;
     }
-  }
-  // The load-balancing loss, and (scale > 0) its gradient with respect to every probability.
-  double aux_loss(const ModelConfig& c, double scale, std::vector<T>& grad) const {
-    if (rows == 0) return 0;
-    const int64_t E = c.num_experts;
-    std::vector<double> f(size_t(E), 0.0);
-    for (const auto& layer : counts)
-      for (int64_t e = 0; e < E; ++e) f[size_t(e)] += double(layer[size_t(e)]);
-    double loss = 0;
-    grad.assign(size_t(E), T(0));
-    for (int64_t e = 0; e < E; ++e) {
-      const double fe = f[size_t(e)] / double(rows), pe = prob_sum[size_t(e)] / double(rows);
-      loss += fe * pe;
-      grad[size_t(e)] = T(scale * c.router_aux_loss_coef * double(E) * fe / double(rows));
-    }
-    return c.router_aux_loss_coef * double(E) * loss;
   }
 };
 
@@ -130,8 +108,10 @@ LossResult sequence_loss(const Model<T>& m, const ForwardContext<T>& ctx, const 
   RouterStats<T> router;
   std::vector<T> aux_grad;
   auto finish_router = [&](double scale) {
-    result.aux_loss = router.aux_loss(c, scale, aux_grad);
+    result.aux_loss = router.pool.aux_loss(c.router_aux_loss_coef);
     result.expert_counts = router.counts;
+    const std::vector<double> g = router.pool.aux_grad(c.router_aux_loss_coef, scale);
+    aux_grad.assign(g.begin(), g.end());
   };
   if (!grads) {
     // Loss only: one pass, the activations of one segment at a time.

@@ -88,24 +88,6 @@ void project_back(const Model<T>& m, const ForwardContext<T>& ctx, const PackedW
                        out, add);
 }
 
-// ops::linear_backward under the context's precision (the plain layer code's backward).
-template <class T>
-void linear_back(const ForwardContext<T>& ctx, T* dx, T* dw, T* dbias, const T* dy, const T* x,
-                 const T* w, int64_t rows, int64_t in, int64_t out, bool accumulate_dx) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (bf16_products(ctx)) {
-      ops::bf16_gemm(false, false, rows, in, out, 1.0f, dy, out, w, in,
-                     accumulate_dx ? 1.0f : 0.0f, dx, in);
-      if (dw) ops::bf16_gemm(true, false, out, in, rows, 1.0f, dy, out, x, in, 1.0f, dw, in);
-      if (dbias)
-        for (int64_t i = 0; i < rows; ++i)
-          for (int64_t j = 0; j < out; ++j) dbias[j] += dy[i * out + j];
-      return;
-    }
-  }
-  ops::linear_backward(dx, dw, dbias, dy, x, w, rows, in, out, accumulate_dx);
-}
-
 // dW (+=) dy^T x alone, under the context's precision; nothing when dw is null.
 template <class T>
 void linear_back_weights(const ForwardContext<T>& ctx, T* dw, const T* dy, const T* x,
@@ -120,6 +102,23 @@ void linear_back_weights(const ForwardContext<T>& ctx, T* dw, const T* dy, const
   ops::gemm<T>(true, false, out, in, rows, T(1), dy, out, x, in, T(1), dw, in);
 }
 
+// ops::linear_backward under the context's precision (the plain layer code's backward).
+template <class T>
+void linear_back(const ForwardContext<T>& ctx, T* dx, T* dw, T* dbias, const T* dy, const T* x,
+                 const T* w, int64_t rows, int64_t in, int64_t out, bool accumulate_dx) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16_products(ctx)) {
+      ops::bf16_gemm(false, false, rows, in, out, 1.0f, dy, out, w, in,
+                     accumulate_dx ? 1.0f : 0.0f, dx, in);
+      linear_back_weights(ctx, dw, dy, x, rows, in, out);
+      if (dbias)
+        for (int64_t i = 0; i < rows; ++i)
+          for (int64_t j = 0; j < out; ++j) dbias[j] += dy[i * out + j];
+      return;
+    }
+  }
+  ops::linear_backward(dx, dw, dbias, dy, x, w, rows, in, out, accumulate_dx);
+}
 
 // ---------------------------------------------------------------------------------------------
 // The sparse MLP (mixture of experts, SPEC §7): the block kind a sparse layer has where a dense

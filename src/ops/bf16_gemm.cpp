@@ -181,7 +181,6 @@ constexpr auto kernel_table(std::integer_sequence<int, R...>) {
 }
 constexpr auto kKernels = kernel_table(std::make_integer_sequence<int, kMR>{});
 
-
 // B not transposed: rows 2p and 2p + 1 of a 32-column panel, each converted to 32 bf16 and
 // interleaved element by element.
 void pack_rows(int64_t k, int64_t n, const float* b, int64_t ldb, uint16_t* d) {
@@ -233,7 +232,6 @@ void pack_vector(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb
   else
     pack_rows(k, n, b, ldb, d);
 }
-
 
 // Rows t0 .. t1 (t0, t1 even) as pairs: 16 columns of rows t and t + 1 become 16 words, each
 // written to its column's row of the output.

@@ -244,40 +244,42 @@ void moe_scatter_dx_rows(const MoeRouting<T>& r, const T* dxg, int64_t D, T* dx,
   }
 }
 
-namespace {
-
-// Pooled assignment counts and probability sums over the layers; returns T'.
 template <class T>
-int64_t pooled_counts(const std::vector<const MoeRouting<T>*>& layers, std::vector<double>& count,
-                      std::vector<double>* psum) {
-  if (layers.empty()) return 0;
-  const int64_t E = layers[0]->experts;
-  count.assign(size_t(E), 0.0);
-  if (psum) psum->assign(size_t(E), 0.0);
-  int64_t total = 0;
-  for (const MoeRouting<T>* l : layers) {
-    if (l->experts != E)
-      throw Error("moe aux loss: layers with " + std::to_string(E) + " and " +
-                  std::to_string(l->experts) + " experts cannot be pooled");
-    total += l->rows;
-    for (int64_t a = 0; a < l->assignments(); ++a) count[size_t(l->idx[size_t(a)])] += 1.0;
-    if (psum)
-      for (int64_t t = 0; t < l->rows; ++t)
-        for (int64_t e = 0; e < E; ++e) (*psum)[size_t(e)] += double(l->probs[size_t(t * E + e)]);
+void MoeRouterPool::add(const MoeRouting<T>& r) {
+  const int64_t E = r.experts;
+  if (count.empty()) {
+    count.assign(size_t(E), 0.0);
+    prob_sum.assign(size_t(E), 0.0);
+  } else if (int64_t(count.size()) != E) {
+    throw Error("moe aux loss: layers with " + std::to_string(count.size()) + " and " +
+                std::to_string(E) + " experts cannot be pooled");
   }
-  return total;
+  rows += r.rows;
+  for (int64_t a = 0; a < r.assignments(); ++a) count[size_t(r.idx[size_t(a)])] += 1.0;
+  for (int64_t t = 0; t < r.rows; ++t)
+    for (int64_t e = 0; e < E; ++e) prob_sum[size_t(e)] += double(r.probs[size_t(t * E + e)]);
 }
 
-}  // namespace
+double MoeRouterPool::aux_loss(double coef) const {
+  if (rows == 0) return 0.0;
+  double s = 0;
+  for (size_t e = 0; e < count.size(); ++e) s += count[e] * prob_sum[e];
+  return coef * double(count.size()) * s / (double(rows) * double(rows));
+}
+
+std::vector<double> MoeRouterPool::aux_grad(double coef, double scale) const {
+  if (rows == 0) return {};
+  std::vector<double> g(count.size());
+  for (size_t e = 0; e < count.size(); ++e)
+    g[e] = scale * coef * double(count.size()) * count[e] / (double(rows) * double(rows));
+  return g;
+}
 
 template <class T>
 double moe_aux_loss(const std::vector<const MoeRouting<T>*>& layers, double coef) {
-  std::vector<double> count, psum;
-  const int64_t total = pooled_counts(layers, count, &psum);
-  if (total == 0) return 0.0;
-  double s = 0;
-  for (size_t e = 0; e < count.size(); ++e) s += count[e] * psum[e];
-  return coef * double(count.size()) * s / (double(total) * double(total));
+  MoeRouterPool pool;
+  for (const MoeRouting<T>* l : layers) pool.add(*l);
+  return pool.aux_loss(coef);
 }
 
 template <class T>
@@ -286,30 +288,29 @@ void moe_aux_loss_backward(const std::vector<const MoeRouting<T>*>& layers, doub
   if (dprobs.size() != layers.size())
     throw Error("moe aux loss: " + std::to_string(layers.size()) + " layers but " +
                 std::to_string(dprobs.size()) + " gradients");
-  std::vector<double> count;
-  const int64_t total = pooled_counts<T>(layers, count, nullptr);
-  if (total == 0) return;
-  const int64_t E = int64_t(count.size());
-  std::vector<T> g(static_cast<size_t>(E));
-  for (int64_t e = 0; e < E; ++e)
-    g[size_t(e)] =
-        T(double(scale) * coef * double(E) * count[size_t(e)] / (double(total) * double(total)));
+  MoeRouterPool pool;
+  for (const MoeRouting<T>* l : layers) pool.add(*l);
+  const std::vector<double> g = pool.aux_grad(coef, double(scale));
+  const int64_t E = int64_t(g.size());
   for (size_t l = 0; l < layers.size(); ++l)
     for (int64_t t = 0; t < layers[l]->rows; ++t)
-      for (int64_t e = 0; e < E; ++e) dprobs[l][t * E + e] += g[size_t(e)];
+      for (int64_t e = 0; e < E; ++e) dprobs[l][t * E + e] += T(g[size_t(e)]);
+}
+
+MoeLoad moe_load(const std::vector<int64_t>& counts) {
+  int64_t total = 0;
+  for (int64_t c : counts) total += c;
+  if (total == 0) return {};
+  const auto [lo, hi] = std::minmax_element(counts.begin(), counts.end());
+  return {double(*hi) / double(total), double(*lo) / double(total)};
 }
 
 template <class T>
 MoeLoad moe_load(const MoeRouting<T>& r) {
   if (r.rows == 0) return {};
-  const double A = double(r.assignments());
-  MoeLoad out{0.0, 1.0};
-  for (int64_t e = 0; e < r.experts; ++e) {
-    const double f = double(r.count(e)) / A;
-    out.max_fraction = std::max(out.max_fraction, f);
-    out.min_fraction = std::min(out.min_fraction, f);
-  }
-  return out;
+  std::vector<int64_t> counts(size_t(r.experts));
+  for (int64_t e = 0; e < r.experts; ++e) counts[size_t(e)] = r.count(e);
+  return moe_load(counts);
 }
 
 template <class T>
@@ -377,6 +378,7 @@ void moe_mlp_reference_forward(T* y, const T* x, const T* logits, int64_t rows, 
   template void moe_aux_loss_backward<T>(const std::vector<const MoeRouting<T>*>&, double, T,     \
                                          const std::vector<T*>&);                                 \
   template MoeLoad moe_load<T>(const MoeRouting<T>&);                                             \
+  template void MoeRouterPool::add<T>(const MoeRouting<T>&);                                     \
   template void moe_mlp_reference_forward<T>(T*, const T*, const T*, int64_t, int64_t, int64_t,   \
                                              int64_t, int64_t, bool, const T* const*,             \
                                              const T* const*, const T* const*);

@@ -119,6 +119,22 @@ template <class T>
 void moe_scatter_dx_rows(const MoeRouting<T>& r, const T* dxg, int64_t D, T* dx, int64_t r0,
                          int64_t r1);
 
+// The router statistics of SPEC §7's load-balancing loss, pooled over routings added one at a
+// time (a training step's layers and segments need not be alive together): count[e] the
+// assignments to expert e, prob_sum[e] the sum of p_t,e, rows T'.
+struct MoeRouterPool {
+  std::vector<double> count, prob_sum;
+  int64_t rows = 0;
+  // Throws infini::Error when r's E differs from the routings added before.
+  template <class T>
+  void add(const MoeRouting<T>& r);
+  // coef * E * sum_e f_e P_e, f_e = count[e] / T', P_e = prob_sum[e] / T'; 0 without rows.
+  double aux_loss(double coef) const;
+  // Its gradient w.r.t. every row's p_t,e, the same for all rows, times scale:
+  // scale * coef * E * f_e / T' ([E]; empty without rows).
+  std::vector<double> aux_grad(double coef, double scale) const;
+};
+
 // Hugging Face's load-balancing loss (SPEC §7) over the router rows of several layers, pooled
 // (T' rows in all): coef * E * sum_e f_e P_e, f_e = (1/T') #{t : e in idx_t}, P_e = (1/T')
 // sum_t p_t,e. Returns 0 when there is no row. Throws infini::Error when the layers' E differ.
@@ -137,6 +153,8 @@ struct MoeLoad {
 };
 template <class T>
 MoeLoad moe_load(const MoeRouting<T>& r);
+// The same from assignment counts per expert.
+MoeLoad moe_load(const std::vector<int64_t>& counts);
 
 // The plain reference: y (=) per token, softmax / top-k / weights of its logits row, then the
 // k experts one token at a time (plain loops in double, no grouping, no GEMM). logits

@@ -10,6 +10,7 @@
 #include "core/process.hpp"
 #include "io/text.hpp"
 #include "model/model.hpp"
+#include "ops/moe.hpp"
 #include "train/checkpoint.hpp"
 #include "train/evaluate.hpp"
 
@@ -287,11 +288,9 @@ Trainer::Outcome Trainer::run(const std::atomic<bool>* interrupt, std::FILE* log
       line["aux_loss"] = sg.aux_loss;
       nlohmann::json most = nlohmann::json::array(), least = nlohmann::json::array();
       for (const auto& counts : sg.expert_counts) {
-        int64_t total = 0;
-        for (int64_t x : counts) total += x;
-        const auto [lo, hi] = std::minmax_element(counts.begin(), counts.end());
-        most.push_back(total ? double(*hi) / double(total) : 0.0);
-        least.push_back(total ? double(*lo) / double(total) : 0.0);
+        const ops::MoeLoad load = ops::moe_load(counts);
+        most.push_back(load.max_fraction);
+        least.push_back(load.min_fraction);
       }
       line["expert_load_max"] = most;
       line["expert_load_min"] = least;
