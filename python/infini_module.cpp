@@ -160,10 +160,10 @@ std::vector<int32_t> token_ids(const py::handle& ids, const model::ModelConfig& 
   return v;
 }
 
-ModelPtr load(const std::string& path, const std::string& precision) {
+ModelPtr load(const std::string& path, const std::string& precision, bool inference) {
   auto h = std::make_shared<ModelHolder>();
   h->precision = model::parse_precision(precision, "precision");
-  h->m = model::load_model(path);
+  h->m = inference ? model::load_inference_model(path, h->precision) : model::load_model(path);
   h->tok = std::shared_ptr<const io::Tokenizer>(io::load_tokenizer_for_model(path));
   h->tokenizer_json = model::read_tokenizer_json(path);
   return h;
@@ -259,6 +259,7 @@ py::dict grad(const ModelHolder& h, const py::handle& ids_in) {
 
 // Read-only views of the weights; each keeps the model alive.
 py::dict parameters(const ModelPtr& h) {
+  model::require_float_weights(h->m, "parameters()");
   py::dict d;
   py::object owner = py::cast(h);
   for (const auto& p : h->m.layout.params) {
@@ -456,9 +457,18 @@ PYBIND11_MODULE(_infini, mod) {
           "The model's Tokenizer")
       .def_property(
           "precision", [](const ModelHolder& h) { return model::precision_name(h.precision); },
-          [](ModelHolder& h, const std::string& p) { h.precision = model::parse_precision(p, "precision"); },
+          [](ModelHolder& h, const std::string& p) {
+            const model::Precision want = model::parse_precision(p, "precision");
+            if (want != model::Precision::BF16 && h.m.bf16_weights)
+              throw Error("precision: this model holds its linear weights in bf16 (loaded with "
+                          "inference=True), so it runs in bf16 only");
+            h.precision = want;
+          },
           "'fp32' or 'bf16': the products of loss, token_losses, logits, grad and new sessions "
           "(SPEC §8; `--precision` of the command line)")
+      .def_property_readonly(
+          "bf16_resident", [](const ModelHolder& h) { return bool(h.m.bf16_weights); },
+          "True when the linear weights are held in bf16 only (load(..., inference=True))")
       .def("save", &save, py::arg("path"),
            "Writes config.json, model.safetensors (and tokenizer.json) into directory `path`")
       .def("loss", &loss, py::arg("ids"),
@@ -570,7 +580,12 @@ PYBIND11_MODULE(_infini, mod) {
           "infini.train's engine; call infini.train(**flags)");
   mod.def("_train_flags_help", &train_flags_help, "The help text of infini.train's flags");
   mod.def("load", &load, py::arg("path"), py::arg("precision") = "fp32",
-          "Loads a model directory; precision 'fp32' or 'bf16' (Model.precision)");
+          py::arg("inference") = false,
+          "Loads a model directory; precision 'fp32' or 'bf16' (Model.precision). With "
+          "inference=True and precision='bf16' (on a CPU with AVX512-BF16) the linear weights "
+          "are held in bf16 only, half their memory, as `infini eval/generate --precision bf16` "
+          "do: such a model runs loss, token_losses, logits, sessions and passkey evaluation, "
+          "but not grad, save or parameters()");
   mod.def("init", &init, py::arg("config"), py::arg("seed") = 0, py::arg("precision") = "fp32",
           "A new randomly initialised model from a config dict or config.json path "
           "(byte tokenizer)");

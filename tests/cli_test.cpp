@@ -46,6 +46,40 @@ TEST(Cli, EvalJsonMatchesTheTwinOnEveryGoldenModel) {
   }
 }
 
+// --precision bf16 (issue #27) on every golden model: eval holds the linear weights in bf16
+// (where the CPU has AVX512-BF16) and stays within 1% of the twin's float64 loss; a BF16
+// checkpoint evaluates the same way; generate says which precision ran.
+TEST(Cli, Bf16EvalStaysNearTheTwinOnEveryGoldenModel) {
+  for (const auto& e : fs::directory_iterator(kGolden)) {
+    if (!fs::exists(e.path() / "expected.json")) continue;
+    const auto want = nlohmann::json::parse(std::ifstream(e.path() / "expected.json"));
+    const std::string data = " --data " + (e.path() / "data.txt").string();
+    CliResult r = run_infini("eval --json --precision bf16 --model " + e.path().string() + data);
+    ASSERT_EQ(r.code, 0) << r.err;
+    const auto got = nlohmann::json::parse(r.out);
+    const double loss = want["loss"].get<double>();
+    EXPECT_EQ(got["precision"], "bf16");
+    EXPECT_NEAR(got["loss"].get<double>(), loss, 0.01 * loss) << e.path();
+    EXPECT_GT(std::abs(got["loss"].get<double>() - loss), 1e-7 * loss) << "nothing rounded";
+  }
+  const fs::path model = kGolden / "qwen2_delta_gqa_bias", dir = temp_dir("cli_bf16_eval");
+  ASSERT_EQ(run_infini("convert --from " + model.string() + " --out " + (dir / "m").string() +
+                       " --dtype bf16")
+                .code,
+            0);
+  const std::string data = " --data " + (model / "data.txt").string();
+  CliResult a = run_infini("eval --json --precision bf16 --model " + (dir / "m").string() + data);
+  CliResult b = run_infini("eval --json --precision fp32 --model " + (dir / "m").string() + data);
+  ASSERT_EQ(a.code, 0) << a.err;
+  ASSERT_EQ(b.code, 0) << b.err;
+  const double la = nlohmann::json::parse(a.out)["loss"], lb = nlohmann::json::parse(b.out)["loss"];
+  EXPECT_NEAR(la, lb, 0.01 * lb);
+  CliResult g = run_infini("generate --json --precision bf16 --max-new-tokens 4 --temperature 0 "
+                           "--prompt abc --model " + (dir / "m").string());
+  ASSERT_EQ(g.code, 0) << g.err;
+  EXPECT_EQ(nlohmann::json::parse(g.out)["precision"], "bf16");
+}
+
 TEST(Cli, GradWritesEveryParameterMatchingTheTwin) {
   const fs::path model = kGolden / "qwen2_delta_gqa_bias";
   const fs::path out = temp_dir("cli_grad") / "g.safetensors";

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "ops/bf16_gemm.hpp"
 #include "ops/gemm.hpp"
 #include "ops/moe.hpp"
 #include "ops/sgemm.hpp"
@@ -518,4 +519,96 @@ TEST(MoeExperts, OneParallelRegionMatchesOneThread) {
   ops::gemm<float>(false, false, rows, D, E, 1.0f, dlogits.data(), E, L.wr.data(), D, 1.0f,
                    dx.data(), D);
   EXPECT_EQ(dx, g1.dx);
+}
+
+// Under bf16 (SPEC §8) every product of an expert takes bf16-rounded inputs into fp32 sums:
+// the forward against float64 sums of the rounded inputs; from the packed bf16 weights and
+// from the plain ones (rounded on the fly) the same bits where the CPU has AVX512-BF16; the
+// backward near the fp32 one, and different from it (the rounding is used).
+TEST(MoeExperts, Bf16ProductsTakeRoundedInputs) {
+  const int64_t rows = 20, D = 40, Fm = 24, E = 3, k = 2;
+  const Layer<float> L = cast_layer<float>(make_layer(rows, D, Fm, E, k, 51));
+  LayerRun<float> fp32;
+  forward(L, false, fp32, {0, rows});
+  const auto dy = cast<float>(random_vec(size_t(rows * D), 52));
+  const Grads<float> g32 = backward(L, false, fp32, dy.data(), (const float*)nullptr, {0, rows});
+  const bool native = ops::bf16_native_available();
+
+  struct Result {
+    std::vector<float> gate, out, dxg, dwg, dwu, dwd;
+  };
+  auto run = [&](bool packed) {
+    LayerRun<float> r = fp32;
+    std::vector<float> dxg(size_t(rows * k * D)), dweight(size_t(rows * k));
+    Result res{{}, {}, {}, std::vector<float>(L.wg.size()), std::vector<float>(L.wu.size()),
+               std::vector<float>(L.wd.size())};
+    std::vector<float> scratch(size_t(ops::moe_backward_scratch_size(r.r, Fm)));
+    for (int64_t e = 0; e < E; ++e) {
+      ops::PackedBf16 fg, fu, fd, bg, bu, bd;
+      ops::MoeExpertPacks fwd, bwd;
+      fwd.bf16 = bwd.bf16 = true;
+      if (packed) {
+        ops::bf16_pack(true, D, Fm, L.gate(e), D, fg);
+        ops::bf16_pack(true, D, Fm, L.up(e), D, fu);
+        ops::bf16_pack(true, Fm, D, L.down(e), Fm, fd);
+        ops::bf16_pack(false, Fm, D, L.gate(e), D, bg);
+        ops::bf16_pack(false, Fm, D, L.up(e), D, bu);
+        ops::bf16_pack(false, D, Fm, L.down(e), Fm, bd);
+        fwd.gate_bf16 = &fg, fwd.up_bf16 = &fu, fwd.down_bf16 = &fd;
+        bwd.gate_bf16 = &bg, bwd.up_bf16 = &bu, bwd.down_bf16 = &bd;
+      }
+      ops::moe_expert_forward(e, r.r, L.x.data(), D, Fm, L.gate(e), L.up(e), L.down(e), r.acts,
+                              &fwd);
+      ops::moe_expert_backward(e, r.r, r.acts, dy.data(), D, Fm, L.gate(e), L.up(e), L.down(e),
+                               res.dwg.data() + e * Fm * D, res.dwu.data() + e * Fm * D,
+                               res.dwd.data() + e * D * Fm, dweight.data(), dxg.data(),
+                               scratch.data(), &bwd);
+    }
+    res.gate = r.acts.gate;
+    res.out = r.acts.out;
+    res.dxg = dxg;
+    // The forward against float64 sums of bf16-rounded inputs, expert by expert.
+    double worst = 0, scale = 0;
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t p = r.r.begin[size_t(e)]; p < r.r.begin[size_t(e + 1)]; ++p) {
+        const float* xg = r.acts.xg.data() + p * D;
+        for (int64_t f = 0; f < Fm; ++f) {
+          double s = 0;
+          for (int64_t d = 0; d < D; ++d)
+            s += double(ops::round_bf16(xg[d])) * double(ops::round_bf16(L.gate(e)[f * D + d]));
+          worst = std::max(worst, std::abs(s - double(r.acts.gate[size_t(p * Fm + f)])));
+          scale = std::max(scale, std::abs(s));
+        }
+        for (int64_t d = 0; d < D; ++d) {
+          double s = 0;
+          for (int64_t f = 0; f < Fm; ++f)
+            s += double(ops::round_bf16(r.acts.hmid[size_t(p * Fm + f)])) *
+                 double(ops::round_bf16(L.down(e)[d * Fm + f]));
+          worst = std::max(worst, std::abs(s - double(r.acts.out[size_t(p * D + d)])));
+        }
+      }
+    EXPECT_LT(worst, 1e-5 * scale) << (packed ? "packed" : "plain");
+    return res;
+  };
+  const Result plain = run(false);
+  if (native) {
+    const Result packed = run(true);
+    EXPECT_EQ(packed.gate, plain.gate);
+    EXPECT_EQ(packed.out, plain.out);
+    EXPECT_EQ(packed.dxg, plain.dxg);
+    EXPECT_EQ(packed.dwg, plain.dwg);
+    EXPECT_EQ(packed.dwd, plain.dwd);
+  }
+  EXPECT_NE(plain.out, fp32.acts.out);
+  for (auto [got, want] : {std::pair{&plain.dwg, &g32.dwg}, std::pair{&plain.dwu, &g32.dwu},
+                           std::pair{&plain.dwd, &g32.dwd}}) {
+    EXPECT_NE(*got, *want);
+    double dot = 0, na = 0, nb = 0;
+    for (size_t i = 0; i < got->size(); ++i) {
+      dot += double((*got)[i]) * (*want)[i];
+      na += double((*got)[i]) * (*got)[i];
+      nb += double((*want)[i]) * (*want)[i];
+    }
+    EXPECT_GT(dot / std::sqrt(na * nb), 0.999);
+  }
 }

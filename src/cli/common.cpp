@@ -83,12 +83,17 @@ CLI::Option* add_activation_memory_option(CLI::App* cmd, int64_t& mib) {
       ->check(CLI::Range(int64_t(0), int64_t(1) << 30));
 }
 
-CLI::Option* add_precision_option(CLI::App* cmd, std::string& precision) {
+CLI::Option* add_precision_option(CLI::App* cmd, std::string& precision, bool inference) {
+  const std::string held =
+      inference ? "the linear weights (not the experts') are held in bf16 only, half their "
+                  "float32 memory, where native; norms, softmax, the loss and the memory stay "
+                  "fp32"
+                : "weights, gradients, optimizer state, norms, softmax, the loss and the memory "
+                  "stay fp32";
   return cmd
       ->add_option("--precision", precision,
                    "fp32, or bf16: matrix products with weights take bf16 inputs and sum in "
-                   "fp32 (SPEC §8); weights, gradients, optimizer state, norms, softmax, the "
-                   "loss and the memory stay fp32. Native with AVX512-BF16, emulated elsewhere "
+                   "fp32 (SPEC §8); " + held + ". Native with AVX512-BF16, emulated elsewhere "
                    "(infini --version says which)")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "bf16"}));

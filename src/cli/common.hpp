@@ -50,7 +50,9 @@ void check_output_file(const std::string& path, const std::string& flag);
 CLI::Option* add_activation_memory_option(CLI::App* cmd, int64_t& mib);
 // --precision of the commands that run the model (train, passkey train and eval, eval, grad,
 // generate, bench): "fp32" or "bf16" (model/precision.hpp).
-CLI::Option* add_precision_option(CLI::App* cmd, std::string& precision);
+// --precision fp32|bf16. `inference`: the command only runs the model, which then holds its
+// linear weights in bf16 (model::load_inference_model), and the help says so.
+CLI::Option* add_precision_option(CLI::App* cmd, std::string& precision, bool inference = false);
 inline int64_t default_activation_memory_mb() {
   return model::SequenceOptions::kDefaultKeepActivationsBytes >> 20;
 }

@@ -9,6 +9,7 @@
 #include "cli/common.hpp"
 #include "io/text.hpp"
 #include "model/bptt.hpp"
+#include "model/packed_weights.hpp"
 
 namespace infini::cli {
 
@@ -24,14 +25,15 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--data", o->data, "Text file; tokenized whole, no special tokens added")
       ->required();
   cmd->add_flag("--json", o->json, "Print one JSON object instead of text");
-  add_precision_option(cmd, o->precision);
+  add_precision_option(cmd, o->precision, /*inference=*/true);
   cmd->callback([o] {
     Stopwatch sw;
-    const model::Model<float> m = model::load_model(o->model);
+    const model::Precision precision = model::parse_precision(o->precision, "--precision");
+    const model::Model<float> m = model::load_inference_model(o->model, precision);
     const auto tok = io::load_tokenizer_for_model(o->model);
     const std::vector<int32_t> ids = io::tokenize_file(*tok, o->data, 2);
     model::ForwardContext<float> ctx(m.config);
-    ctx.precision = model::parse_precision(o->precision, "--precision");
+    ctx.precision = precision;
     model::SequenceWorkspace<float> ws;
     const model::LossResult r = model::sequence_loss<float>(
         m, ctx, ids.data(), 1, int64_t(ids.size()), nullptr, {}, ws);

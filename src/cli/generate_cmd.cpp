@@ -14,6 +14,7 @@
 #include "cli/common.hpp"
 #include "core/error.hpp"
 #include "infer/generate.hpp"
+#include "model/packed_weights.hpp"
 
 namespace infini::cli {
 
@@ -207,7 +208,7 @@ void register_generate(CLI::App& app) {
                   "OMP_NUM_THREADS or all cores)")
       ->capture_default_str()
       ->check(CLI::Range(0, 4096));
-  add_precision_option(cmd, o->precision);
+  add_precision_option(cmd, o->precision, /*inference=*/true);
   cmd->add_flag("--json", o->json,
                 "Print one JSON object (per turn when interactive) with the text and timings "
                 "instead of streaming text");
@@ -216,12 +217,12 @@ void register_generate(CLI::App& app) {
     if (o->interactive && o->prompt_file == "-")
       throw Error("--interactive reads stdin, so --prompt-file - cannot be used with it");
     check_output_file(o->state_out, "--state-out");
-    const model::Model<float> m = model::load_model(o->model);
-    const auto tok = io::load_tokenizer_for_model(o->model);
     infer::SessionOptions so;
+    so.precision = model::parse_precision(o->precision, "--precision");
+    const model::Model<float> m = model::load_inference_model(o->model, so.precision);
+    const auto tok = io::load_tokenizer_for_model(o->model);
     so.prefill_chunk = o->prefill_chunk;
     so.decode_threads = o->decode_threads;
-    so.precision = model::parse_precision(o->precision, "--precision");
     infer::Session s(m, so);
     if (!o->state_in.empty()) s.load_state(o->state_in);
     if (o->add_bos && s.position() == 0) {

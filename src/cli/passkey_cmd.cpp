@@ -20,6 +20,7 @@
 #include "io/tokenizer.hpp"
 #include "model/lora.hpp"
 #include "model/model.hpp"
+#include "model/packed_weights.hpp"
 #include "tasks/lora_trainable.hpp"
 #include "tasks/passkey.hpp"
 #include "tasks/passkey_eval.hpp"
@@ -495,8 +496,14 @@ struct EvalOpts {
 
 void run_passkey_eval(const EvalOpts& o) {
   check_output_file(o.plot, "--plot");
-  model::Model<float> m = model::load_model(o.model);
-  if (!o.adapter.empty()) m = model::lora_merge(m, model::load_lora(o.adapter, m));
+  const model::Precision precision = model::parse_precision(o.precision, "--precision");
+  model::Model<float> m;
+  if (o.adapter.empty()) {
+    m = model::load_inference_model(o.model, precision);
+  } else {  // merged in float32 first
+    m = model::load_model(o.model);
+    m = model::to_inference_model(model::lora_merge(m, model::load_lora(o.adapter, m)), precision);
+  }
   auto tok = tokenizer_for(o.model);
   tasks::PasskeyGenerator gen(tok, int(o.digits));
   tasks::PasskeyEvalOptions eo;
@@ -504,7 +511,7 @@ void run_passkey_eval(const EvalOpts& o) {
   eo.depths = parse_depths(o.depths, "--depths");
   eo.trials = o.trials;
   eo.seed = o.seed;
-  eo.precision = model::parse_precision(o.precision, "--precision");
+  eo.precision = precision;
   Stopwatch sw;
   auto progress = [&](const tasks::PasskeyLengthStats& st,
                       const std::vector<tasks::PasskeyCell>& cells) {

@@ -47,7 +47,7 @@ Session::Session(const model::Model<float>& m, const SessionOptions& opts)
   const int64_t by_budget = opts.score_budget / std::max<int64_t>(1, c.num_heads * N);
   chunk_ = std::clamp<int64_t>(std::min(opts.prefill_chunk, by_budget), 1, N);
   decode_threads_ = opts.decode_threads > 0 ? opts.decode_threads
-                  : int64_t(m.weights.size()) < SessionOptions::kSmallModelWeights ? 1
+                  : m.layout.total < SessionOptions::kSmallModelWeights ? 1
                                                                                     : 0;
   last_f_.assign(size_t(c.hidden_size), 0.0f);
   logits_.assign(size_t(c.vocab_size), 0.0f);
@@ -94,14 +94,8 @@ void Session::feed(std::span<const int32_t> tokens) {
 std::span<const float> Session::logits() const {
   if (!has_last_) throw Error("no token has been fed yet, so there are no next-token logits");
   if (!logits_valid_) {
-    const model::ModelConfig& c = m_.config;
     // Only the last row: prefill never pays the [n, V] projection.
-    if (const ops::PackedMatrix* w = packed_.forward(m_.layout.lm_head))
-      ops::gemm_packed(false, 1, c.vocab_size, c.hidden_size, 1.0f, last_f_.data(),
-                       c.hidden_size, *w, 0.0f, logits_.data(), c.vocab_size);
-    else
-      ops::linear_forward(logits_.data(), last_f_.data(), m_.at(m_.layout.lm_head),
-                          static_cast<const float*>(nullptr), 1, c.hidden_size, c.vocab_size);
+    model::head_logits(m_, ctx_, last_f_.data(), 1, logits_.data(), &packed_);
     logits_valid_ = true;
   }
   return logits_;
@@ -118,6 +112,13 @@ void Session::reset() {
 uint64_t Session::weights_hash() const {
   if (!weights_hash_valid_) {
     weights_hash_ = hash_bytes(m_.weights.data(), m_.weights.size() * sizeof(float));
+    // A bf16-resident model's linear weights are its packed copies: they are hashed too, so
+    // a state saved under the float32 weights is not resumed under their bf16 rounding.
+    if (m_.bf16_weights)
+      for (const model::LinearWeight& w : model::linear_weights(m_.config, m_.layout)) {
+        const ops::PackedBf16& p = *m_.bf16_weights->forward_bf16(w.offset);
+        weights_hash_ = hash_bytes(p.data.get(), p.bytes(), weights_hash_);
+      }
     weights_hash_valid_ = true;
   }
   return weights_hash_;

@@ -129,8 +129,8 @@ void linear_back(const ForwardContext<T>& ctx, T* dx, T* dw, T* dbias, const T* 
 //   experts : each expert's gate/up/down as one GEMM over its own tokens
 //   rows    : x += the routing-weighted expert outputs
 // The router and the shared-expert gate are products in fp32 whatever the precision (the
-// routing decision is what a bf16 rounding would move); the experts run in fp32 too (their
-// bf16 path is not written yet); the shared expert follows the precision like a dense MLP.
+// routing decision is what a bf16 rounding would move); the experts and the shared expert
+// follow the precision like a dense MLP.
 
 template <class T>
 void moe_prepare(LayerActs<T>& A, const ModelConfig& c, int64_t r) {
@@ -144,15 +144,29 @@ void moe_prepare(LayerActs<T>& A, const ModelConfig& c, int64_t r) {
   resize(A.sout, r * D);
 }
 
-// The packed copies of expert e's weights for the fp32 GEMM (W^T for the forward, W for the
-// backward), or null when they are not all there.
+// How expert e's products run: under bf16, with bf16 inputs, from the packed bf16 copies
+// where there are (W^T for the forward, W for the backward); else from the packed fp32
+// copies for the fp32 GEMM, or null when they are not all there.
 template <class T>
 const ops::MoeExpertPacks* expert_packs(const ForwardContext<T>& ctx, const PackedWeights* packed,
                                         const LayerOffsets::ExpertOffsets& ex, bool backward,
                                         ops::MoeExpertPacks& out) {
-  if (!packed || bf16_products(ctx)) return nullptr;
+  out = {};
+  if (bf16_products(ctx)) {
+    auto get = [&](int64_t w) {
+      return !packed ? nullptr : backward ? packed->backward_bf16(w) : packed->forward_bf16(w);
+    };
+    out.bf16 = true;
+    out.gate_bf16 = get(ex.w_gate);
+    out.up_bf16 = get(ex.w_up);
+    out.down_bf16 = get(ex.w_down);
+    return &out;
+  }
+  if (!packed) return nullptr;
   auto get = [&](int64_t w) { return backward ? packed->backward(w) : packed->forward(w); };
-  out = {get(ex.w_gate), get(ex.w_up), get(ex.w_down)};
+  out.gate = get(ex.w_gate);
+  out.up = get(ex.w_up);
+  out.down = get(ex.w_down);
   return out.gate && out.up && out.down ? &out : nullptr;
 }
 
@@ -1036,6 +1050,11 @@ void forward_chunk(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
                 std::to_string(p0) + " overruns the segment length " +
                 std::to_string(c.segment_length));
   if (cache && batch != 1) throw Error("forward_chunk: a streaming cache holds one sequence");
+  if (m.bf16_weights) {  // its linear weights exist only as these packed copies
+    if (ctx.precision != Precision::BF16)
+      throw Error("forward_chunk: a model with bf16-resident weights runs in bf16 only");
+    packed = m.bf16_weights.get();
+  }
   if (c.use_memory && state.batch != batch)
     throw Error("forward_chunk: memory state has batch " + std::to_string(state.batch) +
                 ", chunk has " + std::to_string(batch));
@@ -1096,6 +1115,14 @@ void forward_chunk(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
 }
 
 template <class T>
+void head_logits(const Model<T>& m, const ForwardContext<T>& ctx, const T* f, int64_t rows,
+                 T* logits, const PackedWeights* packed) {
+  if (m.bf16_weights) packed = m.bf16_weights.get();
+  project(m, ctx, packed, m.layout.lm_head, -1, logits, f, rows, m.config.hidden_size,
+          m.config.vocab_size);
+}
+
+template <class T>
 void fold_cache_into_memory(const Model<T>& m, KVCache<T>& cache, MemoryState<T>& state) {
   const ModelConfig& c = m.config;
   if (cache.pos == 0) return;
@@ -1115,6 +1142,7 @@ void backward_segment(const Model<T>& m, const ForwardContext<T>& ctx, const int
                       const PackedWeights* packed, const T* moe_aux_grad) {
   const ModelConfig& c = m.config;
   const int64_t D = c.hidden_size, V = c.vocab_size, B = acts.batch, n = acts.n, r = B * n;
+  require_float_weights(m, "the backward");
   if (use_fast_path(ctx, r)) {
     backward_fast(m, ctx, tokens, acts, dlogits, state_before, dstate, grads, packed,
                   moe_aux_grad);
@@ -1148,6 +1176,8 @@ void backward_segment(const Model<T>& m, const ForwardContext<T>& ctx, const int
                                  int64_t, int64_t, MemoryState<T>&, SegmentActs<T>&,             \
                                  KVCache<T>*, bool, const PackedWeights*);                       \
   template void fold_cache_into_memory<T>(const Model<T>&, KVCache<T>&, MemoryState<T>&);        \
+  template void head_logits<T>(const Model<T>&, const ForwardContext<T>&, const T*, int64_t, T*, \
+                               const PackedWeights*);                                            \
   template void backward_segment<T>(const Model<T>&, const ForwardContext<T>&, const int32_t*,   \
                                     const SegmentActs<T>&, const T*, const MemoryState<T>&,      \
                                     MemoryState<T>&, T*, const PackedWeights*, const T*);

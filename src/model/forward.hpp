@@ -117,6 +117,13 @@ void forward_chunk(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
                    KVCache<T>* cache = nullptr, bool compute_logits = true,
                    const PackedWeights* packed = nullptr);
 
+// logits [rows, V] = f W_head^T, the LM head of forward_chunk (same precision, same packed
+// copy, same bits) for rows of the final-norm output f [rows, D] a caller kept: a generation
+// session computes only its last token's.
+template <class T>
+void head_logits(const Model<T>& m, const ForwardContext<T>& ctx, const T* f, int64_t rows,
+                 T* logits, const PackedWeights* packed = nullptr);
+
 // Folds the cache's partial segment into memory (as the end of a segment would) and empties it.
 template <class T>
 void fold_cache_into_memory(const Model<T>& m, KVCache<T>& cache, MemoryState<T>& state);

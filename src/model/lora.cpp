@@ -81,6 +81,7 @@ LoraAdapter<float> lora_init(const Model<float>& base, const LoraConfig& cfg, ui
 
 template <class T>
 void lora_apply(const LoraLayout& l, const T* values, const Model<T>& base, Model<T>& out) {
+  require_float_weights(base, "applying a LoRA adapter");
   if (&out != &base) {
     out.config = base.config;
     out.layout = base.layout;

@@ -132,19 +132,22 @@ Model<float> load_weights(const ModelConfig& config, const std::string& dir,
   // that claims a huge model next to small files fails here, not by exhausting memory.
   check_weights(m.layout, store, dir, opts);
   m.weights.assign(size_t(m.layout.total), 0.0f);
-  for (const auto& p : m.layout.params) {
-    float* w = m.weights.data() + p.offset;
-    if (!store.has(p.name)) {
-      std::fill(w, w + p.numel, float(opts.gate_init));
-      continue;
-    }
-    store.read_f32(p.name, p.shape, w);
-    store.release(p.name);
-    for (int64_t i = 0; i < p.numel; ++i)
-      if (!std::isfinite(w[i]))
-        throw Error(dir + ": tensor '" + p.name + "' contains a non-finite value (NaN or Inf)");
-  }
+  for (const auto& p : m.layout.params)
+    read_param(store, p, dir, opts, m.weights.data() + p.offset);
   return m;
+}
+
+void read_param(const io::WeightStore& store, const ParamInfo& p, const std::string& dir,
+                const LoadOptions& opts, float* dst) {
+  if (!store.has(p.name)) {
+    std::fill(dst, dst + p.numel, float(opts.gate_init));
+    return;
+  }
+  store.read_f32(p.name, p.shape, dst);
+  store.release(p.name);
+  for (int64_t i = 0; i < p.numel; ++i)
+    if (!std::isfinite(dst[i]))
+      throw Error(dir + ": tensor '" + p.name + "' contains a non-finite value (NaN or Inf)");
 }
 
 Model<float> load_model(const std::string& dir, const LoadOptions& opts) {
@@ -225,6 +228,7 @@ void write_model_dir(const std::string& dir, const std::function<void()>& write,
 }
 
 void save_model(const Model<float>& m, const std::string& dir) {
+  require_float_weights(m, "saving a model");
   write_model_dir(dir, [&] {
     save_tensors(m.layout, m.weights.data(), (fs::path(dir) / "model.safetensors").string());
     write_file_atomic((fs::path(dir) / "config.json").string(),

@@ -2,9 +2,11 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "core/error.hpp"
 #include "model/config.hpp"
 #include "model/params.hpp"
 
@@ -14,11 +16,19 @@ class WeightStore;
 
 namespace infini::model {
 
+struct PackedWeights;
+
 template <class T>
 struct Model {
   ModelConfig config;
   ParamLayout layout;
-  std::vector<T> weights;  // layout.total values
+  std::vector<T> weights;  // layout.total values, or fewer when bf16_weights is set
+  // Set only in a model made for inference in bf16 (model/packed_weights.hpp,
+  // make_bf16_resident): the linear weights the forward multiplies packed then live only
+  // here, in bf16, and `weights` holds the rest (the layout stores them first). Such a model
+  // runs forward_chunk under Precision::BF16 and nothing else: no backward, save or cast.
+  std::shared_ptr<const PackedWeights> bf16_weights;
+  bool floats_complete() const { return !bf16_weights; }
 
   const T* at(int64_t offset) const { return offset < 0 ? nullptr : weights.data() + offset; }
   T* at(int64_t offset) { return offset < 0 ? nullptr : weights.data() + offset; }
@@ -60,6 +70,12 @@ Model<float> load_weights(const ModelConfig& config, const std::string& dir,
 void check_weights(const ParamLayout& layout, const io::WeightStore& store, const std::string& dir,
                    const LoadOptions& opts = {});
 
+// One tensor of `store` (the weights of `dir`, checked by check_weights) into dst as float32,
+// its file pages dropped after; a missing gate (allowed by check_weights) is filled with
+// opts.gate_init. Throws, naming `dir` and the tensor, on a non-finite value.
+void read_param(const io::WeightStore& store, const ParamInfo& p, const std::string& dir,
+                const LoadOptions& opts, float* dst);
+
 // Writes config.json and model.safetensors (F32) into `dir`, creating it if needed.
 // Each file is written atomically (temp file, fsync, rename); on failure, as write_model_dir.
 void save_model(const Model<float>& m, const std::string& dir);
@@ -75,8 +91,18 @@ void write_model_dir(const std::string& dir, const std::function<void()>& write,
 // Writes one F32 safetensors file of a buffer laid out like the model (for gradients).
 void save_tensors(const ParamLayout& layout, const float* values, const std::string& path);
 
+// Throws infini::Error, naming `what`, when `m` lacks float copies of its linear weights
+// (a bf16 inference model), which whatever `what` is needs.
+template <class T>
+void require_float_weights(const Model<T>& m, const std::string& what) {
+  if (!m.floats_complete())
+    throw Error(what + " needs the float32 weights; this model holds its linear weights in "
+                       "bf16 only, for inference (load it without bf16 residency)");
+}
+
 template <class To, class From>
 Model<To> cast_model(const Model<From>& m) {
+  require_float_weights(m, "casting a model");
   Model<To> out;
   out.config = m.config;
   out.layout = m.layout;

@@ -1,7 +1,13 @@
 #include "model/packed_weights.hpp"
 
+#include <algorithm>
+#include <filesystem>
+#include <functional>
+#include <memory>
 #include <vector>
 
+#include "core/error.hpp"
+#include "io/safetensors.hpp"
 #include "ops/gemm.hpp"
 
 namespace infini::model {
@@ -30,22 +36,16 @@ const ops::PackedBf16* PackedWeights::backward_bf16(int64_t offset) const {
   return it == by_offset.end() || !it->second.has_backward ? nullptr : &it->second.backward_bf16;
 }
 
-void pack_weights(const Model<float>& m, bool backward, int64_t max_bytes, PackedWeights& out,
-                  Precision precision) {
-  const bool bf16 = precision == Precision::BF16;
-  struct Weight {
-    int64_t offset, out, in;
-  };
-  const ModelConfig& c = m.config;
+std::vector<LinearWeight> linear_weights(const ModelConfig& c, const ParamLayout& layout) {
   const int64_t D = c.hidden_size, F = c.intermediate_size, qw = c.q_width(), kw = c.kv_width();
-  std::vector<Weight> list;
   const int64_t Fm = c.moe_intermediate_size, Fs = c.shared_expert_intermediate_size;
-  for (const LayerOffsets& o : m.layout.layers) {
+  std::vector<LinearWeight> list;
+  for (const LayerOffsets& o : layout.layers) {
     list.push_back({o.wq, qw, D});
     list.push_back({o.wk, kw, D});
     list.push_back({o.wv, kw, D});
     list.push_back({o.wo, D, qw});
-    // A sparse layer's experts and shared expert (the router and the shared gate are small
+    // A sparse layer's shared expert and experts (the router and the shared gate are small
     // and multiplied unpacked).
     auto mlp = [&](const LayerOffsets::ExpertOffsets& e, int64_t width) {
       list.push_back({e.w_gate, width, D});
@@ -59,11 +59,22 @@ void pack_weights(const Model<float>& m, bool backward, int64_t max_bytes, Packe
       mlp({o.w_gate, o.w_up, o.w_down}, F);
     }
   }
-  list.push_back({m.layout.lm_head, c.vocab_size, D});
+  list.push_back({layout.lm_head, c.vocab_size, D});
+  return list;
+}
+
+void pack_weights(const Model<float>& m, bool backward, int64_t max_bytes, PackedWeights& out,
+                  Precision precision) {
+  const bool bf16 = precision == Precision::BF16;
+  if (!m.floats_complete()) {
+    out.by_offset.clear();
+    return;
+  }
+  const std::vector<LinearWeight> list = linear_weights(m.config, m.layout);
 
   int64_t bytes = 0;  // about the weights' own size per orientation (padding aside)
   const int64_t value_bytes = bf16 ? 2 : int64_t(sizeof(float));
-  for (const Weight& w : list) bytes += w.out * w.in * value_bytes * (backward ? 2 : 1);
+  for (const LinearWeight& w : list) bytes += w.out * w.in * value_bytes * (backward ? 2 : 1);
   const bool native = bf16 ? ops::bf16_native_available()
                            : ops::gemm_backend() == ops::GemmBackend::Native;
   if (!native || bytes > max_bytes) {
@@ -74,10 +85,10 @@ void pack_weights(const Model<float>& m, bool backward, int64_t max_bytes, Packe
   // another model (other offsets) or precision are dropped.
   if (out.by_offset.size() != list.size() || out.precision != precision) out.by_offset.clear();
   out.precision = precision;
-  for (const Weight& w : list) out.by_offset[w.offset].has_backward = backward;
+  for (const LinearWeight& w : list) out.by_offset[w.offset].has_backward = backward;
 #pragma omp parallel for schedule(dynamic, 1)
   for (size_t i = 0; i < list.size(); ++i) {
-    const Weight& w = list[i];
+    const LinearWeight& w = list[i];
     PackedWeights::Entry& e = out.by_offset.at(w.offset);
     const float* W = m.at(w.offset);
     if (bf16) {
@@ -88,6 +99,88 @@ void pack_weights(const Model<float>& m, bool backward, int64_t max_bytes, Packe
       if (backward) ops::sgemm_pack(false, w.out, w.in, W, w.in, e.backward);
     }
   }
+}
+
+bool bf16_resident_available() { return ops::bf16_native_available(); }
+
+namespace {
+
+// The bf16-resident model of config `c`: every linear weight is read by
+// `read` (a parameter of the plain layout and where to put its float32 values), packed in
+// bf16 and dropped; the others are read into the model's weights.
+Model<float> build_bf16_resident(
+    const ModelConfig& c, const std::function<void(const ParamInfo&, float*)>& read) {
+  if (!bf16_resident_available())
+    throw Error("bf16-resident weights need the AVX512-BF16 kernel, which this CPU or build "
+                "lacks (" + ops::bf16_backend_name() + ")");
+  const ParamLayout plain = ParamLayout::build(c);
+  const std::vector<LinearWeight> linear = linear_weights(c, plain);
+  // The tied LM head is the embedding, which the lookup needs in float: it stays, and is
+  // packed as well.
+  std::vector<int64_t> apart;
+  for (const LinearWeight& w : linear)
+    if (w.offset != plain.embed) apart.push_back(w.offset);
+  Model<float> m;
+  m.config = c;
+  int64_t kept = 0;
+  m.layout = plain.with_last(apart, kept);
+  m.weights.assign(size_t(kept), 0.0f);
+  auto packs = std::make_shared<PackedWeights>();
+  packs->precision = Precision::BF16;
+  std::unordered_map<int64_t, const LinearWeight*> shape_of;  // plain offset -> its weight
+  for (const LinearWeight& w : linear) shape_of[w.offset] = &w;
+  std::vector<float> one;  // the float32 values of one linear weight
+  for (size_t i = 0; i < plain.params.size(); ++i) {
+    const ParamInfo& p = plain.params[i];
+    const int64_t at = m.layout.params[i].offset;
+    if (at < kept) {
+      read(p, m.weights.data() + at);
+      continue;
+    }
+    one.resize(size_t(p.numel));
+    read(p, one.data());
+    const LinearWeight& w = *shape_of.at(p.offset);
+    ops::bf16_pack(true, w.in, w.out, one.data(), w.in, packs->by_offset[at].forward_bf16);
+  }
+  if (c.tie_word_embeddings)
+    ops::bf16_pack(true, c.hidden_size, c.vocab_size, m.at(m.layout.embed), c.hidden_size,
+                   packs->by_offset[m.layout.lm_head].forward_bf16);
+  std::vector<float>().swap(one);
+  m.bf16_weights = std::move(packs);
+  return m;
+}
+
+}  // namespace
+
+Model<float> make_bf16_resident(Model<float> m) {
+  require_float_weights(m, "make_bf16_resident");
+  // A model with all its floats has the plain layout, the one `read` is given offsets of.
+  return build_bf16_resident(m.config, [&](const ParamInfo& p, float* dst) {
+    std::copy_n(m.weights.data() + p.offset, p.numel, dst);
+  });
+}
+
+Model<float> load_model_bf16_resident(const std::string& dir, const LoadOptions& opts) {
+  if (!std::filesystem::is_directory(dir))
+    throw Error("model directory " + dir + " does not exist");
+  const ModelConfig c = load_config((std::filesystem::path(dir) / "config.json").string());
+  const io::WeightStore store = io::WeightStore::open_dir(dir);
+  check_weights(ParamLayout::build(c), store, dir, opts);
+  return build_bf16_resident(
+      c, [&](const ParamInfo& p, float* dst) { read_param(store, p, dir, opts, dst); });
+}
+
+Model<float> load_inference_model(const std::string& dir, Precision precision,
+                                  const LoadOptions& opts) {
+  return precision == Precision::BF16 && bf16_resident_available()
+             ? load_model_bf16_resident(dir, opts)
+             : load_model(dir, opts);
+}
+
+Model<float> to_inference_model(Model<float> m, Precision precision) {
+  return precision == Precision::BF16 && bf16_resident_available()
+             ? make_bf16_resident(std::move(m))
+             : std::move(m);
 }
 
 }  // namespace infini::model

@@ -6,7 +6,9 @@
 // nothing keeps it across calls.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "model/model.hpp"
 #include "model/precision.hpp"
@@ -37,11 +39,39 @@ struct PackedWeights {
 // The default limit on the packed copies (SequenceOptions, SessionOptions and the evaluators).
 constexpr int64_t kDefaultMaxPackedWeightBytes = int64_t(1) << 30;  // 1 GiB
 
+// One linear weight pack_weights packs: its offset and shape [out, in].
+struct LinearWeight {
+  int64_t offset, out, in;
+};
+// Every linear weight of the layout a model of `c` has: q, k, v, o, the dense MLP or the
+// shared expert and the experts, the LM head (not the routers: small, and kept fp32).
+std::vector<LinearWeight> linear_weights(const ModelConfig& c, const ParamLayout& layout);
+
 // Packs every linear weight of `m` (q, k, v, o, gate, up, down of each layer and the LM head),
 // W^T always and W too when `backward`, in fp32 or bf16 as `precision` says. Reuses the
 // buffers of `out`. When the native kernel for that precision is not in use, or the packed
 // copies would exceed max_bytes, `out` is left empty and the forward packs per call as before.
+// A bf16-resident model (make_bf16_resident) leaves `out` empty: it carries its own.
 void pack_weights(const Model<float>& m, bool backward, int64_t max_bytes, PackedWeights& out,
                   Precision precision = Precision::FP32);
+
+// Inference in bf16 that keeps the weights in bf16 (issue #27): the model's linear weights
+// (experts included) become bf16 packed copies (Model::bf16_weights) and their float values
+// are dropped, so those weights take half their float32 memory. The embedding (also the LM
+// head when tied), norms, gates, biases and routers stay float32.
+// bf16_resident_available(): false where the bf16 kernel is emulated (no AVX512-BF16), where
+// there are no packed copies to hold the weights; callers then keep the float32 model.
+bool bf16_resident_available();
+Model<float> make_bf16_resident(Model<float> m);
+// As load_model followed by make_bf16_resident, without the float32 copy: tensor by tensor,
+// each linear weight read (and its file pages dropped) and packed, so that the peak resident
+// memory is about the bf16 model plus one tensor. Same checks and errors as load_model.
+Model<float> load_model_bf16_resident(const std::string& dir, const LoadOptions& opts = {});
+// The model of `dir` for inference (eval, generation, passkey eval) in `precision`:
+// load_model_bf16_resident under BF16 where bf16_resident_available(), else load_model.
+Model<float> load_inference_model(const std::string& dir, Precision precision,
+                                  const LoadOptions& opts = {});
+// The same for a model already in memory (a LoRA merge, say).
+Model<float> to_inference_model(Model<float> m, Precision precision);
 
 }  // namespace infini::model

@@ -1,5 +1,8 @@
 #include "model/params.hpp"
 
+#include <map>
+#include <set>
+
 namespace infini::model {
 
 ParamLayout ParamLayout::build(const ModelConfig& c) {
@@ -64,6 +67,37 @@ ParamLayout ParamLayout::build(const ModelConfig& c) {
   p.lm_head = c.tie_word_embeddings ? p.embed
                                     : add("lm_head.weight", {c.vocab_size, D}, ParamKind::Matrix);
   return p;
+}
+
+ParamLayout ParamLayout::with_last(const std::vector<int64_t>& apart, int64_t& kept) const {
+  const std::set<int64_t> last(apart.begin(), apart.end());
+  std::map<int64_t, int64_t> moved;  // old offset -> new offset
+  ParamLayout out = *this;
+  int64_t at = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (ParamInfo& p : out.params) {
+      if (last.count(p.offset) != size_t(pass)) continue;
+      moved[p.offset] = at;
+      at += p.numel;
+    }
+    if (pass == 0) kept = at;
+  }
+  for (ParamInfo& p : out.params) p.offset = moved.at(p.offset);
+  auto remap = [&](int64_t& o) {
+    if (o >= 0) o = moved.at(o);
+  };
+  remap(out.embed);
+  remap(out.final_norm);
+  remap(out.lm_head);
+  for (LayerOffsets& l : out.layers) {
+    for (int64_t* o : {&l.in_norm, &l.wq, &l.bq, &l.wk, &l.bk, &l.wv, &l.bv, &l.wo, &l.beta,
+                       &l.post_norm, &l.w_gate, &l.w_up, &l.w_down, &l.router, &l.shared_gate,
+                       &l.shared.w_gate, &l.shared.w_up, &l.shared.w_down})
+      remap(*o);
+    for (auto& e : l.experts)
+      for (int64_t* o : {&e.w_gate, &e.w_up, &e.w_down}) remap(*o);
+  }
+  return out;
 }
 
 const ParamInfo* ParamLayout::find(const std::string& name) const {

@@ -50,6 +50,12 @@ struct ParamLayout {
 
   static ParamLayout build(const ModelConfig& c);
   const ParamInfo* find(const std::string& name) const;
+
+  // The same parameters, names and order, with those at `apart` (offsets of this layout)
+  // stored after all the others: [0, kept) holds the rest, each where it was relative to
+  // the others, and [kept, total) the `apart` ones. Bf16 inference holds only [0, kept) in
+  // float (model/packed_weights.hpp's make_bf16_resident).
+  ParamLayout with_last(const std::vector<int64_t>& apart, int64_t& kept) const;
 };
 
 }  // namespace infini::model

@@ -8,6 +8,7 @@
 
 #include "core/error.hpp"
 #include "ops/activation.hpp"
+#include "ops/bf16_gemm.hpp"
 #include "ops/gemm.hpp"
 
 namespace infini::ops {
@@ -16,17 +17,47 @@ namespace {
 
 // c[m, n] = a[m, kk] op(W) (+ beta c), op(W) = W^T (`trans_w`, the forward's x W^T) or W (the
 // backward's dy W); W has leading dimension ldw. From the packed op(W) when there is one.
+// `which` picks the weight's packed copies (gate, up or down) out of `packs`.
 template <class T>
 void weight_gemm(bool trans_w, int64_t m, int64_t n, int64_t kk, const T* a, const T* w,
-                 int64_t ldw, const PackedMatrix* pack, T beta, T* c) {
+                 int64_t ldw, const MoeExpertPacks* packs, int which, T beta, T* c) {
   if constexpr (std::is_same_v<T, float>) {
-    if (pack && gemm_backend() == GemmBackend::Native) {
-      gemm_packed(false, m, n, kk, 1.0f, a, kk, *pack, beta, c, n);
+    if (packs && packs->bf16) {
+      const PackedBf16* p = which == 0 ? packs->gate_bf16 : which == 1 ? packs->up_bf16
+                                                                       : packs->down_bf16;
+      if (p)
+        bf16_gemm_packed(false, m, n, kk, 1.0f, a, kk, *p, beta, c, n);
+      else
+        bf16_gemm(false, trans_w, m, n, kk, 1.0f, a, kk, w, ldw, beta, c, n);
+      return;
+    }
+    const PackedMatrix* p = !packs        ? nullptr
+                            : which == 0 ? packs->gate
+                            : which == 1 ? packs->up
+                                         : packs->down;
+    if (p && gemm_backend() == GemmBackend::Native) {
+      gemm_packed(false, m, n, kk, 1.0f, a, kk, *p, beta, c, n);
       return;
     }
   }
   gemm<T>(false, trans_w, m, n, kk, T(1), a, kk, w, ldw, beta, c, n);
 }
+
+// dW (+=) dY^T X [out, in] over n rows, with bf16 inputs when packs say so.
+template <class T>
+void weight_grad(int64_t out, int64_t in, int64_t n, const T* dy, const T* x,
+                 const MoeExpertPacks* packs, T* dw) {
+  if (!dw) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (packs && packs->bf16) {
+      bf16_gemm(true, false, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
+      return;
+    }
+  }
+  gemm<T>(true, false, out, in, n, T(1), dy, out, x, in, T(1), dw, in);
+}
+
+enum : int { kGate = 0, kUp = 1, kDown = 2 };
 
 }  // namespace
 
@@ -155,11 +186,10 @@ void moe_expert_forward(int64_t e, const MoeRouting<T>& r, const T* x, int64_t D
   T* gate = acts.gate.data() + p0 * Fm;
   T* up = acts.up.data() + p0 * Fm;
   T* hmid = acts.hmid.data() + p0 * Fm;
-  weight_gemm<T>(true, n, Fm, D, xg, w_gate, D, packs ? packs->gate : nullptr, T(0), gate);
-  weight_gemm<T>(true, n, Fm, D, xg, w_up, D, packs ? packs->up : nullptr, T(0), up);
+  weight_gemm<T>(true, n, Fm, D, xg, w_gate, D, packs, kGate, T(0), gate);
+  weight_gemm<T>(true, n, Fm, D, xg, w_up, D, packs, kUp, T(0), up);
   swiglu_forward(hmid, gate, up, n * Fm);
-  weight_gemm<T>(true, n, D, Fm, hmid, w_down, Fm, packs ? packs->down : nullptr, T(0),
-                 acts.out.data() + p0 * D);
+  weight_gemm<T>(true, n, D, Fm, hmid, w_down, Fm, packs, kDown, T(0), acts.out.data() + p0 * D);
 }
 
 template <class T>
@@ -221,13 +251,13 @@ void moe_expert_backward(int64_t e, const MoeRouting<T>& r, const MoeExpertActs<
   T* dh = scratch;
   T* dgate = scratch + n * Fm;
   T* dup = scratch + 2 * n * Fm;
-  weight_gemm<T>(false, n, Fm, D, dout, w_down, Fm, packs ? packs->down : nullptr, T(0), dh);
-  if (dw_down) gemm<T>(true, false, D, Fm, n, T(1), dout, D, hmid, Fm, T(1), dw_down, Fm);
+  weight_gemm<T>(false, n, Fm, D, dout, w_down, Fm, packs, kDown, T(0), dh);
+  weight_grad<T>(D, Fm, n, dout, hmid, packs, dw_down);
   swiglu_backward(dgate, dup, dh, gate, up, n * Fm);
-  if (dw_gate) gemm<T>(true, false, Fm, D, n, T(1), dgate, Fm, xg, D, T(1), dw_gate, D);
-  if (dw_up) gemm<T>(true, false, Fm, D, n, T(1), dup, Fm, xg, D, T(1), dw_up, D);
-  weight_gemm<T>(false, n, D, Fm, dgate, w_gate, D, packs ? packs->gate : nullptr, T(0), dout);
-  weight_gemm<T>(false, n, D, Fm, dup, w_up, D, packs ? packs->up : nullptr, T(1), dout);
+  weight_grad<T>(Fm, D, n, dgate, xg, packs, dw_gate);
+  weight_grad<T>(Fm, D, n, dup, xg, packs, dw_up);
+  weight_gemm<T>(false, n, D, Fm, dgate, w_gate, D, packs, kGate, T(0), dout);
+  weight_gemm<T>(false, n, D, Fm, dup, w_up, D, packs, kUp, T(1), dout);
 }
 
 template <class T>

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "ops/bf16_gemm.hpp"
 #include "ops/sgemm.hpp"
 
 namespace infini::ops {
@@ -74,10 +75,17 @@ void moe_acts_resize(MoeExpertActs<T>& a, int64_t assignments, int64_t D, int64_
 // sgemm_pack(true, in, out, W, in, ...); for moe_expert_backward: W itself,
 // sgemm_pack(false, out, in, W, in, ...) (model/packed_weights.hpp's forward / backward).
 // Null members, and T = double, use ops::gemm on the plain weights.
+// bf16: every product of the expert (forward, input and weight gradients) takes bf16 inputs
+// into fp32 sums (SPEC §8), from the packed bf16 op(W) where given (ops/bf16_gemm.hpp's
+// bf16_pack, the same orientations), else rounding both inputs on the fly (ops::bf16_gemm).
 struct MoeExpertPacks {
   const PackedMatrix* gate = nullptr;
   const PackedMatrix* up = nullptr;
   const PackedMatrix* down = nullptr;
+  bool bf16 = false;
+  const PackedBf16* gate_bf16 = nullptr;
+  const PackedBf16* up_bf16 = nullptr;
+  const PackedBf16* down_bf16 = nullptr;
 };
 
 // Expert e over its assignments: gathers xg from x [rows, D], then gate, up, hmid, out, each

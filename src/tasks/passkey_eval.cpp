@@ -135,10 +135,12 @@ double PasskeyEvalResult::digit_accuracy() const {
 std::string answer_prompt(const model::Model<float>& m, const PasskeyPrompt& p,
                           const io::Tokenizer& tok, int64_t max_new) {
   model::ForwardContext<float> ctx(m.config);
+  // A bf16-resident model runs in bf16; any other in fp32.
+  if (m.bf16_weights) ctx.precision = model::Precision::BF16;
   model::MemoryState<float> state = model::MemoryState<float>::zeros(m.config, 1);
   model::SegmentActs<float> acts;
   model::PackedWeights packed;
-  model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes, packed);
+  model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes, packed, ctx.precision);
   return finish_and_decode(m, ctx, p, 0, state, acts, tok, max_new, &packed);
 }
 

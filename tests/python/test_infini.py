@@ -115,6 +115,18 @@ def test_bf16_precision_equals_the_cli_and_stays_near_fp32(tiny):
         assert np.abs(g - ref[name]).max() <= 1e-5 * max(np.abs(ref[name]).max(), 1e-12), name
     with pytest.raises(infini.Error, match="precision must be fp32 or bf16"):
         m.precision = "fp16"
+    # Loaded for inference, the bf16 weights are held in bf16 only where the CPU has
+    # AVX512-BF16: the same losses, and what needs the float32 weights refuses the model.
+    r = infini.load(str(tiny / "model"), precision="bf16", inference=True)
+    assert r.bf16_resident == ("--precision bf16: native" in cli("--version"))
+    assert r.loss(ids) == bf16
+    if r.bf16_resident:
+        for needs_floats in (lambda: r.grad(ids), lambda: r.parameters(),
+                             lambda: r.save(str(tiny / "never")),
+                             lambda: setattr(r, "precision", "fp32")):
+            with pytest.raises(infini.Error, match="bf16"):
+                needs_floats()
+    assert not infini.load(str(tiny / "model"), precision="fp32", inference=True).bf16_resident
 
 
 def test_greedy_generate_equals_the_cli():
