@@ -161,17 +161,21 @@ TEST(Bf16, ConvertedTransposedAEqualsTheProductThatConvertsOnTheFly) {
 
 TEST(Bf16, TransposedConversionOfAnyRowRangeEqualsTheScalarRounding) {
   // Ranges starting and ending on odd rows (a row without its partner), columns not a multiple
-  // of 16, as threads owning uneven shares of the rows produce them.
-  const int64_t r = 23, cols = 37, lda = cols + 3, ldo = r + 1;
-  const auto a = random_matrix(r * lda, 31);
-  for (const auto& [r0, r1] : {std::pair<int64_t, int64_t>{0, r}, {1, 22}, {3, 4}, {5, 5}}) {
-    std::vector<uint16_t> out(size_t(cols * ldo), 0x1234);
-    bf16_convert_transposed(a.data(), lda, r0, r1, cols, out.data(), ldo);
-    for (int64_t i = 0; i < cols; ++i)
-      for (int64_t t = 0; t < ldo; ++t) {
-        const uint16_t want = t >= r0 && t < r1 ? to_bf16(a[size_t(t * lda + i)]) : 0x1234;
-        ASSERT_EQ(out[size_t(i * ldo + t)], want) << "rows " << r0 << ".." << r1 << " at " << i
-                                                  << "," << t;
-      }
+  // of 16, as threads owning uneven shares of the rows produce them; with 75 rows and 53
+  // columns, whole 32-row x 16-column tiles (transposed in registers) and their borders.
+  for (const auto& [r, cols] : {std::pair<int64_t, int64_t>{23, 37}, {75, 53}, {64, 32}}) {
+    const int64_t lda = cols + 3, ldo = (r + 2) / 2 * 2;  // even: the pairs path
+    const auto a = random_matrix(r * lda, 31);
+    for (const auto& [r0, r1] : {std::pair<int64_t, int64_t>{0, r}, {1, r - 1}, {3, 4}, {5, 5},
+                                 {2, std::min<int64_t>(r, 66)}}) {
+      std::vector<uint16_t> out(size_t(cols * ldo), 0x1234);
+      bf16_convert_transposed(a.data(), lda, r0, r1, cols, out.data(), ldo);
+      for (int64_t i = 0; i < cols; ++i)
+        for (int64_t t = 0; t < ldo; ++t) {
+          const uint16_t want = t >= r0 && t < r1 ? to_bf16(a[size_t(t * lda + i)]) : 0x1234;
+          ASSERT_EQ(out[size_t(i * ldo + t)], want)
+              << r << "x" << cols << ", rows " << r0 << ".." << r1 << " at " << i << "," << t;
+        }
+    }
   }
 }

@@ -145,6 +145,83 @@ TEST_P(FastAttention, Bf16ForwardMatchesFloat64OfRoundedInputs) {
   EXPECT_GT(moved, 1e-4);
 }
 
+TEST_P(FastAttention, Bf16BackwardMatchesFloat64OfRoundedInputs) {
+  // With bf16 products, the per-head backward and the full-matrix reference against a float64
+  // computation that rounds what the kernels round: dO and V for dP; dS (computed, as the
+  // kernels do, from fp32 values) and K for dQ, dS and Q for dK; P and dO for dV.
+  const auto c = GetParam();
+  if (c.p0 != 0) return;  // the backward is for whole segments
+  const int64_t n = c.n, qw = c.H * c.d, kw = c.Hkv * c.d, G = c.H / c.Hkv;
+  const ops::AttentionShape s{c.B, n, 0, n, c.H, c.Hkv, c.d};
+  auto tofloat = [](const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); };
+  const auto q = tofloat(random_vec(c.B * n * qw, 21)), k = tofloat(random_vec(c.B * n * kw, 22));
+  const auto v = tofloat(random_vec(c.B * n * kw, 23)), dout = tofloat(random_vec(c.B * n * qw, 24));
+  std::vector<float> out(q.size()), probs(size_t(c.B * c.H * n * n));
+  ops::local_attention_forward_reference(out.data(), probs.data(), q.data(), k.data(), v.data(), s);
+  struct Grads {
+    std::vector<float> dq, dk, dv;
+  };
+  auto fast = [&](bool bf16) {
+    Grads g{std::vector<float>(q.size()), std::vector<float>(k.size(), 0.0f),
+            std::vector<float>(v.size(), 0.0f)};
+    std::vector<float> scratch(size_t(n * n));
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t h = 0; h < c.H; ++h) {
+        const int64_t qo = b * n * qw + h * c.d, ko = b * n * kw + (h / G) * c.d;
+        ops::attention_head_backward(g.dq.data() + qo, g.dk.data() + ko, g.dv.data() + ko,
+                                     dout.data() + qo, probs.data() + (b * c.H + h) * n * n,
+                                     q.data() + qo, k.data() + ko, v.data() + ko, n, c.d, qw, kw,
+                                     scratch.data(), bf16);
+      }
+    return g;
+  };
+  const Grads blocked = fast(true), fp32 = fast(false);
+  Grads full{std::vector<float>(q.size()), std::vector<float>(k.size()),
+             std::vector<float>(v.size())};
+  ops::local_attention_backward_reference(full.dq.data(), full.dk.data(), full.dv.data(),
+                                          dout.data(), probs.data(), q.data(), k.data(), v.data(),
+                                          s, true);
+  auto r = [](float x) { return double(ops::round_bf16(x)); };
+  const double scale = 1.0 / std::sqrt(double(c.d));
+  std::vector<double> dq(q.size(), 0.0), dk(k.size(), 0.0), dv(v.size(), 0.0);
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t h = 0; h < c.H; ++h) {
+      const int64_t qo = b * n * qw + h * c.d, ko = b * n * kw + (h / G) * c.d;
+      const float* P = probs.data() + (b * c.H + h) * n * n;
+      for (int64_t i = 0; i < n; ++i) {
+        std::vector<double> dp(size_t(i + 1));
+        double dot = 0;
+        for (int64_t j = 0; j <= i; ++j) {
+          for (int64_t e = 0; e < c.d; ++e)
+            dp[size_t(j)] += r(dout[size_t(qo + i * qw + e)]) * r(v[size_t(ko + j * kw + e)]);
+          dot += double(P[i * n + j]) * dp[size_t(j)];
+        }
+        for (int64_t j = 0; j <= i; ++j) {
+          const double ds = r(float(double(P[i * n + j]) * (dp[size_t(j)] - dot) * scale));
+          const double p = r(P[i * n + j]);
+          for (int64_t e = 0; e < c.d; ++e) {
+            dq[size_t(qo + i * qw + e)] += ds * r(k[size_t(ko + j * kw + e)]);
+            dk[size_t(ko + j * kw + e)] += ds * r(q[size_t(qo + i * qw + e)]);
+            dv[size_t(ko + j * kw + e)] += p * r(dout[size_t(qo + i * qw + e)]);
+          }
+        }
+      }
+    }
+  for (auto [name, want, got, plain, f32] :
+       {std::tuple{"dq", &dq, &blocked.dq, &full.dq, &fp32.dq},
+        std::tuple{"dk", &dk, &blocked.dk, &full.dk, &fp32.dk},
+        std::tuple{"dv", &dv, &blocked.dv, &full.dv, &fp32.dv}}) {
+    double worst = 0, size = 0, moved = 0;
+    for (size_t i = 0; i < want->size(); ++i) {
+      size = std::max(size, std::abs((*want)[i]));
+      worst = std::max({worst, std::abs((*got)[i] - (*want)[i]), std::abs((*plain)[i] - (*want)[i])});
+      moved = std::max(moved, std::abs(double((*f32)[i]) - (*want)[i]));
+    }
+    EXPECT_LT(worst, 2e-3 * size) << name;  // a fraction of a bf16 step: tie flips of dS only
+    EXPECT_GT(moved, 2 * worst) << name << ": without bf16 the results differ by more";
+  }
+}
+
 // n not a multiple of the 64-row block, several blocks, GQA and MQA, a cached prefix.
 INSTANTIATE_TEST_SUITE_P(Shapes, FastAttention,
                          ::testing::Values(AttnShape{2, 150, 0, 4, 2, 8},

@@ -460,7 +460,7 @@ void layer_backward_reference(const Model<T>& m, const ForwardContext<T>& ctx, i
   const ops::AttentionShape as{B, n, 0, n, H, Hkv, c.head_dim};
   ops::local_attention_backward_reference(G.dq.data(), G.dk.data(), G.dv.data(), G.dlocal.data(),
                                           A.probs.data(), A.q_rot.data(), A.k_rot.data(),
-                                          A.v.data(), as);
+                                          A.v.data(), as, bf16_products(ctx));
   ops::rope_apply(G.dq.data(), r, H, positions, ctx.rope, true);
   ops::rope_apply(G.dk.data(), r, Hkv, positions, ctx.rope, true);
 
@@ -977,7 +977,7 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
             ops::attention_head_backward(W.dq.data() + off, dkg, dvg, dlocal,
                                          A.probs.data() + bh * n * n, A.q_rot.data() + off,
                                          A.k_rot.data() + kvo, A.v.data() + kvo, n, d, qw, kw,
-                                         scratch);
+                                         scratch, bf16_products(ctx));
             // RoPE's backward is the rotation by the opposite angle.
             ops::rope_apply_head(W.dq.data() + off, n, qw, pos + b * n, ctx.rope, true);
           }

@@ -16,15 +16,15 @@ namespace infini::ops {
 namespace {
 // gemm<T>, or with bf16 inputs (float only) when `bf16`.
 template <class T>
-void product(bool bf16, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
-             int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
+void product(bool bf16, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha,
+             const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
   if constexpr (std::is_same_v<T, float>) {
     if (bf16) {
-      bf16_gemm(false, trans_b, m, n, k, alpha, a, lda, b, ldb, 0.0f, c, ldc);
+      bf16_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
       return;
     }
   }
-  gemm<T>(false, trans_b, m, n, k, alpha, a, lda, b, ldb, T(0), c, ldc);
+  gemm<T>(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 }  // namespace
 
@@ -45,7 +45,7 @@ void local_attention_forward_reference(T* out, T* probs, const T* q, const T* k,
         const T* qh = q + b * n * qw + h * d;
         const T* kg = k + b * s.cap * kw + g * d;
         const T* vg = v + b * s.cap * kw + g * d;
-        product(bf16, true, n, ctx, d, scale, qh, qw, kg, kw, p, ctx);
+        product(bf16, false, true, n, ctx, d, scale, qh, qw, kg, kw, T(0), p, ctx);
         for (int64_t i = 0; i < n; ++i) {
           T* row = p + i * ctx;
           const int64_t last = s.p0 + i;  // causal: keys 0..last
@@ -59,7 +59,8 @@ void local_attention_forward_reference(T* out, T* probs, const T* q, const T* k,
           for (int64_t j = 0; j <= last; ++j) row[j] *= inv;
           std::fill(row + last + 1, row + ctx, T(0));
         }
-        product(bf16, false, n, d, ctx, T(1), p, ctx, vg, kw, out + b * n * qw + h * d, qw);
+        product(bf16, false, false, n, d, ctx, T(1), p, ctx, vg, kw, T(0),
+                out + b * n * qw + h * d, qw);
       }
   }
 }
@@ -67,7 +68,7 @@ void local_attention_forward_reference(T* out, T* probs, const T* q, const T* k,
 template <class T>
 void local_attention_backward_reference(T* dq, T* dk, T* dv, const T* dout, const T* probs,
                                         const T* q, const T* k, const T* v,
-                                        const AttentionShape& s) {
+                                        const AttentionShape& s, bool bf16) {
   if (s.p0 != 0 || s.cap != s.n)
     throw Error("local_attention_backward_reference needs a whole segment");
   const int64_t n = s.n, d = s.head_dim, G = s.heads / s.kv_heads;
@@ -93,8 +94,8 @@ void local_attention_backward_reference(T* dq, T* dk, T* dv, const T* dout, cons
           const T* qh = q + b * n * qw + h * d;
           const T* doh = dout + b * n * qw + h * d;
           // dV += P^T dO ; dP = dO V^T
-          gemm<T>(true, false, n, d, n, T(1), p, n, doh, qw, T(1), dvg, kw);
-          gemm<T>(false, true, n, n, d, T(1), doh, qw, vg, kw, T(0), ds.data(), n);
+          product(bf16, true, false, n, d, n, T(1), p, n, doh, qw, T(1), dvg, kw);
+          product(bf16, false, true, n, n, d, T(1), doh, qw, vg, kw, T(0), ds.data(), n);
           for (int64_t i = 0; i < n; ++i) {
             T* row = ds.data() + i * n;
             const T* prow = p + i * n;
@@ -104,9 +105,9 @@ void local_attention_backward_reference(T* dq, T* dk, T* dv, const T* dout, cons
             std::fill(row + i + 1, row + n, T(0));
           }
           // dQ = dS K ; dK += dS^T Q   (scale already folded into dS)
-          gemm<T>(false, false, n, d, n, T(1), ds.data(), n, kg, kw, T(0), dq + b * n * qw + h * d,
-                  qw);
-          gemm<T>(true, false, n, d, n, T(1), ds.data(), n, qh, qw, T(1), dkg, kw);
+          product(bf16, false, false, n, d, n, T(1), ds.data(), n, kg, kw, T(0),
+                  dq + b * n * qw + h * d, qw);
+          product(bf16, true, false, n, d, n, T(1), ds.data(), n, qh, qw, T(1), dkg, kw);
         }
       }
   }
@@ -232,8 +233,42 @@ PackedMatrix& head_buffer(int role) {
   return buffers[role];
 }
 PackedBf16* head_buffer_bf16(int role) {
-  thread_local PackedBf16 buffers[2];
+  thread_local PackedBf16 buffers[3];
   return &buffers[role];
+}
+
+// The key-block products of the backward with bf16 inputs on the native kernel:
+// dK[j0 .. j1] += dS[j0 .., j0 .. j1]^T Q[j0 ..] and dV[j0 .. j1] += P[..]^T dO[j0 ..]. The
+// transposed A (dS^T, P^T) is avoided by computing dK^T = Q^T dS: Q^T and dO^T are converted
+// once per head (d rows of n), each key block of dS and P is packed as B (rows j0 .. n-1), and
+// the [d, mk] result is added transposed.
+void key_block_grads_bf16(float* dk, float* dv, const float* dout, const float* probs,
+                          const float* dS, const float* q, int64_t n, int64_t d, int64_t ldq,
+                          int64_t ldk) {
+  const int64_t ldt = (n + 1) / 2 * 2;  // even, as the converted A needs; the pad stays zero
+  thread_local std::vector<uint16_t> qt, ot;
+  thread_local std::vector<float> block;
+  qt.assign(size_t(d * ldt), 0);
+  ot.assign(size_t(d * ldt), 0);
+  bf16_convert_transposed(q, ldq, 0, n, d, qt.data(), ldt);
+  bf16_convert_transposed(dout, ldq, 0, n, d, ot.data(), ldt);
+  block.resize(size_t(d * kKeyBlock));
+  PackedBf16& b = *head_buffer_bf16(2);
+  for (int64_t j0 = 0; j0 < n; j0 += kKeyBlock) {
+    const int64_t j1 = std::min(n, j0 + kKeyBlock), mk = j1 - j0, rows = n - j0;
+    for (int pass = 0; pass < 2; ++pass) {
+      const float* src = pass == 0 ? dS : probs;
+      bf16_pack(false, rows, mk, src + j0 * n + j0, n, b);
+      bf16_gemm_converted(d, mk, rows, 1.0f, (pass == 0 ? qt : ot).data() + j0, ldt, b, 0.0f,
+                          block.data(), mk);
+      float* out = pass == 0 ? dk : dv;
+      for (int64_t i = 0; i < mk; ++i) {
+        float* o = out + (j0 + i) * ldk;
+#pragma omp simd
+        for (int64_t e = 0; e < d; ++e) o[e] += block[size_t(e * mk + i)];
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -263,11 +298,14 @@ void attention_head_forward(T* out, T* probs, const T* q, const T* k, const T* v
 template <class T>
 void attention_head_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, const T* q,
                              const T* k, const T* v, int64_t n, int64_t d, int64_t ldq,
-                             int64_t ldk, T* scratch) {
+                             int64_t ldk, T* scratch, bool bf16) {
   const T scale = T(1.0 / std::sqrt(double(d)));
+  bf16 = bf16 && std::is_same_v<T, float>;
   T* dS = scratch;  // [n, n]; row i holds columns 0 .. (end of i's block) - 1
-  const HeadOperand<T> values_t(head_buffer(0), true, d, n, v, ldk);  // V^T [d, n]
-  const HeadOperand<T> keys(head_buffer(1), false, n, d, k, ldk);     // K [n, d]
+  const HeadOperand<T> values_t(head_buffer(0), true, d, n, v, ldk,  // V^T [d, n]
+                                bf16 ? head_buffer_bf16(0) : nullptr);
+  const HeadOperand<T> keys(head_buffer(1), false, n, d, k, ldk,  // K [n, d]
+                            bf16 ? head_buffer_bf16(1) : nullptr);
   for (int64_t i0 = 0; i0 < n; i0 += kAttentionBlock) {
     const int64_t i1 = std::min(n, i0 + kAttentionBlock), m = i1 - i0, e = i1;
     const int64_t end = written_end(e, n);
@@ -288,12 +326,18 @@ void attention_head_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs,
     keys.multiply(m, d, e, T(1), dS + i0 * n, n, T(0), dq + i0 * ldq, ldq);
   }
   // Key block j0..j1 is seen by queries j0 .. n-1 only: dK += dS^T Q, dV += P^T dO over them.
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16 && bf16_native_available()) {
+      key_block_grads_bf16(dk, dv, dout, probs, dS, q, n, d, ldq, ldk);
+      return;
+    }
+  }
   for (int64_t j0 = 0; j0 < n; j0 += kKeyBlock) {
     const int64_t j1 = std::min(n, j0 + kKeyBlock), mk = j1 - j0, rows = n - j0;
-    gemm<T>(true, false, mk, d, rows, T(1), dS + j0 * n + j0, n, q + j0 * ldq, ldq, T(1),
+    product(bf16, true, false, mk, d, rows, T(1), dS + j0 * n + j0, n, q + j0 * ldq, ldq, T(1),
             dk + j0 * ldk, ldk);
-    gemm<T>(true, false, mk, d, rows, T(1), probs + j0 * n + j0, n, dout + j0 * ldq, ldq, T(1),
-            dv + j0 * ldk, ldk);
+    product(bf16, true, false, mk, d, rows, T(1), probs + j0 * n + j0, n, dout + j0 * ldq, ldq,
+            T(1), dv + j0 * ldk, ldk);
   }
 }
 
@@ -354,11 +398,12 @@ void local_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs
                                                      const AttentionShape&, bool);              \
   template void local_attention_backward_reference<T>(T*, T*, T*, const T*, const T*,           \
                                                       const T*, const T*, const T*,             \
-                                                      const AttentionShape&);                   \
+                                                      const AttentionShape&, bool);             \
   template void attention_head_forward<T>(T*, T*, const T*, const T*, const T*, int64_t,        \
                                           int64_t, int64_t, int64_t, int64_t, T*, bool);        \
   template void attention_head_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,  \
-                                           const T*, int64_t, int64_t, int64_t, int64_t, T*);
+                                           const T*, int64_t, int64_t, int64_t, int64_t, T*,    \
+                                           bool);
 INFINI_INSTANTIATE(float)
 INFINI_INSTANTIATE(double)
 #undef INFINI_INSTANTIATE

@@ -35,7 +35,7 @@ void local_attention_forward_reference(T* out, T* probs, const T* q, const T* k,
 template <class T>
 void local_attention_backward_reference(T* dq, T* dk, T* dv, const T* dout, const T* probs,
                                         const T* q, const T* k, const T* v,
-                                        const AttentionShape& s);
+                                        const AttentionShape& s, bool bf16 = false);
 
 // ---- Single-threaded kernels for one query head (the model's fast path runs them from its
 // own parallel region). Query blocks of kAttentionBlock rows only multiply the keys they can
@@ -51,17 +51,19 @@ constexpr int64_t kKeyBlock = 64;
 // out (=) for the n queries at positions p0 .. p0+n-1 against keys 0 .. p0+n-1.
 // probs: [n, p0+n] or null; scratch: kAttentionBlock * (p0+n) values, used when probs is null.
 // bf16 (float only; also for local_attention_forward_reference): QK^T and PV take bf16 inputs
-// and sum in fp32 (SPEC §8); the softmax and the saved probabilities stay fp32. The backward
-// has no such option: it runs in fp32 on the saved probabilities (docs/precision.md).
+// and sum in fp32 (SPEC §8); the softmax and the saved probabilities stay fp32.
 template <class T>
 void attention_head_forward(T* out, T* probs, const T* q, const T* k, const T* v, int64_t n,
                             int64_t p0, int64_t d, int64_t ldq, int64_t ldk, T* scratch,
                             bool bf16 = false);
 
 // Whole segment (p0 == 0). dq (=); dk, dv (+=). scratch: n * n values.
+// bf16 (float only; also for local_attention_backward_reference): all four products (dP =
+// dO V^T, dQ = dS K, dK = dS^T Q, dV = P^T dO) take bf16 inputs and sum in fp32; the saved
+// probabilities and dS itself are fp32 (docs/precision.md).
 template <class T>
 void attention_head_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, const T* q,
                              const T* k, const T* v, int64_t n, int64_t d, int64_t ldq,
-                             int64_t ldk, T* scratch);
+                             int64_t ldk, T* scratch, bool bf16 = false);
 
 }  // namespace infini::ops

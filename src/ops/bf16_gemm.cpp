@@ -233,6 +233,32 @@ void pack_vector(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb
     pack_rows(k, n, b, ldb, d);
 }
 
+// z[r] lane c becomes z[c] lane r (32-bit lanes).
+inline void transpose_16x16_epi32(__m512i z[16]) {
+  __m512i t[16];
+  for (int r = 0; r < 16; r += 2) {  // pairs of rows: lanes interleaved by one
+    t[r] = _mm512_unpacklo_epi32(z[r], z[r + 1]);
+    t[r + 1] = _mm512_unpackhi_epi32(z[r], z[r + 1]);
+  }
+  for (int r = 0; r < 16; r += 4) {  // by two
+    z[r] = _mm512_unpacklo_epi64(t[r], t[r + 2]);
+    z[r + 1] = _mm512_unpackhi_epi64(t[r], t[r + 2]);
+    z[r + 2] = _mm512_unpacklo_epi64(t[r + 1], t[r + 3]);
+    z[r + 3] = _mm512_unpackhi_epi64(t[r + 1], t[r + 3]);
+  }
+  // Now z[4q + j] lane (4b + x) holds row 4q + x, column 4b + j: 128-bit blocks move next.
+  for (int j = 0; j < 4; ++j) {
+    const __m512i a0 = z[j], a1 = z[4 + j], a2 = z[8 + j], a3 = z[12 + j];
+    const __m512i b0 = _mm512_shuffle_i32x4(a0, a1, 0x88), b1 = _mm512_shuffle_i32x4(a0, a1, 0xDD);
+    const __m512i b2 = _mm512_shuffle_i32x4(a2, a3, 0x88), b3 = _mm512_shuffle_i32x4(a2, a3, 0xDD);
+    t[j] = _mm512_shuffle_i32x4(b0, b2, 0x88);       // column block 0
+    t[8 + j] = _mm512_shuffle_i32x4(b0, b2, 0xDD);   // column block 2
+    t[4 + j] = _mm512_shuffle_i32x4(b1, b3, 0x88);   // column block 1
+    t[12 + j] = _mm512_shuffle_i32x4(b1, b3, 0xDD);  // column block 3
+  }
+  for (int r = 0; r < 16; ++r) z[r] = t[r];
+}
+
 // Rows t0 .. t1 (t0, t1 even) as pairs: 16 columns of rows t and t + 1 become 16 words, each
 // written to its column's row of the output.
 bool convert_transposed_pairs(const float* a, int64_t lda, int64_t t0, int64_t t1, int64_t cols,
@@ -244,10 +270,28 @@ bool convert_transposed_pairs(const float* a, int64_t lda, int64_t t0, int64_t t
                                                              5, 4, 3, 2, 1, 0),
                                             _mm512_set1_epi32(int(ldo / 2)));
   uint32_t* o32 = reinterpret_cast<uint32_t*>(out);
+  const int64_t w = ldo / 2;  // output row stride in words
+  // Whole tiles of 16 pairs x 16 columns: the 16 word vectors (one per pair, a word per
+  // column) are transposed in registers and stored as 16 contiguous runs of 16 words, one per
+  // column; cheaper than scattering every word. The rest below goes word by word.
+  const int64_t tiles_end = t0 + (t1 - t0) / 32 * 32, cols16 = cols / 16 * 16;
+  for (int64_t tb = t0; tb < tiles_end; tb += 32)
+    for (int64_t i = 0; i < cols16; i += 16) {
+      __m512i z[16];
+      for (int p = 0; p < 16; ++p) {
+        const float* x0 = a + (tb + 2 * p) * lda + i;
+        z[p] = _mm512_permutexvar_epi16(
+            zip, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x0 + lda), _mm512_loadu_ps(x0)));
+      }
+      transpose_16x16_epi32(z);
+      for (int c = 0; c < 16; ++c) _mm512_storeu_si512(o32 + (i + c) * w + tb / 2, z[c]);
+    }
   for (int64_t t = t0; t < t1; t += 2) {
+    const bool tiled = t < tiles_end;
+    if (tiled && cols16 == cols) continue;
     const float* x0 = a + t * lda;
     const float* x1 = x0 + lda;
-    for (int64_t i = 0; i < cols; i += 16) {
+    for (int64_t i = tiled ? cols16 : 0; i < cols; i += 16) {
       const __mmask16 m = first_lanes(cols - i);
       // Low half: the 16 values of row t; high half: those of row t + 1; then interleaved.
       const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m, x1 + i),
