@@ -195,7 +195,8 @@ void Session::restore(const StateSnapshot& s, const std::string& source) {
                hex(config_fingerprint(c)) + " (another vocab, eps, rope_theta or update rule)");
   if (s.weights_hash != weights_hash())
     throw fail("it was saved with other weights (hash " + hex(s.weights_hash) + ", model " +
-               hex(weights_hash()) + ")");
+               hex(weights_hash()) + "; under --precision bf16 the weights are their bf16 " +
+               "copies, so a state fits runs of the precision it was saved in)");
   // Sizes: parse_state guarantees them for parsed files; a hand-built snapshot is checked too.
   const size_t kv_rows = size_t(s.cache_pos * c.kv_width() * c.num_layers);
   if (s.M.size() != state_.M.size() || s.z.size() != state_.z.size() || s.k.size() != kv_rows ||
