@@ -39,6 +39,17 @@ bool bf16_products(const ForwardContext<T>& ctx) {
   return std::is_same_v<T, float> && ctx.precision == Precision::BF16;
 }
 
+// The packed copies the forward multiplies with: a bf16-resident model's own (its linear
+// weights exist only there, so it runs in bf16 only), else the caller's.
+template <class T>
+const PackedWeights* weight_packs(const Model<T>& m, const ForwardContext<T>& ctx,
+                                  const PackedWeights* packed, const char* who) {
+  if (!m.bf16_weights) return packed;
+  if (ctx.precision != Precision::BF16)
+    throw Error(std::string(who) + ": a model with bf16-resident weights runs in bf16 only");
+  return m.bf16_weights.get();
+}
+
 // y[rows, out] = x W^T (+ bias), or y += x W^T when `add`: the weight at `w` of the model,
 // from its packed copy when there is one, with bf16 inputs under Precision::BF16.
 template <class T>
@@ -1050,11 +1061,7 @@ void forward_chunk(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
                 std::to_string(p0) + " overruns the segment length " +
                 std::to_string(c.segment_length));
   if (cache && batch != 1) throw Error("forward_chunk: a streaming cache holds one sequence");
-  if (m.bf16_weights) {  // its linear weights exist only as these packed copies
-    if (ctx.precision != Precision::BF16)
-      throw Error("forward_chunk: a model with bf16-resident weights runs in bf16 only");
-    packed = m.bf16_weights.get();
-  }
+  packed = weight_packs(m, ctx, packed, "forward_chunk");
   if (c.use_memory && state.batch != batch)
     throw Error("forward_chunk: memory state has batch " + std::to_string(state.batch) +
                 ", chunk has " + std::to_string(batch));
@@ -1117,7 +1124,7 @@ void forward_chunk(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
 template <class T>
 void head_logits(const Model<T>& m, const ForwardContext<T>& ctx, const T* f, int64_t rows,
                  T* logits, const PackedWeights* packed) {
-  if (m.bf16_weights) packed = m.bf16_weights.get();
+  packed = weight_packs(m, ctx, packed, "head_logits");
   project(m, ctx, packed, m.layout.lm_head, -1, logits, f, rows, m.config.hidden_size,
           m.config.vocab_size);
 }

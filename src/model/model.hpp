@@ -97,7 +97,8 @@ template <class T>
 void require_float_weights(const Model<T>& m, const std::string& what) {
   if (!m.floats_complete())
     throw Error(what + " needs the float32 weights; this model holds its linear weights in "
-                       "bf16 only, for inference (load it without bf16 residency)");
+                       "bf16 only, for inference (load it with load_model, or in Python without "
+                       "inference=True)");
 }
 
 template <class To, class From>
