@@ -202,13 +202,18 @@ def unchosen_expert_params(cfg, exp):
     return out
 
 
-def check_golden(d, quick):
-    name = os.path.basename(d)
-    print(f"[{name}]")
+def load_golden(d):
+    """A golden directory's model in float64, its expected.json, and its text as tokens [1, T]."""
     cfg, P = ir.load_model(d, torch.float64)
     exp = json.load(open(os.path.join(d, "expected.json")))
     ids = ir.byte_tokenize(open(os.path.join(d, "data.txt"), "rb").read())
-    x = torch.tensor([ids])
+    return cfg, P, exp, ids, torch.tensor([ids])
+
+
+def check_golden(d, quick):
+    name = os.path.basename(d)
+    print(f"[{name}]")
+    cfg, P, exp, ids, x = load_golden(d)
     loss, logits, grads = ir.loss_and_grads(cfg, P, x)
     check(exp["tokens"] == len(ids), f"tokens {len(ids)}")
     check(abs(float(loss) - exp["loss"]) < 1e-12, f"loss reproduces {float(loss):.12f} vs {exp['loss']:.12f}")
@@ -265,9 +270,7 @@ def check_golden(d, quick):
 def check_fd(d, n_per_tensor=3, seed=0):
     name = os.path.basename(d)
     print(f"[finite differences: {name}]")
-    cfg, P = ir.load_model(d, torch.float64)
-    ids = ir.byte_tokenize(open(os.path.join(d, "data.txt"), "rb").read())
-    x = torch.tensor([ids])
+    cfg, P, _, ids, x = load_golden(d)
     _, _, grads = ir.loss_and_grads(cfg, P, x)
     rs = np.random.RandomState(seed)
     eps = 1e-5
@@ -353,10 +356,7 @@ def aux_loss_onehot(cfg, probs: np.ndarray) -> float:
 def check_moe_golden(d):
     name = os.path.basename(d)
     print(f"[qwen2_moe routing: {name}]")
-    cfg, P = ir.load_model(d, torch.float64)
-    exp = json.load(open(os.path.join(d, "expected.json")))
-    ids = ir.byte_tokenize(open(os.path.join(d, "data.txt"), "rb").read())
-    x = torch.tensor([ids])
+    cfg, P, exp, ids, x = load_golden(d)
     k = cfg.num_experts_per_tok
     check(exp["sparse_layers"] == cfg.sparse_layers() and
           exp["sparse_layers"] == [l for l in range(cfg.num_hidden_layers)
@@ -416,10 +416,7 @@ def check_fd_moe(d, n_per_tensor=3, seed=1):
     fixed: every top-k gap exceeds the perturbation's effect by orders of magnitude)."""
     name = os.path.basename(d)
     print(f"[finite differences through routing: {name}]")
-    cfg, P = ir.load_model(d, torch.float64)
-    exp = json.load(open(os.path.join(d, "expected.json")))
-    ids = ir.byte_tokenize(open(os.path.join(d, "data.txt"), "rb").read())
-    x = torch.tensor([ids])
+    cfg, P, exp, ids, x = load_golden(d)
     _, _, grads = ir.loss_and_grads(cfg, P, x)
     # gradient of the aux loss (through P_e only)
     Pg = {n: t.detach().clone().requires_grad_(True) for n, t in P.items()}

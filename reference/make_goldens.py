@@ -114,10 +114,12 @@ TEXTS = {
 # ----------------------------------------------------------------------------------------
 
 
-def hf_config(model_type, V, D, Fi, L, H, Hkv, N, update, use_memory=True, head_dim=None, tie=False,
-              bias=False, eps=1e-6, theta=10000.0):
-    c = {
-        "architectures": ["LlamaForCausalLM" if model_type == "llama" else "Qwen2ForCausalLM"],
+def config_dict(architecture, model_type, V, D, Fi, L, H, Hkv, N, update, use_memory, tie, eps, theta,
+                own):
+    """config.json's keys every case has, in Hugging Face's order, with the model kind's `own`
+    keys between the shape and the dtype."""
+    return {
+        "architectures": [architecture],
         "model_type": model_type,
         "vocab_size": V,
         "hidden_size": D,
@@ -128,12 +130,17 @@ def hf_config(model_type, V, D, Fi, L, H, Hkv, N, update, use_memory=True, head_
         "rms_norm_eps": eps,
         "rope_theta": theta,
         "tie_word_embeddings": tie,
-        "attention_bias": bias,
-        "hidden_act": "silu",
-        "max_position_embeddings": 4096,
+        **own,
         "torch_dtype": "float32",
         "infini": {"segment_length": N, "memory_update": update, "use_memory": use_memory},
     }
+
+
+def hf_config(model_type, V, D, Fi, L, H, Hkv, N, update, use_memory=True, head_dim=None, tie=False,
+              bias=False, eps=1e-6, theta=10000.0):
+    c = config_dict("LlamaForCausalLM" if model_type == "llama" else "Qwen2ForCausalLM", model_type,
+                    V, D, Fi, L, H, Hkv, N, update, use_memory, tie, eps, theta,
+                    {"attention_bias": bias, "hidden_act": "silu", "max_position_embeddings": 4096})
     if head_dim is not None:
         c["head_dim"] = head_dim
     return c
@@ -145,32 +152,12 @@ def moe_config(V, D, L, H, Hkv, N, update, E, k, Fm, Fs, Fi=64, tie=False, eps=1
     """A Hugging Face Qwen2MoeConfig-style config.json (SPEC §7). Optional MoE keys left as None
     are omitted, so their SPEC defaults are exercised. No attention_bias key: qwen2_moe always has
     q/k/v biases."""
-    c = {
-        "architectures": ["Qwen2MoeForCausalLM"],
-        "model_type": "qwen2_moe",
-        "vocab_size": V,
-        "hidden_size": D,
-        "intermediate_size": Fi,
-        "num_hidden_layers": L,
-        "num_attention_heads": H,
-        "num_key_value_heads": Hkv,
-        "rms_norm_eps": eps,
-        "rope_theta": theta,
-        "tie_word_embeddings": tie,
-        "hidden_act": "silu",
-        "max_position_embeddings": 4096,
-        "initializer_range": 0.02,
-        "use_sliding_window": False,
-        "sliding_window": 4096,
-        "max_window_layers": L,
-        "attention_dropout": 0.0,
-        "num_experts": E,
-        "num_experts_per_tok": k,
-        "moe_intermediate_size": Fm,
-        "shared_expert_intermediate_size": Fs,
-        "torch_dtype": "float32",
-        "infini": {"segment_length": N, "memory_update": update, "use_memory": True},
-    }
+    c = config_dict("Qwen2MoeForCausalLM", "qwen2_moe", V, D, Fi, L, H, Hkv, N, update, True, tie,
+                    eps, theta,
+                    {"hidden_act": "silu", "max_position_embeddings": 4096, "initializer_range": 0.02,
+                     "use_sliding_window": False, "sliding_window": 4096, "max_window_layers": L,
+                     "attention_dropout": 0.0, "num_experts": E, "num_experts_per_tok": k,
+                     "moe_intermediate_size": Fm, "shared_expert_intermediate_size": Fs})
     for key, val in (("norm_topk_prob", norm_topk_prob), ("decoder_sparse_step", decoder_sparse_step),
                      ("mlp_only_layers", mlp_only_layers), ("router_aux_loss_coef", coef),
                      ("output_router_logits", output_router_logits)):
