@@ -10,6 +10,7 @@
 #include "ops/fastmath.hpp"
 #include "util/gradcheck.hpp"
 #include "util/nan_max.hpp"
+#include "util/precision_check.hpp"
 
 using namespace infini;
 using namespace infini::model;
@@ -450,38 +451,22 @@ TEST_P(FastModel, Bf16PolicyAgreesAcrossPathsAndStaysNearFloat64) {
       sequence_loss<double>(md, cd, tokens.data(), c.B, c.T, gd.data(), {}, wd).mean();
 
   auto run = [&](bool reference, int64_t max_packed) {
-    ForwardContext<float> cf(cfg);
-    cf.precision = Precision::BF16;
-    cf.reference = reference;
-    cf.threads = reference ? 0 : 2;
-    SequenceOptions o;
-    o.max_packed_weight_bytes = max_packed;
-    SequenceWorkspace<float> ws;
-    std::vector<float> g(size_t(mf.layout.total), 0.0f);
-    const double l = sequence_loss<float>(mf, cf, tokens.data(), c.B, c.T, g.data(), o, ws).mean();
-    EXPECT_EQ(ws.packed.empty(), reference || max_packed == 0 || !ops::bf16_native_available());
-    return std::make_pair(l, std::vector<double>(g.begin(), g.end()));
+    const LossAndGrad r = float_loss_and_grad(mf, tokens.data(), c.B, c.T, Precision::BF16,
+                                              reference, max_packed);
+    EXPECT_EQ(r.packed, !(reference || max_packed == 0 || !ops::bf16_native_available()));
+    return r;
   };
   const auto fast = run(false, int64_t(1) << 30);
   const auto unpacked = run(false, 0);
   const auto plain = run(true, 0);
-  EXPECT_EQ(fast.first, unpacked.first);
-  EXPECT_EQ(fast.second, unpacked.second);
-  EXPECT_NEAR(fast.first, plain.first, 1e-4 * std::abs(plain.first));
-  EXPECT_LT(rel_err(fast.second, plain.second), 5e-3);
+  EXPECT_EQ(fast.loss, unpacked.loss);
+  EXPECT_EQ(fast.grad, unpacked.grad);
+  EXPECT_NEAR(fast.loss, plain.loss, 1e-4 * std::abs(plain.loss));
+  EXPECT_LT(rel_err(fast.grad, plain.grad), 5e-3);
 
-  EXPECT_NEAR(fast.first, ld, 0.01 * std::abs(ld));
-  EXPECT_GT(std::abs(fast.first - ld), 1e-7 * std::abs(ld)) << "bf16 rounded nothing";
-  for (const ParamInfo& p : md.layout.params) {
-    double dot = 0, na = 0, nb = 0;
-    for (int64_t i = p.offset; i < p.offset + p.numel; ++i) {
-      dot += fast.second[size_t(i)] * gd[size_t(i)];
-      na += fast.second[size_t(i)] * fast.second[size_t(i)];
-      nb += gd[size_t(i)] * gd[size_t(i)];
-    }
-    if (nb == 0) continue;
-    EXPECT_GE(dot / std::sqrt(na * nb), 0.99) << p.name;
-  }
+  EXPECT_NEAR(fast.loss, ld, 0.01 * std::abs(ld));
+  EXPECT_GT(std::abs(fast.loss - ld), 1e-7 * std::abs(ld)) << "bf16 rounded nothing";
+  expect_tensor_cosines(md.layout, fast.grad, gd, 0.99);
 }
 
 TEST_P(FastModel, ChunkedPrefillThroughTheCacheMatchesWholeSegments) {
