@@ -150,9 +150,13 @@ void read_param(const io::WeightStore& store, const ParamInfo& p, const std::str
       throw Error(dir + ": tensor '" + p.name + "' contains a non-finite value (NaN or Inf)");
 }
 
-Model<float> load_model(const std::string& dir, const LoadOptions& opts) {
+ModelConfig load_model_config(const std::string& dir) {
   if (!fs::is_directory(dir)) throw Error("model directory " + dir + " does not exist");
-  return load_weights(load_config((fs::path(dir) / "config.json").string()), dir, opts);
+  return load_config((fs::path(dir) / "config.json").string());
+}
+
+Model<float> load_model(const std::string& dir, const LoadOptions& opts) {
+  return load_weights(load_model_config(dir), dir, opts);
 }
 
 std::string read_tokenizer_json(const std::string& model_dir) {

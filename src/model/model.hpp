@@ -53,6 +53,9 @@ struct LoadOptions {
   double gate_init = 0.0;
 };
 
+// The config.json of model directory `dir` (an error names `dir` when it does not exist).
+ModelConfig load_model_config(const std::string& dir);
+
 // Reads config.json and model.safetensors (or shards) from `dir`. Every tensor is checked for
 // presence, shape and finite values; errors name the directory and the tensor.
 Model<float> load_model(const std::string& dir, const LoadOptions& opts = {});

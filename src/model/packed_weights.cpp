@@ -1,7 +1,6 @@
 #include "model/packed_weights.hpp"
 
 #include <algorithm>
-#include <filesystem>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -161,26 +160,26 @@ Model<float> make_bf16_resident(Model<float> m) {
 }
 
 Model<float> load_model_bf16_resident(const std::string& dir, const LoadOptions& opts) {
-  if (!std::filesystem::is_directory(dir))
-    throw Error("model directory " + dir + " does not exist");
-  const ModelConfig c = load_config((std::filesystem::path(dir) / "config.json").string());
+  const ModelConfig c = load_model_config(dir);
   const io::WeightStore store = io::WeightStore::open_dir(dir);
   check_weights(ParamLayout::build(c), store, dir, opts);
   return build_bf16_resident(
       c, [&](const ParamInfo& p, float* dst) { read_param(store, p, dir, opts, dst); });
 }
 
+namespace {
+bool resident_for(Precision precision) {
+  return precision == Precision::BF16 && bf16_resident_available();
+}
+}  // namespace
+
 Model<float> load_inference_model(const std::string& dir, Precision precision,
                                   const LoadOptions& opts) {
-  return precision == Precision::BF16 && bf16_resident_available()
-             ? load_model_bf16_resident(dir, opts)
-             : load_model(dir, opts);
+  return resident_for(precision) ? load_model_bf16_resident(dir, opts) : load_model(dir, opts);
 }
 
 Model<float> to_inference_model(Model<float> m, Precision precision) {
-  return precision == Precision::BF16 && bf16_resident_available()
-             ? make_bf16_resident(std::move(m))
-             : std::move(m);
+  return resident_for(precision) ? make_bf16_resident(std::move(m)) : std::move(m);
 }
 
 }  // namespace infini::model
