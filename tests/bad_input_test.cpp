@@ -231,8 +231,10 @@ void edit_config(const fs::path& model, const std::function<void(json&)>& fn) {
   write_bytes(model / "config.json", c.dump(2));
 }
 
-fs::path config_file(const fs::path& dir, const std::function<void(json&)>& fn) {
-  json c = tiny_config();
+// dir/config.json: `base` (tiny_config() when null) changed by fn.
+fs::path config_file(const fs::path& dir, const std::function<void(json&)>& fn,
+                     const json& base = nullptr) {
+  json c = base.is_null() ? tiny_config() : base;
   fn(c);
   const fs::path p = dir / "config.json";
   write_bytes(p, c.dump(2));
@@ -240,6 +242,11 @@ fs::path config_file(const fs::path& dir, const std::function<void(json&)>& fn) 
 }
 
 using Args = std::vector<std::string>;
+
+// `infini init` of tiny_moe_config() changed by fn.
+Args moe_init_args(const fs::path& d, const std::function<void(json&)>& fn) {
+  return {"init", "--config", config_file(d, fn, tiny_moe_config()), "--out", d / "out"};
+}
 
 Args eval_args(const fs::path& model, const fs::path& data) {
   return {"eval", "--model", model, "--data", data};
@@ -1117,66 +1124,40 @@ const std::vector<Case>& cases() {
       // ---- qwen2_moe (SPEC §7): configs, checkpoints, conversion
       {"MoeTopKAboveExperts",
        [](const fs::path& d) {
-         json j = tiny_moe_config();
-         j["num_experts_per_tok"] = 5;
-         write_bytes(d / "config.json", j.dump());
-         return Args{"init", "--config", d / "config.json", "--out", d / "out"};
+         return moe_init_args(d, [](json& j) { j["num_experts_per_tok"] = 5; });
        },
        "'num_experts_per_tok' (5) must not exceed 'num_experts' (4)", "out"},
       {"MoeMissingNumExperts",
-       [](const fs::path& d) {
-         json j = tiny_moe_config();
-         j.erase("num_experts");
-         write_bytes(d / "config.json", j.dump());
-         return Args{"init", "--config", d / "config.json", "--out", d / "out"};
-       },
+       [](const fs::path& d) { return moe_init_args(d, [](json& j) { j.erase("num_experts"); }); },
        "missing required key 'num_experts'", "out"},
       {"MoeSharedExpertWidthZero",
        [](const fs::path& d) {
-         json j = tiny_moe_config();
-         j["shared_expert_intermediate_size"] = 0;
-         write_bytes(d / "config.json", j.dump());
-         return Args{"init", "--config", d / "config.json", "--out", d / "out"};
+         return moe_init_args(d, [](json& j) { j["shared_expert_intermediate_size"] = 0; });
        },
        "'shared_expert_intermediate_size' = 0 is out of range", "out"},
       {"MoeSparseStepZero",  // (l + 1) % 0 would divide by zero
        [](const fs::path& d) {
-         json j = tiny_moe_config();
-         j["decoder_sparse_step"] = 0;
-         write_bytes(d / "config.json", j.dump());
-         return Args{"init", "--config", d / "config.json", "--out", d / "out"};
+         return moe_init_args(d, [](json& j) { j["decoder_sparse_step"] = 0; });
        },
        "'decoder_sparse_step' = 0 is out of range", "out"},
       {"MoeMlpOnlyLayerOutOfRange",
        [](const fs::path& d) {
-         json j = tiny_moe_config();
-         j["mlp_only_layers"] = {2};
-         write_bytes(d / "config.json", j.dump());
-         return Args{"init", "--config", d / "config.json", "--out", d / "out"};
+         return moe_init_args(d, [](json& j) { j["mlp_only_layers"] = {2}; });
        },
        "'mlp_only_layers' entry 2 is out of range [0, 1]", "out"},
       {"MoeMlpOnlyLayerDuplicate",
        [](const fs::path& d) {
-         json j = tiny_moe_config();
-         j["mlp_only_layers"] = {1, 1};
-         write_bytes(d / "config.json", j.dump());
-         return Args{"init", "--config", d / "config.json", "--out", d / "out"};
+         return moe_init_args(d, [](json& j) { j["mlp_only_layers"] = {1, 1}; });
        },
        "'mlp_only_layers' lists layer 1 more than once", "out"},
       {"MoeMlpOnlyLayersNotAList",
        [](const fs::path& d) {
-         json j = tiny_moe_config();
-         j["mlp_only_layers"] = "1";
-         write_bytes(d / "config.json", j.dump());
-         return Args{"init", "--config", d / "config.json", "--out", d / "out"};
+         return moe_init_args(d, [](json& j) { j["mlp_only_layers"] = "1"; });
        },
        "key 'mlp_only_layers' must be a list of layer indices", "out"},
       {"MoeAttentionBiasFalse",
        [](const fs::path& d) {
-         json j = tiny_moe_config();
-         j["attention_bias"] = false;
-         write_bytes(d / "config.json", j.dump());
-         return Args{"init", "--config", d / "config.json", "--out", d / "out"};
+         return moe_init_args(d, [](json& j) { j["attention_bias"] = false; });
        },
        "qwen2_moe always has q/k/v biases", "out"},
       {"MoeConvertMissingExpert",
