@@ -9,6 +9,7 @@
 #include "ops/sgemm.hpp"
 #include "ops/fastmath.hpp"
 #include "util/gradcheck.hpp"
+#include "util/random_model.hpp"
 #include "util/nan_max.hpp"
 #include "util/precision_check.hpp"
 
@@ -260,13 +261,8 @@ ModelConfig make_config(const ModelCase& c) {
 }
 
 Model<double> random_model(const ModelConfig& cfg, uint64_t seed) {
-  Model<double> m = cast_model<double>(init_model(cfg, {seed, 0.3, 0.0}));
-  auto noise = random_vec(size_t(m.layout.total), seed + 1, 0.3);
-  for (const auto& p : m.layout.params)
-    if (p.kind != ParamKind::Matrix && p.kind != ParamKind::Embedding)
-      for (int64_t i = 0; i < p.numel; ++i)
-        m.weights[size_t(p.offset + i)] += noise[size_t(p.offset + i)];
-  return m;
+  return noisy_model(cfg, seed, 0.3, 0.3, 1,
+                     {ParamKind::Norm, ParamKind::Bias, ParamKind::Gate, ParamKind::Router});
 }
 
 // Segments longer than one attention block, a short last segment, batches of 2.

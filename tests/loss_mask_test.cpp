@@ -6,6 +6,7 @@
 #include "model/bptt.hpp"
 #include "ops/cross_entropy.hpp"
 #include "util/gradcheck.hpp"
+#include "util/random_model.hpp"
 #include "util/nan_max.hpp"
 
 using namespace infini;
@@ -31,13 +32,7 @@ ModelConfig mask_config(MemoryUpdate rule) {
 }
 
 Model<double> random_model(const ModelConfig& c, uint64_t seed) {
-  Model<double> m = cast_model<double>(init_model(c, {seed, 0.5, 0.0}));
-  const auto noise = random_vec(size_t(m.layout.total), seed + 1, 0.3);
-  for (const auto& p : m.layout.params)
-    if (p.kind == ParamKind::Gate || p.kind == ParamKind::Norm)
-      for (int64_t i = 0; i < p.numel; ++i)
-        m.weights[size_t(p.offset + i)] += 3 * noise[size_t(p.offset + i)];
-  return m;
+  return noisy_model(c, seed, 0.5, 0.3, 3, {ParamKind::Gate, ParamKind::Norm});
 }
 
 std::vector<int32_t> tokens_for(int64_t n, int64_t vocab, uint64_t seed) {

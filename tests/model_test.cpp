@@ -5,6 +5,7 @@
 #include "model/bptt.hpp"
 #include "ops/cross_entropy.hpp"
 #include "util/gradcheck.hpp"
+#include "util/random_model.hpp"
 
 using namespace infini;
 using namespace infini::model;
@@ -41,13 +42,8 @@ ModelConfig make_config(const Case& c) {
 
 // Random weights large enough that every path (memory, gates, biases) moves the loss.
 Model<double> random_model(const ModelConfig& cfg, uint64_t seed) {
-  Model<float> mf = init_model(cfg, {seed, 0.5, 0.0});
-  Model<double> m = cast_model<double>(mf);
-  auto noise = random_vec(size_t(m.layout.total), seed + 1, 0.3);
-  for (const auto& p : m.layout.params)
-    if (p.kind != ParamKind::Matrix && p.kind != ParamKind::Embedding)
-      for (int64_t i = 0; i < p.numel; ++i) m.weights[size_t(p.offset + i)] += noise[size_t(p.offset + i)] * 3;
-  return m;
+  return noisy_model(cfg, seed, 0.5, 0.3, 3,
+                     {ParamKind::Norm, ParamKind::Bias, ParamKind::Gate, ParamKind::Router});
 }
 
 const Case kCases[] = {

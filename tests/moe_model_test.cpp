@@ -12,6 +12,7 @@
 #include "io/text.hpp"
 #include "model/bptt.hpp"
 #include "util/gradcheck.hpp"
+#include "util/random_model.hpp"
 #include "util/precision_check.hpp"
 
 using namespace infini;
@@ -49,14 +50,7 @@ ModelConfig moe_config(bool norm_topk, bool tied) {
 }
 
 Model<double> random_model(const ModelConfig& cfg, uint64_t seed) {
-  Model<float> mf = init_model(cfg, {seed, 0.5, 0.0});
-  Model<double> m = cast_model<double>(mf);
-  auto noise = random_vec(size_t(m.layout.total), seed + 1, 0.3);
-  for (const auto& p : m.layout.params)
-    if (p.kind == ParamKind::Norm || p.kind == ParamKind::Gate || p.kind == ParamKind::Bias)
-      for (int64_t i = 0; i < p.numel; ++i)
-        m.weights[size_t(p.offset + i)] += noise[size_t(p.offset + i)] * 3;
-  return m;
+  return noisy_model(cfg, seed, 0.5, 0.3, 3, {ParamKind::Norm, ParamKind::Gate, ParamKind::Bias});
 }
 
 // The smallest gap between the k-th and (k+1)-th router probability over every row of every
