@@ -1,6 +1,8 @@
 // ops/bf16_gemm: rounding to bf16, and the bf16-input fp32-accumulate products (native
 // AVX512-BF16 kernel where the CPU has it, and the emulation everywhere) against a float64
 // reference of the bf16-rounded inputs.
+#include "ops/bf16_gemm.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,8 +10,6 @@
 #include <random>
 #include <utility>
 #include <vector>
-
-#include "ops/bf16_gemm.hpp"
 
 using namespace infini::ops;
 
@@ -52,7 +52,7 @@ using Gemm = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const float*
                       const float*, int64_t, float, float*, int64_t);
 
 void check_shapes(Gemm gemm, const char* name) {
-  const int64_t shapes[][3] = {{1, 1, 1},   {3, 5, 7},    {12, 32, 64}, {13, 33, 65},
+  const int64_t shapes[][3] = {{1, 1, 1},    {3, 5, 7},    {12, 32, 64},  {13, 33, 65},
                                {25, 70, 31}, {7, 16, 300}, {40, 100, 128}};
   uint64_t seed = 1;
   for (const auto& s : shapes)
@@ -74,8 +74,8 @@ void check_shapes(Gemm gemm, const char* name) {
               const size_t at = size_t(i * ldc + j);
               // fp32 sums of exact products: error within k * 2^-24 of the sum of magnitudes.
               ASSERT_NEAR(c[at], want[at], 1e-7 * double(k + 2) * bound[at] + 1e-30)
-                  << name << " m=" << m << " n=" << n << " k=" << k << " ta=" << ta
-                  << " tb=" << tb << " beta=" << beta << " at " << i << "," << j;
+                  << name << " m=" << m << " n=" << n << " k=" << k << " ta=" << ta << " tb=" << tb
+                  << " beta=" << beta << " at " << i << "," << j;
             }
         }
 }
@@ -93,7 +93,7 @@ TEST(Bf16, RoundsToNearestEven) {
   EXPECT_EQ(to_bf16(INFINITY), 0x7F80);
   EXPECT_TRUE(std::isnan(bf16_value(to_bf16(std::nanf("")))));
   EXPECT_TRUE(std::isnan(bf16_value(to_bf16(from_bits(0x7F800001u)))));  // not inf
-  EXPECT_EQ(round_bf16(3.140625f), 3.140625f);  // exactly representable
+  EXPECT_EQ(round_bf16(3.140625f), 3.140625f);                           // exactly representable
 }
 
 TEST(Bf16, EmulatedProductMatchesTheFloat64ReferenceOfRoundedInputs) {
@@ -166,7 +166,10 @@ TEST(Bf16, TransposedConversionOfAnyRowRangeEqualsTheScalarRounding) {
   for (const auto& [r, cols] : {std::pair<int64_t, int64_t>{23, 37}, {75, 53}, {64, 32}}) {
     const int64_t lda = cols + 3, ldo = (r + 2) / 2 * 2;  // even: the pairs path
     const auto a = random_matrix(r * lda, 31);
-    for (const auto& [r0, r1] : {std::pair<int64_t, int64_t>{0, r}, {1, r - 1}, {3, 4}, {5, 5},
+    for (const auto& [r0, r1] : {std::pair<int64_t, int64_t>{0, r},
+                                 {1, r - 1},
+                                 {3, 4},
+                                 {5, 5},
                                  {2, std::min<int64_t>(r, 66)}}) {
       std::vector<uint16_t> out(size_t(cols * ldo), 0x1234);
       bf16_convert_transposed(a.data(), lda, r0, r1, cols, out.data(), ldo);

@@ -6,12 +6,12 @@
 #include "model/bptt.hpp"
 #include "ops/attention.hpp"
 #include "ops/bf16_gemm.hpp"
-#include "ops/sgemm.hpp"
 #include "ops/fastmath.hpp"
+#include "ops/sgemm.hpp"
 #include "util/gradcheck.hpp"
-#include "util/random_model.hpp"
 #include "util/nan_max.hpp"
 #include "util/precision_check.hpp"
+#include "util/random_model.hpp"
 
 using namespace infini;
 using namespace infini::model;
@@ -57,8 +57,8 @@ TEST_P(FastAttention, MatchesReferenceForwardAndBackward) {
   std::vector<double> out(q.size()), ref(q.size());
   std::vector<double> probs(c.B * c.H * c.n * ctx), probs_ref(probs.size());
   ops::local_attention_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), s);
-  ops::local_attention_forward_reference(ref.data(), probs_ref.data(), q.data(), k.data(),
-                                         v.data(), s);
+  ops::local_attention_forward_reference(ref.data(), probs_ref.data(), q.data(), k.data(), v.data(),
+                                         s);
   EXPECT_LT(rel_err(out, ref), 1e-13);
   // Without saved probabilities (decode) the result is the same.
   std::vector<double> out2(q.size());
@@ -92,20 +92,22 @@ TEST_P(FastAttention, Bf16ForwardMatchesFloat64OfRoundedInputs) {
   const auto c = GetParam();
   const int64_t ctx = c.p0 + c.n, qw = c.H * c.d, kw = c.Hkv * c.d, G = c.H / c.Hkv;
   const ops::AttentionShape s{c.B, c.n, c.p0, ctx, c.H, c.Hkv, c.d};
-  auto tofloat = [](const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); };
-  const auto q = tofloat(random_vec(c.B * c.n * qw, 11)), k = tofloat(random_vec(c.B * ctx * kw, 12));
+  auto tofloat = [](const std::vector<double>& v) {
+    return std::vector<float>(v.begin(), v.end());
+  };
+  const auto q = tofloat(random_vec(c.B * c.n * qw, 11)),
+             k = tofloat(random_vec(c.B * ctx * kw, 12));
   const auto v = tofloat(random_vec(c.B * ctx * kw, 13));
   std::vector<float> fast(q.size()), full(q.size()), scratch(size_t(ops::kAttentionBlock * ctx));
   for (int64_t b = 0; b < c.B; ++b)
     for (int64_t h = 0; h < c.H; ++h)
-      ops::attention_head_forward(fast.data() + b * c.n * qw + h * c.d, (float*)nullptr,
-                                  q.data() + b * c.n * qw + h * c.d,
-                                  k.data() + b * ctx * kw + (h / G) * c.d,
-                                  v.data() + b * ctx * kw + (h / G) * c.d, c.n, c.p0, c.d, qw, kw,
-                                  scratch.data(), true);
+      ops::attention_head_forward(
+          fast.data() + b * c.n * qw + h * c.d, (float*)nullptr, q.data() + b * c.n * qw + h * c.d,
+          k.data() + b * ctx * kw + (h / G) * c.d, v.data() + b * ctx * kw + (h / G) * c.d, c.n,
+          c.p0, c.d, qw, kw, scratch.data(), true);
   std::vector<float> probs(size_t(c.B * c.H * c.n * ctx));
-  ops::local_attention_forward_reference(full.data(), probs.data(), q.data(), k.data(), v.data(),
-                                         s, true);
+  ops::local_attention_forward_reference(full.data(), probs.data(), q.data(), k.data(), v.data(), s,
+                                         true);
   const double scale = 1.0 / std::sqrt(double(c.d));
   double worst = 0;
   for (int64_t b = 0; b < c.B; ++b)
@@ -137,13 +139,13 @@ TEST_P(FastAttention, Bf16ForwardMatchesFloat64OfRoundedInputs) {
   std::vector<float> fp32(q.size());
   for (int64_t b = 0; b < c.B; ++b)
     for (int64_t h = 0; h < c.H; ++h)
-      ops::attention_head_forward(fp32.data() + b * c.n * qw + h * c.d, (float*)nullptr,
-                                  q.data() + b * c.n * qw + h * c.d,
-                                  k.data() + b * ctx * kw + (h / G) * c.d,
-                                  v.data() + b * ctx * kw + (h / G) * c.d, c.n, c.p0, c.d, qw, kw,
-                                  scratch.data(), false);
+      ops::attention_head_forward(
+          fp32.data() + b * c.n * qw + h * c.d, (float*)nullptr, q.data() + b * c.n * qw + h * c.d,
+          k.data() + b * ctx * kw + (h / G) * c.d, v.data() + b * ctx * kw + (h / G) * c.d, c.n,
+          c.p0, c.d, qw, kw, scratch.data(), false);
   double moved = 0;
-  for (size_t i = 0; i < fp32.size(); ++i) moved = std::max(moved, double(std::abs(fp32[i] - fast[i])));
+  for (size_t i = 0; i < fp32.size(); ++i)
+    moved = std::max(moved, double(std::abs(fp32[i] - fast[i])));
   EXPECT_GT(moved, 1e-4);
 }
 
@@ -155,9 +157,12 @@ TEST_P(FastAttention, Bf16BackwardMatchesFloat64OfRoundedInputs) {
   if (c.p0 != 0) return;  // the backward is for whole segments
   const int64_t n = c.n, qw = c.H * c.d, kw = c.Hkv * c.d, G = c.H / c.Hkv;
   const ops::AttentionShape s{c.B, n, 0, n, c.H, c.Hkv, c.d};
-  auto tofloat = [](const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); };
+  auto tofloat = [](const std::vector<double>& v) {
+    return std::vector<float>(v.begin(), v.end());
+  };
   const auto q = tofloat(random_vec(c.B * n * qw, 21)), k = tofloat(random_vec(c.B * n * kw, 22));
-  const auto v = tofloat(random_vec(c.B * n * kw, 23)), dout = tofloat(random_vec(c.B * n * qw, 24));
+  const auto v = tofloat(random_vec(c.B * n * kw, 23)),
+             dout = tofloat(random_vec(c.B * n * qw, 24));
   std::vector<float> out(q.size()), probs(size_t(c.B * c.H * n * n));
   ops::local_attention_forward_reference(out.data(), probs.data(), q.data(), k.data(), v.data(), s);
   struct Grads {
@@ -216,7 +221,8 @@ TEST_P(FastAttention, Bf16BackwardMatchesFloat64OfRoundedInputs) {
     double worst = 0, size = 0, moved = 0;
     for (size_t i = 0; i < want->size(); ++i) {
       size = std::max(size, std::abs((*want)[i]));
-      worst = std::max({worst, std::abs((*got)[i] - (*want)[i]), std::abs((*plain)[i] - (*want)[i])});
+      worst =
+          std::max({worst, std::abs((*got)[i] - (*want)[i]), std::abs((*plain)[i] - (*want)[i])});
       moved = std::max(moved, std::abs(double((*f32)[i]) - (*want)[i]));
     }
     EXPECT_LT(worst, 2e-3 * size) << name;  // a fraction of a bf16 step: tie flips of dS only
@@ -357,7 +363,8 @@ TEST_P(FastModel, KeptActivationsGiveTheSameGradientsAsRecomputation) {
   const int64_t T2 = cfg.segment_length + 3;
   std::vector<int32_t> short_tokens;
   for (int64_t b = 0; b < c.B; ++b)
-    short_tokens.insert(short_tokens.end(), tokens.begin() + b * c.T, tokens.begin() + b * c.T + T2);
+    short_tokens.insert(short_tokens.end(), tokens.begin() + b * c.T,
+                        tokens.begin() + b * c.T + T2);
   SequenceWorkspace<float> ws_fresh;
   const auto fresh = run(all_bytes, ws_fresh, short_tokens, T2);
   const auto reused = run(all_bytes, ws_all, short_tokens, T2);
@@ -421,8 +428,7 @@ TEST_P(FastModel, FloatFastPathMatchesDoubleReference) {
   std::vector<float> gf(size_t(md.layout.total), 0.0f);
   const double ld =
       sequence_loss<double>(md, cd, tokens.data(), c.B, c.T, gd.data(), {}, wd).mean();
-  const double lf =
-      sequence_loss<float>(mf, cf, tokens.data(), c.B, c.T, gf.data(), {}, wf).mean();
+  const double lf = sequence_loss<float>(mf, cf, tokens.data(), c.B, c.T, gf.data(), {}, wf).mean();
   EXPECT_NEAR(lf, ld, 1e-5 * std::abs(ld));
   std::vector<double> gfd(gf.begin(), gf.end());
   EXPECT_LT(rel_err(gfd, gd), 1e-4);
@@ -447,8 +453,8 @@ TEST_P(FastModel, Bf16PolicyAgreesAcrossPathsAndStaysNearFloat64) {
       sequence_loss<double>(md, cd, tokens.data(), c.B, c.T, gd.data(), {}, wd).mean();
 
   auto run = [&](bool reference, int64_t max_packed) {
-    const LossAndGrad r = float_loss_and_grad(mf, tokens.data(), c.B, c.T, Precision::BF16,
-                                              reference, max_packed);
+    const LossAndGrad r =
+        float_loss_and_grad(mf, tokens.data(), c.B, c.T, Precision::BF16, reference, max_packed);
     EXPECT_EQ(r.packed, !(reference || max_packed == 0 || !ops::bf16_native_available()));
     return r;
   };

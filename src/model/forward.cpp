@@ -1,11 +1,11 @@
 #include "model/forward.hpp"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
 #include <utility>
-
-#include <omp.h>
 
 #include "core/error.hpp"
 #include "ops/activation.hpp"
@@ -95,14 +95,14 @@ void project_back(const Model<T>& m, const ForwardContext<T>& ctx, const PackedW
       return;
     }
   }
-  ops::linear_backward(dx, (T*)nullptr, (T*)nullptr, dy, (const T*)nullptr, m.at(w), rows, in,
-                       out, add);
+  ops::linear_backward(dx, (T*)nullptr, (T*)nullptr, dy, (const T*)nullptr, m.at(w), rows, in, out,
+                       add);
 }
 
 // dW (+=) dy^T x alone, under the context's precision; nothing when dw is null.
 template <class T>
-void linear_back_weights(const ForwardContext<T>& ctx, T* dw, const T* dy, const T* x,
-                         int64_t rows, int64_t in, int64_t out) {
+void linear_back_weights(const ForwardContext<T>& ctx, T* dw, const T* dy, const T* x, int64_t rows,
+                         int64_t in, int64_t out) {
   if (!dw) return;
   if constexpr (std::is_same_v<T, float>) {
     if (bf16_products(ctx)) {
@@ -119,8 +119,8 @@ void linear_back(const ForwardContext<T>& ctx, T* dx, T* dw, T* dbias, const T* 
                  const T* w, int64_t rows, int64_t in, int64_t out, bool accumulate_dx) {
   if constexpr (std::is_same_v<T, float>) {
     if (bf16_products(ctx)) {
-      ops::bf16_gemm(false, false, rows, in, out, 1.0f, dy, out, w, in,
-                     accumulate_dx ? 1.0f : 0.0f, dx, in);
+      ops::bf16_gemm(false, false, rows, in, out, 1.0f, dy, out, w, in, accumulate_dx ? 1.0f : 0.0f,
+                     dx, in);
       linear_back_weights(ctx, dw, dy, x, rows, in, out);
       if (dbias)
         for (int64_t i = 0; i < rows; ++i)
@@ -198,8 +198,8 @@ void moe_rows_forward(const Model<T>& m, const ForwardContext<T>& ctx, const Pac
                       rows * Fs);
   project(m, ctx, packed, o.shared.w_down, -1, A.sout.data() + r0 * D, A.shmid.data() + r0 * Fs,
           rows, Fs, D);
-  ops::gemm<T>(false, true, rows, 1, D, T(1), mm, D, m.at(o.shared_gate), D, T(0),
-               A.sg.data() + r0, 1);
+  ops::gemm<T>(false, true, rows, 1, D, T(1), mm, D, m.at(o.shared_gate), D, T(0), A.sg.data() + r0,
+               1);
   for (int64_t i = r0; i < r1; ++i) {
     const T s = ops::sigmoid(A.sg[size_t(i)]);
     A.sg[size_t(i)] = s;
@@ -248,8 +248,8 @@ void moe_shared_backward_rows(const Model<T>& m, const ForwardContext<T>& ctx,
   }
   project_back(m, ctx, packed, o.shared.w_down, dshmid + r0 * Fs, dsout + r0 * D, rows, Fs, D,
                false);
-  ops::swiglu_backward(dsgate + r0 * Fs, dsup + r0 * Fs, dshmid + r0 * Fs,
-                       A.sgate.data() + r0 * Fs, A.sup.data() + r0 * Fs, rows * Fs);
+  ops::swiglu_backward(dsgate + r0 * Fs, dsup + r0 * Fs, dshmid + r0 * Fs, A.sgate.data() + r0 * Fs,
+                       A.sup.data() + r0 * Fs, rows * Fs);
   project_back(m, ctx, packed, o.shared.w_gate, dm + r0 * D, dsgate + r0 * Fs, rows, D, Fs, false);
   project_back(m, ctx, packed, o.shared.w_up, dm + r0 * D, dsup + r0 * Fs, rows, D, Fs, true);
   // The gate's logit is m W_sg^T, W_sg [1, D]: dm += dsg W_sg.
@@ -261,9 +261,8 @@ void moe_shared_backward_rows(const Model<T>& m, const ForwardContext<T>& ctx,
 // and input gradients (by grouped position).
 template <class T>
 void moe_expert_backward(const Model<T>& m, const ForwardContext<T>& ctx,
-                         const PackedWeights* packed, const LayerOffsets& o,
-                         const LayerActs<T>& A, int64_t e, const T* dh, T* grads, T* dweight,
-                         T* dxg) {
+                         const PackedWeights* packed, const LayerOffsets& o, const LayerActs<T>& A,
+                         int64_t e, const T* dh, T* grads, T* dweight, T* dxg) {
   const ModelConfig& c = m.config;
   const auto& ex = o.experts[size_t(e)];
   const int64_t Fm = c.moe_intermediate_size;
@@ -272,8 +271,8 @@ void moe_expert_backward(const Model<T>& m, const ForwardContext<T>& ctx,
   auto g = [&](int64_t off) { return grads ? grads + off : nullptr; };
   ops::MoeExpertPacks packs;
   ops::moe_expert_backward(e, A.routing, A.experts, dh, c.hidden_size, Fm, m.at(ex.w_gate),
-                           m.at(ex.w_up), m.at(ex.w_down), g(ex.w_gate), g(ex.w_up),
-                           g(ex.w_down), dweight, dxg, scratch.data(),
+                           m.at(ex.w_up), m.at(ex.w_down), g(ex.w_gate), g(ex.w_up), g(ex.w_down),
+                           dweight, dxg, scratch.data(),
                            expert_packs(ctx, packed, ex, true, packs));
 }
 
@@ -306,8 +305,9 @@ struct KVSlot {
 
 template <class T>
 void layer_forward_reference(const Model<T>& m, const ForwardContext<T>& ctx, int64_t l, T* x,
-                   LayerActs<T>& A, const int32_t* positions, int64_t B, int64_t n,
-                   KVSlot<T> kv, T* M, T* z, bool fold_memory, const PackedWeights* packed) {
+                             LayerActs<T>& A, const int32_t* positions, int64_t B, int64_t n,
+                             KVSlot<T> kv, T* M, T* z, bool fold_memory,
+                             const PackedWeights* packed) {
   const ModelConfig& c = m.config;
   const LayerOffsets& o = m.layout.layers[size_t(l)];
   const int64_t D = c.hidden_size, F = c.intermediate_size, r = B * n;
@@ -396,9 +396,9 @@ struct LayerGrads {
 
 template <class T>
 void layer_backward_reference(const Model<T>& m, const ForwardContext<T>& ctx, int64_t l, T* dx,
-                    const LayerActs<T>& A, const int32_t* positions, int64_t B, int64_t n,
-                    const T* M, const T* z, T* dM, T* dz, T* grads, LayerGrads<T>& G,
-                    const T* moe_aux_grad) {
+                              const LayerActs<T>& A, const int32_t* positions, int64_t B, int64_t n,
+                              const T* M, const T* z, T* dM, T* dz, T* grads, LayerGrads<T>& G,
+                              const T* moe_aux_grad) {
   const ModelConfig& c = m.config;
   const LayerOffsets& o = m.layout.layers[size_t(l)];
   const int64_t D = c.hidden_size, F = c.intermediate_size, r = B * n;
@@ -427,24 +427,24 @@ void layer_backward_reference(const Model<T>& m, const ForwardContext<T>& ctx, i
     for (int64_t e = 0; e < E; ++e)
       moe_expert_backward(m, ctx, (const PackedWeights*)nullptr, o, A, e, dx, grads,
                           G.dweight.data(), G.dxg.data());
-    moe_route_backward_rows(m, o, A, G.dweight.data(), G.dxg.data(), moe_aux_grad,
-                            G.dprobs.data(), G.drouter.data(), G.dm.data(), 0, r);
+    moe_route_backward_rows(m, o, A, G.dweight.data(), G.dxg.data(), moe_aux_grad, G.dprobs.data(),
+                            G.drouter.data(), G.dm.data(), 0, r);
     if (T* gw = g(o.router))  // dW_router += drouter^T m, dW_sg += dsg^T m (fp32, as forward)
       ops::gemm<T>(true, false, E, D, r, T(1), G.drouter.data(), E, A.m.data(), D, T(1), gw, D);
     if (T* gw = g(o.shared_gate))
       ops::gemm<T>(true, false, 1, D, r, T(1), G.dsg.data(), 1, A.m.data(), D, T(1), gw, D);
   } else {
-  resize(G.dhmid, r * F);
-  resize(G.dgate, r * F);
-  resize(G.dup, r * F);
-  linear_back(ctx, G.dhmid.data(), g(o.w_down), (T*)nullptr, dx, A.hmid.data(),
-                       m.at(o.w_down), r, F, D, false);
-  ops::swiglu_backward(G.dgate.data(), G.dup.data(), G.dhmid.data(), A.gate.data(), A.up.data(),
-                       r * F);
-  linear_back(ctx, G.dm.data(), g(o.w_gate), (T*)nullptr, G.dgate.data(), A.m.data(),
-                       m.at(o.w_gate), r, D, F, false);
-  linear_back(ctx, G.dm.data(), g(o.w_up), (T*)nullptr, G.dup.data(), A.m.data(),
-                       m.at(o.w_up), r, D, F, true);
+    resize(G.dhmid, r * F);
+    resize(G.dgate, r * F);
+    resize(G.dup, r * F);
+    linear_back(ctx, G.dhmid.data(), g(o.w_down), (T*)nullptr, dx, A.hmid.data(), m.at(o.w_down), r,
+                F, D, false);
+    ops::swiglu_backward(G.dgate.data(), G.dup.data(), G.dhmid.data(), A.gate.data(), A.up.data(),
+                         r * F);
+    linear_back(ctx, G.dm.data(), g(o.w_gate), (T*)nullptr, G.dgate.data(), A.m.data(),
+                m.at(o.w_gate), r, D, F, false);
+    linear_back(ctx, G.dm.data(), g(o.w_up), (T*)nullptr, G.dup.data(), A.m.data(), m.at(o.w_up), r,
+                D, F, true);
   }
   std::copy_n(dx, r * D, G.dxm.data());
   ops::rmsnorm_backward(G.dxm.data(), g(o.post_norm), G.dm.data(), A.x_mid.data(),
@@ -453,13 +453,13 @@ void layer_backward_reference(const Model<T>& m, const ForwardContext<T>& ctx, i
   // Attention output: x_mid = x_in + mixed Wo^T
   resize(G.dmixed, r * qw);
   const T* attn_out = c.use_memory ? A.mixed.data() : A.local.data();
-  linear_back(ctx, G.dmixed.data(), g(o.wo), (T*)nullptr, G.dxm.data(), attn_out,
-                       m.at(o.wo), r, qw, D, false);
+  linear_back(ctx, G.dmixed.data(), g(o.wo), (T*)nullptr, G.dxm.data(), attn_out, m.at(o.wo), r, qw,
+              D, false);
   resize(G.dlocal, r * qw);
   if (c.use_memory) {
     resize(G.dmem, r * qw);
-    ops::gate_mix_backward(G.dmem.data(), G.dlocal.data(), g(o.beta), G.dmixed.data(),
-                           A.mem.data(), A.local.data(), m.at(o.beta), r, H, c.head_dim);
+    ops::gate_mix_backward(G.dmem.data(), G.dlocal.data(), g(o.beta), G.dmixed.data(), A.mem.data(),
+                           A.local.data(), m.at(o.beta), r, H, c.head_dim);
   } else {
     std::copy_n(G.dmixed.data(), r * qw, G.dlocal.data());
   }
@@ -478,20 +478,20 @@ void layer_backward_reference(const Model<T>& m, const ForwardContext<T>& ctx, i
   if (c.use_memory) {
     const auto ms = memory_shape<T>(c, B, n, n);
     // dM, dz arrive as gradients of the state after this segment's update.
-    ops::memory_update_backward(G.dk.data(), G.dv.data(), dM, dz, A.k.data(), A.v.data(), M, z,
-                                ms, c.memory_update == MemoryUpdate::Delta);
-    ops::memory_retrieve_backward(G.dq.data(), dM, dz, G.dmem.data(), A.mem.data(),
-                                  A.sq.data(), A.den.data(), A.q.data(), M, z, ms);
+    ops::memory_update_backward(G.dk.data(), G.dv.data(), dM, dz, A.k.data(), A.v.data(), M, z, ms,
+                                c.memory_update == MemoryUpdate::Delta);
+    ops::memory_retrieve_backward(G.dq.data(), dM, dz, G.dmem.data(), A.mem.data(), A.sq.data(),
+                                  A.den.data(), A.q.data(), M, z, ms);
   }
 
   // Projections: a -> q, k, v
   resize(G.da, r * D);
-  linear_back(ctx, G.da.data(), g(o.wq), g(o.bq), G.dq.data(), A.a.data(), m.at(o.wq), r, D,
-                       qw, false);
-  linear_back(ctx, G.da.data(), g(o.wk), g(o.bk), G.dk.data(), A.a.data(), m.at(o.wk), r, D,
-                       kw, true);
-  linear_back(ctx, G.da.data(), g(o.wv), g(o.bv), G.dv.data(), A.a.data(), m.at(o.wv), r, D,
-                       kw, true);
+  linear_back(ctx, G.da.data(), g(o.wq), g(o.bq), G.dq.data(), A.a.data(), m.at(o.wq), r, D, qw,
+              false);
+  linear_back(ctx, G.da.data(), g(o.wk), g(o.bk), G.dk.data(), A.a.data(), m.at(o.wk), r, D, kw,
+              true);
+  linear_back(ctx, G.da.data(), g(o.wv), g(o.bv), G.dv.data(), A.a.data(), m.at(o.wv), r, D, kw,
+              true);
   std::copy_n(G.dxm.data(), r * D, dx);
   ops::rmsnorm_backward(dx, g(o.in_norm), G.da.data(), A.x_in.data(), A.rstd_in.data(),
                         m.at(o.in_norm), r, D, true);
@@ -524,15 +524,15 @@ template <class T>
 int chunk_threads(const ForwardContext<T>& ctx, const ModelConfig& c, int64_t rows) {
   if (ctx.threads > 0) return ctx.threads;
   const double D = double(c.hidden_size);
-  const double flops = 2.0 * double(rows) * double(c.num_layers) *
-                       (D * double(2 * c.q_width() + 2 * c.kv_width()) +
-                        3.0 * D * double(c.intermediate_size));
+  const double flops =
+      2.0 * double(rows) * double(c.num_layers) *
+      (D * double(2 * c.q_width() + 2 * c.kv_width()) + 3.0 * D * double(c.intermediate_size));
   return flops < 2e7 ? 1 : omp_get_max_threads();
 }
 
 template <class T>
-void prepare_layer_acts(LayerActs<T>& A, const ModelConfig& c, int64_t B, int64_t n,
-                        int64_t ctxlen, bool own_kv, bool sparse) {
+void prepare_layer_acts(LayerActs<T>& A, const ModelConfig& c, int64_t B, int64_t n, int64_t ctxlen,
+                        bool own_kv, bool sparse) {
   const int64_t r = B * n, D = c.hidden_size, F = c.intermediate_size;
   const int64_t qw = c.q_width(), kw = c.kv_width();
   for (auto* v : {&A.x_in, &A.a, &A.x_mid, &A.m}) resize(*v, r * D);
@@ -553,10 +553,9 @@ void prepare_layer_acts(LayerActs<T>& A, const ModelConfig& c, int64_t B, int64_
 }
 
 template <class T>
-void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens,
-                  int64_t B, int64_t n, MemoryState<T>& state, SegmentActs<T>& acts,
-                  KVCache<T>* cache, bool compute_logits, int64_t p0, bool fold,
-                  const PackedWeights* packed) {
+void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t* tokens, int64_t B,
+                  int64_t n, MemoryState<T>& state, SegmentActs<T>& acts, KVCache<T>* cache,
+                  bool compute_logits, int64_t p0, bool fold, const PackedWeights* packed) {
   const ModelConfig& c = m.config;
   const int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, r = B * n;
   const int64_t qw = c.q_width(), kw = c.kv_width(), H = c.num_heads, Hkv = c.num_kv_heads;
@@ -660,8 +659,8 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
         } else {
           project(m, ctx, packed, o.w_gate, -1, A.gate.data() + r0 * F, mm, rows, D, F);
           project(m, ctx, packed, o.w_up, -1, A.up.data() + r0 * F, mm, rows, D, F);
-          ops::swiglu_forward(A.hmid.data() + r0 * F, A.gate.data() + r0 * F,
-                              A.up.data() + r0 * F, rows * F);
+          ops::swiglu_forward(A.hmid.data() + r0 * F, A.gate.data() + r0 * F, A.up.data() + r0 * F,
+                              rows * F);
           project(m, ctx, packed, o.w_down, -1, x + r0 * D, A.hmid.data() + r0 * F, rows, F, D,
                   /*add=*/true);
         }
@@ -690,11 +689,11 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
 template <class T>
 struct GradTask {
   enum Kind { Linear, Norm, Embed } kind;
-  const T* dy;         // Linear: [r, out]; Norm, Embed: [r, in]
-  const T* x;          // Linear: [r, in]; Norm: the normalised input [r, in]
-  const T* rstd;       // Norm
-  T* dw;               // Linear: [out, in]; Norm: [in]; Embed: [V, in]
-  T* db;               // Linear bias [out] or null
+  const T* dy;              // Linear: [r, out]; Norm, Embed: [r, in]
+  const T* x;               // Linear: [r, in]; Norm: the normalised input [r, in]
+  const T* rstd;            // Norm
+  T* dw;                    // Linear: [out, in]; Norm: [in]; Embed: [V, in]
+  T* db;                    // Linear bias [out] or null
   int64_t out, in, o0, o1;  // columns o0..o1 of dw (Linear: of its `in` columns)
   // Linear under Precision::BF16: bf16 inputs; dyt, when set, is dy transposed and converted
   // ([out, ldt], ops::bf16_convert_transposed), else dy is converted here.
@@ -824,7 +823,8 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
   uint16_t* t_dk = convert ? t_dq + qw * rp : nullptr;
   uint16_t* t_dv = convert ? t_dk + kw * rp : nullptr;
   auto to_bf16_t = [&](const T* dy, int64_t cols, uint16_t* dst, int64_t r0, int64_t r1) {
-    if constexpr (std::is_same_v<T, float>) ops::bf16_convert_transposed(dy, cols, r0, r1, cols, dst, rp);
+    if constexpr (std::is_same_v<T, float>)
+      ops::bf16_convert_transposed(dy, cols, r0, r1, cols, dst, rp);
   };
 
   // Weight-gradient work, by the phase it runs in (see the region below).
@@ -832,10 +832,10 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
   std::vector<std::vector<GradTask<T>>> with_heads(static_cast<size_t>(L));
   // after_mlp[L] / with_heads[L-1]: the output head. after_mlp[l] (l < L): q, k, v of layer l,
   // run during the MLP phase of layer l-1 (or at the end for l = 0).
-  add_linear_grad(after_mlp[size_t(L)], dlogits, acts.f.data(), g(m.layout.lm_head),
-                  (T*)nullptr, V, D, bf16, t_head, rp);
-  add_norm_grad(with_heads[size_t(L - 1)], W.df.data(), acts.h_final.data(),
-                acts.rstd_final.data(), g(m.layout.final_norm), D);
+  add_linear_grad(after_mlp[size_t(L)], dlogits, acts.f.data(), g(m.layout.lm_head), (T*)nullptr, V,
+                  D, bf16, t_head, rp);
+  add_norm_grad(with_heads[size_t(L - 1)], W.df.data(), acts.h_final.data(), acts.rstd_final.data(),
+                g(m.layout.final_norm), D);
   for (int64_t l = 0; l < L; ++l) {
     const LayerActs<T>& A = acts.layers[size_t(l)];
     const LayerOffsets& o = m.layout.layers[size_t(l)];
@@ -843,24 +843,22 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
     if (o.sparse) {
       // The shared expert (bf16 inputs converted on the fly under bf16), the router and the
       // shared gate (fp32, as in the forward); the experts' weights are done by expert.
-      add_linear_grad(mlp, W.dsout.data(), A.shmid.data(), g(o.shared.w_down), (T*)nullptr, D,
-                      Fs, bf16);
+      add_linear_grad(mlp, W.dsout.data(), A.shmid.data(), g(o.shared.w_down), (T*)nullptr, D, Fs,
+                      bf16);
       add_linear_grad(mlp, W.dsgate.data(), A.m.data(), g(o.shared.w_gate), (T*)nullptr, Fs, D,
                       bf16);
-      add_linear_grad(mlp, W.dsup.data(), A.m.data(), g(o.shared.w_up), (T*)nullptr, Fs, D,
-                      bf16);
+      add_linear_grad(mlp, W.dsup.data(), A.m.data(), g(o.shared.w_up), (T*)nullptr, Fs, D, bf16);
       add_linear_grad(mlp, W.drouter.data(), A.m.data(), g(o.router), (T*)nullptr, E, D);
       add_linear_grad(mlp, W.dsg.data(), A.m.data(), g(o.shared_gate), (T*)nullptr, 1, D);
     } else {
-      add_linear_grad(mlp, W.dh.data(), A.hmid.data(), g(o.w_down), (T*)nullptr, D, F, bf16,
-                      t_dh, rp);
+      add_linear_grad(mlp, W.dh.data(), A.hmid.data(), g(o.w_down), (T*)nullptr, D, F, bf16, t_dh,
+                      rp);
       add_linear_grad(mlp, W.dgate.data(), A.m.data(), g(o.w_gate), (T*)nullptr, F, D, bf16,
                       t_dgate, rp);
-      add_linear_grad(mlp, W.dup.data(), A.m.data(), g(o.w_up), (T*)nullptr, F, D, bf16, t_dup,
-                      rp);
+      add_linear_grad(mlp, W.dup.data(), A.m.data(), g(o.w_up), (T*)nullptr, F, D, bf16, t_dup, rp);
     }
-    add_linear_grad(mlp, W.dxm.data(), mem ? A.mixed.data() : A.local.data(), g(o.wo),
-                    (T*)nullptr, D, qw, bf16, t_dxm, rp);
+    add_linear_grad(mlp, W.dxm.data(), mem ? A.mixed.data() : A.local.data(), g(o.wo), (T*)nullptr,
+                    D, qw, bf16, t_dxm, rp);
     add_norm_grad(mlp, W.dm.data(), A.x_mid.data(), A.rstd_post.data(), g(o.post_norm), D);
     auto& qkv = after_mlp[size_t(l)];
     add_linear_grad(qkv, W.dq.data(), A.a.data(), g(o.wq), g(o.bq), qw, D, bf16, t_dq, rp);
@@ -871,8 +869,8 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
     add_norm_grad(late, W.da.data(), A.x_in.data(), A.rstd_in.data(), g(o.in_norm), D);
   }
   for (int64_t c0 = 0; c0 < D; c0 += std::max<int64_t>(64, D / (2 * max_threads)))
-    after_mlp[0].push_back({GradTask<T>::Embed, W.dh.data(), nullptr, nullptr,
-                            g(m.layout.embed), nullptr, 0, D, c0,
+    after_mlp[0].push_back({GradTask<T>::Embed, W.dh.data(), nullptr, nullptr, g(m.layout.embed),
+                            nullptr, 0, D, c0,
                             std::min(D, c0 + std::max<int64_t>(64, D / (2 * max_threads)))});
 
   const int32_t* pos = acts.positions.data();
@@ -883,8 +881,8 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
     const int64_t rows = r1 - r0;
     T* scratch = W.thread[size_t(t)].data();
     if (rows > 0) {
-      project_back(m, ctx, packed, m.layout.lm_head, W.df.data() + r0 * D, dlogits + r0 * V, rows, D,
-                   V, false);
+      project_back(m, ctx, packed, m.layout.lm_head, W.df.data() + r0 * D, dlogits + r0 * V, rows,
+                   D, V, false);
       ops::rmsnorm_backward(W.dh.data() + r0 * D, (T*)nullptr, W.df.data() + r0 * D,
                             acts.h_final.data() + r0 * D, acts.rstd_final.data() + r0,
                             m.at(m.layout.final_norm), rows, D, false);
@@ -896,8 +894,8 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
       // MLP and output projection, by rows: dh is the gradient of this layer's output.
       if (o.sparse) {
         moe_shared_backward_rows(m, ctx, packed, o, A, W.dh.data(), W.dm.data(), W.dsout.data(),
-                                 W.dshmid.data(), W.dsgate.data(), W.dsup.data(), W.dsg.data(),
-                                 r0, r1);
+                                 W.dshmid.data(), W.dsgate.data(), W.dsup.data(), W.dsg.data(), r0,
+                                 r1);
 #pragma omp barrier
 #pragma omp for schedule(dynamic, 1)
         for (int64_t e = 0; e < E; ++e)
@@ -1006,8 +1004,8 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
               const int64_t off = b * n * qw + h * d;
               ops::memory_retrieve_head_backward(W.dq.data() + off, dMg, dzg, W.dmem.data() + off,
                                                  A.mem.data() + off, A.sq.data() + off,
-                                                 A.den.data() + (b * H + h) * n,
-                                                 A.q.data() + off, Mg, zg, n, d, qw, scratch);
+                                                 A.den.data() + (b * H + h) * n, A.q.data() + off,
+                                                 Mg, zg, n, d, qw, scratch);
             }
           }
         }
@@ -1026,8 +1024,8 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
         }
         T* dh = W.dh.data() + r0 * D;
         std::copy_n(W.dxm.data() + r0 * D, rows * D, dh);
-        ops::rmsnorm_backward(dh, (T*)nullptr, da, A.x_in.data() + r0 * D,
-                              A.rstd_in.data() + r0, m.at(o.in_norm), rows, D, true);
+        ops::rmsnorm_backward(dh, (T*)nullptr, da, A.x_in.data() + r0 * D, A.rstd_in.data() + r0,
+                              m.at(o.in_norm), rows, D, true);
       }
     }
 #pragma omp barrier
@@ -1094,8 +1092,8 @@ void forward_chunk(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
     LayerActs<T>& A = acts.layers[size_t(l)];
     KVSlot<T> kv;
     if (cache) {
-      kv = {cache->k[size_t(l)].data(), cache->k_rot[size_t(l)].data(),
-            cache->v[size_t(l)].data(), cache->capacity, p0};
+      kv = {cache->k[size_t(l)].data(), cache->k_rot[size_t(l)].data(), cache->v[size_t(l)].data(),
+            cache->capacity, p0};
     } else {
       resize(A.k, r * c.kv_width());
       resize(A.k_rot, r * c.kv_width());
@@ -1135,10 +1133,9 @@ void fold_cache_into_memory(const Model<T>& m, KVCache<T>& cache, MemoryState<T>
   if (cache.pos == 0) return;
   if (c.use_memory)
     for (int64_t l = 0; l < c.num_layers; ++l)
-      ops::memory_update_forward(state.M_layer(l), state.z_layer(l), cache.k[size_t(l)].data(),
-                                 cache.v[size_t(l)].data(),
-                                 memory_shape<T>(c, 1, cache.pos, cache.capacity),
-                                 c.memory_update == MemoryUpdate::Delta);
+      ops::memory_update_forward(
+          state.M_layer(l), state.z_layer(l), cache.k[size_t(l)].data(), cache.v[size_t(l)].data(),
+          memory_shape<T>(c, 1, cache.pos, cache.capacity), c.memory_update == MemoryUpdate::Delta);
   cache.pos = 0;
 }
 
@@ -1151,20 +1148,19 @@ void backward_segment(const Model<T>& m, const ForwardContext<T>& ctx, const int
   const int64_t D = c.hidden_size, V = c.vocab_size, B = acts.batch, n = acts.n, r = B * n;
   require_float_weights(m, "the backward");
   if (use_fast_path(ctx, r)) {
-    backward_fast(m, ctx, tokens, acts, dlogits, state_before, dstate, grads, packed,
-                  moe_aux_grad);
+    backward_fast(m, ctx, tokens, acts, dlogits, state_before, dstate, grads, packed, moe_aux_grad);
     return;
   }
   std::vector<T> df(size_t(r * D)), dh(size_t(r * D));
   linear_back(ctx, df.data(), grads + m.layout.lm_head, (T*)nullptr, dlogits, acts.f.data(),
-                       m.at(m.layout.lm_head), r, D, V, false);
+              m.at(m.layout.lm_head), r, D, V, false);
   ops::rmsnorm_backward(dh.data(), grads + m.layout.final_norm, df.data(), acts.h_final.data(),
                         acts.rstd_final.data(), m.at(m.layout.final_norm), r, D, false);
   LayerGrads<T> scratch;
   for (int64_t l = c.num_layers - 1; l >= 0; --l) {
     const bool mem = c.use_memory;
-    layer_backward_reference(m, ctx, l, dh.data(), acts.layers[size_t(l)], acts.positions.data(),
-                             B, n, mem ? state_before.M_layer(l) : nullptr,
+    layer_backward_reference(m, ctx, l, dh.data(), acts.layers[size_t(l)], acts.positions.data(), B,
+                             n, mem ? state_before.M_layer(l) : nullptr,
                              mem ? state_before.z_layer(l) : nullptr,
                              mem ? dstate.M_layer(l) : nullptr, mem ? dstate.z_layer(l) : nullptr,
                              grads, scratch, moe_aux_grad);
@@ -1178,15 +1174,15 @@ void backward_segment(const Model<T>& m, const ForwardContext<T>& ctx, const int
   }
 }
 
-#define INFINI_INSTANTIATE(T)                                                                    \
-  template void forward_chunk<T>(const Model<T>&, const ForwardContext<T>&, const int32_t*,      \
-                                 int64_t, int64_t, MemoryState<T>&, SegmentActs<T>&,             \
-                                 KVCache<T>*, bool, const PackedWeights*);                       \
-  template void fold_cache_into_memory<T>(const Model<T>&, KVCache<T>&, MemoryState<T>&);        \
-  template void head_logits<T>(const Model<T>&, const ForwardContext<T>&, const T*, int64_t, T*, \
-                               const PackedWeights*);                                            \
-  template void backward_segment<T>(const Model<T>&, const ForwardContext<T>&, const int32_t*,   \
-                                    const SegmentActs<T>&, const T*, const MemoryState<T>&,      \
+#define INFINI_INSTANTIATE(T)                                                                     \
+  template void forward_chunk<T>(const Model<T>&, const ForwardContext<T>&, const int32_t*,       \
+                                 int64_t, int64_t, MemoryState<T>&, SegmentActs<T>&, KVCache<T>*, \
+                                 bool, const PackedWeights*);                                     \
+  template void fold_cache_into_memory<T>(const Model<T>&, KVCache<T>&, MemoryState<T>&);         \
+  template void head_logits<T>(const Model<T>&, const ForwardContext<T>&, const T*, int64_t, T*,  \
+                               const PackedWeights*);                                             \
+  template void backward_segment<T>(const Model<T>&, const ForwardContext<T>&, const int32_t*,    \
+                                    const SegmentActs<T>&, const T*, const MemoryState<T>&,       \
                                     MemoryState<T>&, T*, const PackedWeights*, const T*);
 INFINI_INSTANTIATE(float)
 INFINI_INSTANTIATE(double)

@@ -23,14 +23,14 @@ constexpr int64_t kGradBlock = 128;
 // Everything one layer computes for one chunk, kept for the backward.
 template <class T>
 struct LayerActs {
-  std::vector<T> x_in, rstd_in, a;        // layer input, its RMSNorm
-  std::vector<T> q, q_rot;                // [r, H*d] before / after RoPE
-  std::vector<T> k, k_rot, v;             // [r, Hkv*d] (training: the segment's keys/values)
-  std::vector<T> probs;                   // [B, H, n, ctx]; only key <= query is defined
-  std::vector<T> local, mem, sq, den;     // local attention, memory read, sigma(q), denominators
-  std::vector<T> mixed;                   // gated mix, [r, H*d]
-  std::vector<T> x_mid, rstd_post, m;     // after attention, its RMSNorm
-  std::vector<T> gate, up, hmid;          // MLP, [r, F] (dense layers)
+  std::vector<T> x_in, rstd_in, a;     // layer input, its RMSNorm
+  std::vector<T> q, q_rot;             // [r, H*d] before / after RoPE
+  std::vector<T> k, k_rot, v;          // [r, Hkv*d] (training: the segment's keys/values)
+  std::vector<T> probs;                // [B, H, n, ctx]; only key <= query is defined
+  std::vector<T> local, mem, sq, den;  // local attention, memory read, sigma(q), denominators
+  std::vector<T> mixed;                // gated mix, [r, H*d]
+  std::vector<T> x_mid, rstd_post, m;  // after attention, its RMSNorm
+  std::vector<T> gate, up, hmid;       // MLP, [r, F] (dense layers)
   // Sparse layers (mixture of experts, SPEC §7): router logits [r, E] and the routing, the
   // experts' grouped activations, the shared expert [r, Fs], its gate sigmoid(m W_sg^T) [r]
   // and its output before the gate [r, D].
@@ -44,11 +44,11 @@ struct LayerActs {
 // scratch), kept between calls so that the training loop does not allocate.
 template <class T>
 struct ChunkWorkspace {
-  std::vector<T> h;                                   // residual stream [r, D]
+  std::vector<T> h;                                          // residual stream [r, D]
   std::vector<T> dh, df, dxm, dm, dmixed, dmem, dlocal, da;  // [r, D] or [r, H*d]
-  std::vector<T> dhmid, dgate, dup;                   // [r, F]
-  std::vector<T> dq, dk, dv;                          // [r, H*d], [r, Hkv*d]
-  std::vector<T> dbeta;                               // [L, B, H] partial gate gradients
+  std::vector<T> dhmid, dgate, dup;                          // [r, F]
+  std::vector<T> dq, dk, dv;                                 // [r, H*d], [r, Hkv*d]
+  std::vector<T> dbeta;                                      // [L, B, H] partial gate gradients
   // Sparse layers: the shared expert's dY (gated) [r, D], its hidden gradients [r, Fs], the
   // gate logit's [r], the router logits' [r, E], the routing weights' [r, k], the experts'
   // input gradients by assignment [r * k, D], and the aux loss's gradient of the probabilities.
@@ -57,7 +57,7 @@ struct ChunkWorkspace {
   // and rounded to bf16 once per layer for all of dW's column blocks ([out, r even] each):
   // the LM head's; dh, dgate, dup, dxm of the MLP and output projection; dq, dk, dv.
   std::vector<uint16_t> dyt_head, dyt_mlp, dyt_qkv;
-  std::vector<std::vector<T>> thread;                 // per-thread scratch
+  std::vector<std::vector<T>> thread;  // per-thread scratch
 };
 
 template <class T>
@@ -66,7 +66,7 @@ struct SegmentActs {
   std::vector<int32_t> positions;  // local position of every row
   std::vector<LayerActs<T>> layers;
   std::vector<T> h_final, rstd_final, f, logits;  // logits [r, V]
-  mutable ChunkWorkspace<T> work;  // scratch only: no result lives here
+  mutable ChunkWorkspace<T> work;                 // scratch only: no result lives here
 };
 
 // Keys and values of the current segment for streaming decode (batch 1). Rows 0..pos-1 hold

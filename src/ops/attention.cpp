@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "core/error.hpp"
-#include "ops/fastmath.hpp"
 #include "ops/bf16_gemm.hpp"
+#include "ops/fastmath.hpp"
 #include "ops/gemm.hpp"
 
 namespace infini::ops {
@@ -59,16 +59,16 @@ void local_attention_forward_reference(T* out, T* probs, const T* q, const T* k,
           for (int64_t j = 0; j <= last; ++j) row[j] *= inv;
           std::fill(row + last + 1, row + ctx, T(0));
         }
-        product(bf16, false, false, n, d, ctx, T(1), p, ctx, vg, kw, T(0),
-                out + b * n * qw + h * d, qw);
+        product(bf16, false, false, n, d, ctx, T(1), p, ctx, vg, kw, T(0), out + b * n * qw + h * d,
+                qw);
       }
   }
 }
 
 template <class T>
 void local_attention_backward_reference(T* dq, T* dk, T* dv, const T* dout, const T* probs,
-                                        const T* q, const T* k, const T* v,
-                                        const AttentionShape& s, bool bf16) {
+                                        const T* q, const T* k, const T* v, const AttentionShape& s,
+                                        bool bf16) {
   if (s.p0 != 0 || s.cap != s.n)
     throw Error("local_attention_backward_reference needs a whole segment");
   const int64_t n = s.n, d = s.head_dim, G = s.heads / s.kv_heads;
@@ -297,8 +297,8 @@ void attention_head_forward(T* out, T* probs, const T* q, const T* k, const T* v
 
 template <class T>
 void attention_head_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, const T* q,
-                             const T* k, const T* v, int64_t n, int64_t d, int64_t ldq,
-                             int64_t ldk, T* scratch, bool bf16) {
+                             const T* k, const T* v, int64_t n, int64_t d, int64_t ldq, int64_t ldk,
+                             T* scratch, bool bf16) {
   const T scale = T(1.0 / std::sqrt(double(d)));
   bf16 = bf16 && std::is_same_v<T, float>;
   T* dS = scratch;  // [n, n]; row i holds columns 0 .. (end of i's block) - 1
@@ -389,20 +389,19 @@ void local_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs
   }
 }
 
-#define INFINI_INSTANTIATE(T)                                                                   \
-  template void local_attention_forward<T>(T*, T*, const T*, const T*, const T*,                \
-                                           const AttentionShape&);                              \
-  template void local_attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, \
-                                            const T*, const AttentionShape&);                   \
-  template void local_attention_forward_reference<T>(T*, T*, const T*, const T*, const T*,      \
-                                                     const AttentionShape&, bool);              \
-  template void local_attention_backward_reference<T>(T*, T*, T*, const T*, const T*,           \
-                                                      const T*, const T*, const T*,             \
-                                                      const AttentionShape&, bool);             \
-  template void attention_head_forward<T>(T*, T*, const T*, const T*, const T*, int64_t,        \
-                                          int64_t, int64_t, int64_t, int64_t, T*, bool);        \
-  template void attention_head_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,  \
-                                           const T*, int64_t, int64_t, int64_t, int64_t, T*,    \
+#define INFINI_INSTANTIATE(T)                                                                     \
+  template void local_attention_forward<T>(T*, T*, const T*, const T*, const T*,                  \
+                                           const AttentionShape&);                                \
+  template void local_attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,   \
+                                            const T*, const AttentionShape&);                     \
+  template void local_attention_forward_reference<T>(T*, T*, const T*, const T*, const T*,        \
+                                                     const AttentionShape&, bool);                \
+  template void local_attention_backward_reference<T>(                                            \
+      T*, T*, T*, const T*, const T*, const T*, const T*, const T*, const AttentionShape&, bool); \
+  template void attention_head_forward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, \
+                                          int64_t, int64_t, int64_t, T*, bool);                   \
+  template void attention_head_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,    \
+                                           const T*, int64_t, int64_t, int64_t, int64_t, T*,      \
                                            bool);
 INFINI_INSTANTIATE(float)
 INFINI_INSTANTIATE(double)

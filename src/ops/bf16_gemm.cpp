@@ -128,7 +128,8 @@ void convert_rows(const float* a, int64_t lda, bool trans_a, int64_t i0, int64_t
       const float* src = a + (i0 + r) * lda;
       int64_t p = 0;
       for (; p + 32 <= k; p += 32) {
-        const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + p + 16), _mm512_loadu_ps(src + p));
+        const __m512bh v =
+            _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + p + 16), _mm512_loadu_ps(src + p));
         _mm512_storeu_si512(o + p, (__m512i)v);
       }
       for (; p < k; ++p) o[p] = to_bf16(src[p]);
@@ -173,8 +174,8 @@ void micro_kernel(int64_t kpairs, const uint16_t* a, int64_t kp, const uint16_t*
   }
 }
 
-using Kernel = void (*)(int64_t, const uint16_t*, int64_t, const uint16_t*, float*, int64_t,
-                        float, float, int64_t);
+using Kernel = void (*)(int64_t, const uint16_t*, int64_t, const uint16_t*, float*, int64_t, float,
+                        float, int64_t);
 template <int... R>
 constexpr auto kernel_table(std::integer_sequence<int, R...>) {
   return std::array<Kernel, sizeof...(R)>{&micro_kernel<R + 1>...};
@@ -217,7 +218,7 @@ void pack_columns(int64_t k, int64_t n, const float* b, int64_t ldb, uint16_t* d
     int64_t p = 0;
     for (; p + 32 <= k; p += 32)
       _mm512_storeu_si512(row.data() + p, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + p + 16),
-                                                                      _mm512_loadu_ps(s + p)));
+                                                                       _mm512_loadu_ps(s + p)));
     for (; p < k; ++p) row[size_t(p)] = to_bf16(s[p]);
     if (k % 2) row[size_t(k)] = 0;
     uint32_t* col = d32 + (j / kNR) * kpairs * kNR + (j % kNR);
@@ -264,11 +265,11 @@ inline void transpose_16x16_epi32(__m512i z[16]) {
 bool convert_transposed_pairs(const float* a, int64_t lda, int64_t t0, int64_t t1, int64_t cols,
                               uint16_t* out, int64_t ldo) {
   if (!bf16_native_available()) return false;
-  const __m512i zip = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24,
-                                       8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  const __m512i stride = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6,
-                                                             5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32(int(ldo / 2)));
+  const __m512i zip = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                       23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i stride =
+      _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                         _mm512_set1_epi32(int(ldo / 2)));
   uint32_t* o32 = reinterpret_cast<uint32_t*>(out);
   const int64_t w = ldo / 2;  // output row stride in words
   // Whole tiles of 16 pairs x 16 columns: the 16 word vectors (one per pair, a word per
@@ -345,7 +346,8 @@ void bf16_gemm_packed(bool trans_a, int64_t m, int64_t n, int64_t k, float alpha
 void bf16_gemm_converted(int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a,
                          int64_t lda, const PackedBf16& b, float beta, float* c, int64_t ldc) {
   if (!bf16_native_available()) throw Error("bf16_gemm_converted: no AVX512-BF16 on this CPU");
-  if (k > b.k || n > b.n) throw Error("bf16_gemm_converted: the product is larger than the packing");
+  if (k > b.k || n > b.n)
+    throw Error("bf16_gemm_converted: the product is larger than the packing");
   if (lda % 2 || lda < k) throw Error("bf16_gemm_converted: lda must be even and at least k");
   if (m <= 0 || n <= 0) return;
   gemm_converted_rows(m, n, (k + 1) / 2, alpha, a, lda, b, beta, c, ldc);

@@ -30,12 +30,12 @@ void memory_retrieve_head(T* out, T* sq, T* den, const T* q, const T* Mg, const 
 }
 
 template <class T>
-void memory_retrieve_head_backward(T* dq, T* dMg, T* dzg, const T* dout, const T* out,
-                                   const T* sq, const T* den, const T* q, const T* Mg,
-                                   const T* zg, int64_t n, int64_t d, int64_t ldq, T* scratch) {
-  T* dnum = scratch;       // [n, d]
-  T* dsq = dnum + n * d;   // [n, d]
-  T* dden = dsq + n * d;   // [n]
+void memory_retrieve_head_backward(T* dq, T* dMg, T* dzg, const T* dout, const T* out, const T* sq,
+                                   const T* den, const T* q, const T* Mg, const T* zg, int64_t n,
+                                   int64_t d, int64_t ldq, T* scratch) {
+  T* dnum = scratch;      // [n, d]
+  T* dsq = dnum + n * d;  // [n, d]
+  T* dden = dsq + n * d;  // [n]
   for (int64_t t = 0; t < n; ++t) {
     const T inv = T(1) / den[t];
     T acc = 0;
@@ -87,9 +87,9 @@ void delta_retrieve(T* vr, T* den, const T* sk, const T* Mg, const T* zg, int64_
 template <class T>
 void memory_update_group(T* Mg, T* zg, const T* k, const T* v, int64_t n, int64_t d, int64_t ldk,
                          bool delta, T* scratch) {
-  T* sk = scratch;      // [n, d]
-  T* u = sk + n * d;    // [n, d]
-  T* den = u + n * d;   // [n]
+  T* sk = scratch;     // [n, d]
+  T* u = sk + n * d;   // [n, d]
+  T* den = u + n * d;  // [n]
   sigma_keys(sk, k, n, d, ldk);
   if (delta) {
     // U = v - sk M / (sk z + eps), from the state before this update.
@@ -117,16 +117,16 @@ void memory_update_group(T* Mg, T* zg, const T* k, const T* v, int64_t n, int64_
 }
 
 template <class T>
-void memory_update_group_backward(T* dk, T* dv, T* dMg, T* dzg, const T* k, const T* v,
-                                  const T* Mg, const T* zg, int64_t n, int64_t d, int64_t ldk,
-                                  bool delta, T* scratch) {
-  T* sk = scratch;             // [n, d]
-  T* dsk = sk + n * d;         // [n, d]
-  T* vr = dsk + n * d;         // [n, d]
-  T* du = vr + n * d;          // [n, d]
-  T* den = du + n * d;         // [n]
-  T* dden = den + n;           // [n]
-  T* dm_after = dden + n;      // [d, d]
+void memory_update_group_backward(T* dk, T* dv, T* dMg, T* dzg, const T* k, const T* v, const T* Mg,
+                                  const T* zg, int64_t n, int64_t d, int64_t ldk, bool delta,
+                                  T* scratch) {
+  T* sk = scratch;                 // [n, d]
+  T* dsk = sk + n * d;             // [n, d]
+  T* vr = dsk + n * d;             // [n, d]
+  T* du = vr + n * d;              // [n, d]
+  T* den = du + n * d;             // [n]
+  T* dden = den + n;               // [n]
+  T* dm_after = dden + n;          // [d, d]
   T* dz_after = dm_after + d * d;  // [d]
   sigma_keys(sk, k, n, d, ldk);
   std::copy(dMg, dMg + d * d, dm_after);
@@ -178,8 +178,7 @@ template <class T>
 void memory_retrieve_forward(T* out, T* sq, T* den, const T* q, const T* M, const T* z,
                              const MemoryShape& s) {
   const int64_t n = s.n, d = s.head_dim, G = s.heads / s.kv_heads, qw = s.heads * d;
-#pragma omp parallel for collapse(2) schedule(static) \
-    if (s.batch * s.heads * n * d * d > 65536)
+#pragma omp parallel for collapse(2) schedule(static) if (s.batch * s.heads * n * d * d > 65536)
   for (int64_t b = 0; b < s.batch; ++b)
     for (int64_t h = 0; h < s.heads; ++h) {
       const int64_t g = h / G, off = b * n * qw + h * d;
@@ -222,8 +221,8 @@ void memory_update_forward(T* M, T* z, const T* k, const T* v, const MemoryShape
     for (int64_t b = 0; b < s.batch; ++b)
       for (int64_t g = 0; g < s.kv_heads; ++g)
         memory_update_group(M + (b * s.kv_heads + g) * d * d, z + (b * s.kv_heads + g) * d,
-                            k + b * s.cap * kw + g * d, v + b * s.cap * kw + g * d, n, d, kw,
-                            delta, scratch.data());
+                            k + b * s.cap * kw + g * d, v + b * s.cap * kw + g * d, n, d, kw, delta,
+                            scratch.data());
   }
 }
 
@@ -238,29 +237,28 @@ void memory_update_backward(T* dk, T* dv, T* dM, T* dz, const T* k, const T* v, 
     for (int64_t b = 0; b < s.batch; ++b)
       for (int64_t g = 0; g < s.kv_heads; ++g) {
         const int64_t kv = b * s.cap * kw + g * d, st = b * s.kv_heads + g;
-        memory_update_group_backward(dk + kv, dv + kv, dM + st * d * d, dz + st * d, k + kv,
-                                     v + kv, M + st * d * d, z + st * d, n, d, kw, delta,
-                                     scratch.data());
+        memory_update_group_backward(dk + kv, dv + kv, dM + st * d * d, dz + st * d, k + kv, v + kv,
+                                     M + st * d * d, z + st * d, n, d, kw, delta, scratch.data());
       }
   }
 }
 
-#define INFINI_INSTANTIATE(T)                                                                    \
-  template void memory_retrieve_forward<T>(T*, T*, T*, const T*, const T*, const T*,             \
-                                           const MemoryShape&);                                  \
-  template void memory_retrieve_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,  \
-                                            const T*, const T*, const T*, const MemoryShape&);   \
-  template void memory_update_forward<T>(T*, T*, const T*, const T*, const MemoryShape&, bool);  \
-  template void memory_update_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*,          \
-                                          const T*, const MemoryShape&, bool);                   \
-  template void memory_retrieve_head<T>(T*, T*, T*, const T*, const T*, const T*, int64_t,       \
-                                        int64_t, int64_t);                                       \
-  template void memory_retrieve_head_backward<T>(T*, T*, T*, const T*, const T*, const T*,       \
-                                                 const T*, const T*, const T*, const T*,         \
-                                                 int64_t, int64_t, int64_t, T*);                 \
-  template void memory_update_group<T>(T*, T*, const T*, const T*, int64_t, int64_t, int64_t,    \
-                                       bool, T*);                                                \
-  template void memory_update_group_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*,    \
+#define INFINI_INSTANTIATE(T)                                                                     \
+  template void memory_retrieve_forward<T>(T*, T*, T*, const T*, const T*, const T*,              \
+                                           const MemoryShape&);                                   \
+  template void memory_retrieve_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,   \
+                                            const T*, const T*, const T*, const MemoryShape&);    \
+  template void memory_update_forward<T>(T*, T*, const T*, const T*, const MemoryShape&, bool);   \
+  template void memory_update_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*, const T*, \
+                                          const MemoryShape&, bool);                              \
+  template void memory_retrieve_head<T>(T*, T*, T*, const T*, const T*, const T*, int64_t,        \
+                                        int64_t, int64_t);                                        \
+  template void memory_retrieve_head_backward<T>(T*, T*, T*, const T*, const T*, const T*,        \
+                                                 const T*, const T*, const T*, const T*, int64_t, \
+                                                 int64_t, int64_t, T*);                           \
+  template void memory_update_group<T>(T*, T*, const T*, const T*, int64_t, int64_t, int64_t,     \
+                                       bool, T*);                                                 \
+  template void memory_update_group_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*,     \
                                                 const T*, int64_t, int64_t, int64_t, bool, T*);
 INFINI_INSTANTIATE(float)
 INFINI_INSTANTIATE(double)

@@ -52,9 +52,9 @@ void memory_retrieve_head(T* out, T* sq, T* den, const T* q, const T* Mg, const 
                           int64_t d, int64_t ldq);
 // dq, dMg, dzg (+=). scratch: 2 * n * d + n.
 template <class T>
-void memory_retrieve_head_backward(T* dq, T* dMg, T* dzg, const T* dout, const T* out,
-                                   const T* sq, const T* den, const T* q, const T* Mg,
-                                   const T* zg, int64_t n, int64_t d, int64_t ldq, T* scratch);
+void memory_retrieve_head_backward(T* dq, T* dMg, T* dzg, const T* dout, const T* out, const T* sq,
+                                   const T* den, const T* q, const T* Mg, const T* zg, int64_t n,
+                                   int64_t d, int64_t ldq, T* scratch);
 // In place on Mg, zg. scratch: 2 * n * d + n.
 template <class T>
 void memory_update_group(T* Mg, T* zg, const T* k, const T* v, int64_t n, int64_t d, int64_t ldk,
@@ -62,9 +62,9 @@ void memory_update_group(T* Mg, T* zg, const T* k, const T* v, int64_t n, int64_
 // dk, dv (+=); dMg, dzg in/out as in memory_update_backward.
 // scratch: memory_scratch_size(n, d) = 4 n d + 2 n + d^2 + d.
 template <class T>
-void memory_update_group_backward(T* dk, T* dv, T* dMg, T* dzg, const T* k, const T* v,
-                                  const T* Mg, const T* zg, int64_t n, int64_t d, int64_t ldk,
-                                  bool delta, T* scratch);
+void memory_update_group_backward(T* dk, T* dv, T* dMg, T* dzg, const T* k, const T* v, const T* Mg,
+                                  const T* zg, int64_t n, int64_t d, int64_t ldk, bool delta,
+                                  T* scratch);
 inline int64_t memory_scratch_size(int64_t n, int64_t d) { return 4 * n * d + 2 * n + d * d + d; }
 
 }  // namespace infini::ops
