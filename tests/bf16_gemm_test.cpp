@@ -139,45 +139,57 @@ TEST(Bf16, VectorPackingEqualsTheScalarOneInBothOrientations) {
   }
 }
 
-TEST(Bf16, ConvertedTransposedAEqualsTheProductThatConvertsOnTheFly) {
+TEST(Bf16, PairConvertedAEqualsTheProductThatConvertsOnTheFly) {
   if (!bf16_native_available()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
   // dW [out, w] = dY^T [out, r] X [r, w], dY converted in two row ranges as two threads would.
-  const int64_t r = 37, out = 29, w = 45, ldo = r + 1;  // odd r: the pad column is zero
+  const int64_t r = 37, out = 29, w = 45, ldo = 2 * out + 4;  // odd r: the pad row is zero
   const auto dy = random_matrix(r * out, 21), x = random_matrix(r * w, 22);
-  std::vector<uint16_t> dyt(size_t(out * ldo), 0xFFFF);
-  for (int64_t i = 0; i < out; ++i) dyt[size_t(i * ldo + r)] = 0;
-  bf16_convert_transposed(dy.data(), out, 0, 16, out, dyt.data(), ldo);
-  bf16_convert_transposed(dy.data(), out, 16, r, out, dyt.data(), ldo);
+  const int64_t pairs = (r + 1) / 2;
+  std::vector<uint16_t> dyt(size_t(pairs * ldo), 0xFFFF);
+  for (int64_t i = 0; i < out; ++i) dyt[size_t((pairs - 1) * ldo + 2 * i + 1)] = 0;
+  bf16_convert_pairs(dy.data(), out, 0, 17, out, dyt.data(), ldo);
+  bf16_convert_pairs(dy.data(), out, 17, r, out, dyt.data(), ldo);
   for (int64_t t = 0; t < r; ++t)
     for (int64_t i = 0; i < out; ++i)
-      ASSERT_EQ(dyt[size_t(i * ldo + t)], to_bf16(dy[size_t(t * out + i)]));
+      ASSERT_EQ(dyt[size_t((t / 2) * ldo + 2 * i + t % 2)], to_bf16(dy[size_t(t * out + i)]));
   PackedBf16 xp;
   bf16_pack(false, r, w, x.data(), w, xp);
   std::vector<float> got(size_t(out * w), 1.0f), want(got);
-  bf16_gemm_converted(out, w, r, 1.0f, dyt.data(), ldo, xp, 1.0f, got.data(), w);
+  bf16_gemm_converted_pairs(out, w, r, 1.0f, dyt.data(), ldo, xp, 1.0f, got.data(), w);
   bf16_gemm_packed(true, out, w, r, 1.0f, dy.data(), out, xp, 1.0f, want.data(), w);
   EXPECT_EQ(got, want);
+  // bf16_gemm's transposed A goes the same way: the same bits, for odd and even k.
+  for (const int64_t k : {r, r - 1}) {
+    std::vector<float> via(size_t(out * w), 1.0f), direct(via);
+    bf16_gemm(true, false, out, w, k, 1.0f, dy.data(), out, x.data(), w, 1.0f, via.data(), w);
+    PackedBf16 xk;
+    bf16_pack(false, k, w, x.data(), w, xk);
+    bf16_gemm_packed(true, out, w, k, 1.0f, dy.data(), out, xk, 1.0f, direct.data(), w);
+    EXPECT_EQ(via, direct) << "k=" << k;
+  }
 }
 
-TEST(Bf16, TransposedConversionOfAnyRowRangeEqualsTheScalarRounding) {
+TEST(Bf16, PairConversionOfAnyRowRangeEqualsTheScalarRounding) {
   // Ranges starting and ending on odd rows (a row without its partner), columns not a multiple
-  // of 16, as threads owning uneven shares of the rows produce them; with 75 rows and 53
-  // columns, whole 32-row x 16-column tiles (transposed in registers) and their borders.
+  // of 16, as threads owning uneven shares of the rows produce them.
   for (const auto& [r, cols] : {std::pair<int64_t, int64_t>{23, 37}, {75, 53}, {64, 32}}) {
-    const int64_t lda = cols + 3, ldo = (r + 2) / 2 * 2;  // even: the pairs path
+    const int64_t lda = cols + 3, ldo = 2 * cols + 6;
     const auto a = random_matrix(r * lda, 31);
     for (const auto& [r0, r1] : {std::pair<int64_t, int64_t>{0, r},
                                  {1, r - 1},
                                  {3, 4},
                                  {5, 5},
                                  {2, std::min<int64_t>(r, 66)}}) {
-      std::vector<uint16_t> out(size_t(cols * ldo), 0x1234);
-      bf16_convert_transposed(a.data(), lda, r0, r1, cols, out.data(), ldo);
-      for (int64_t i = 0; i < cols; ++i)
-        for (int64_t t = 0; t < ldo; ++t) {
-          const uint16_t want = t >= r0 && t < r1 ? to_bf16(a[size_t(t * lda + i)]) : 0x1234;
-          ASSERT_EQ(out[size_t(i * ldo + t)], want)
-              << r << "x" << cols << ", rows " << r0 << ".." << r1 << " at " << i << "," << t;
+      std::vector<uint16_t> out(size_t((r + 1) / 2 * ldo), 0x1234);
+      bf16_convert_pairs(a.data(), lda, r0, r1, cols, out.data(), ldo);
+      for (int64_t t = 0; t < (r + 1) / 2 * 2; ++t)
+        for (int64_t j = 0; j < ldo / 2; ++j) {
+          // Word j of pair t / 2: column j, half t % 2; words past cols are never written.
+          const uint16_t got = out[size_t((t / 2) * ldo + 2 * j + t % 2)];
+          const bool written = t >= r0 && t < r1 && j < cols;
+          const uint16_t want = written ? to_bf16(a[size_t(t * lda + j)]) : 0x1234;
+          ASSERT_EQ(got, want) << r << "x" << cols << ", rows " << r0 << ".." << r1 << " at " << t
+                               << "," << j;
         }
     }
   }

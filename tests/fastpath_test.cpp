@@ -7,6 +7,7 @@
 #include "ops/attention.hpp"
 #include "ops/bf16_gemm.hpp"
 #include "ops/fastmath.hpp"
+#include "ops/memory.hpp"
 #include "ops/sgemm.hpp"
 #include "util/gradcheck.hpp"
 #include "util/nan_max.hpp"
@@ -227,6 +228,218 @@ TEST_P(FastAttention, Bf16BackwardMatchesFloat64OfRoundedInputs) {
     }
     EXPECT_LT(worst, 2e-3 * size) << name;  // a fraction of a bf16 step: tie flips of dS only
     EXPECT_GT(moved, 2 * worst) << name << ": without bf16 the results differ by more";
+  }
+}
+
+// The compressive memory's products with bf16 inputs, against float64 computations that round
+// what the kernels round (the state M as it is read, sigma(q), sigma(k), the delta rule's
+// residual, the backward's incoming gradients) and keep the rest exact; n odd (a pad pair) and
+// not a multiple of the kernel's 12 rows, q/k/v with a row stride of two heads.
+namespace {
+
+struct MemoryBf16Case {
+  int64_t n = 37, d = 32, ld = 64;
+  std::vector<float> q, k, v, M, z, dout, dM, dz;
+  MemoryBf16Case() {
+    auto f = [](const std::vector<double>& x) { return std::vector<float>(x.begin(), x.end()); };
+    q = f(random_vec(size_t(n * ld), 31));
+    k = f(random_vec(size_t(n * ld), 32));
+    v = f(random_vec(size_t(n * ld), 33));
+    M = f(random_vec(size_t(d * d), 34, 0.3));
+    z = f(random_vec(size_t(d), 35));
+    for (auto& x : z) x = std::abs(x) + 2.0f;  // a sum of sigma values: positive
+    dout = f(random_vec(size_t(n * ld), 36));
+    dM = f(random_vec(size_t(d * d), 37));
+    dz = f(random_vec(size_t(d), 38));
+  }
+};
+
+double rb(float x) { return double(ops::round_bf16(x)); }
+
+// max |got - want| over max |want|, and the same for `other`.
+std::pair<double, double> worst_of(const std::vector<double>& want, const std::vector<float>& got,
+                                   const std::vector<float>& other) {
+  double size = 0, worst = 0, moved = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    size = std::max(size, std::abs(want[i]));
+    worst = std::max(worst, std::abs(double(got[i]) - want[i]));
+    moved = std::max(moved, std::abs(double(other[i]) - want[i]));
+  }
+  return {worst / size, moved / size};
+}
+
+}  // namespace
+
+TEST(MemoryBf16, RetrievalAndUpdateMatchFloat64OfRoundedInputs) {
+  if (!ops::bf16_native_available()) GTEST_SKIP() << "the emulation is tested in bf16_gemm_test";
+  MemoryBf16Case c;
+  const int64_t n = c.n, d = c.d, ld = c.ld;
+  // Retrieval: out = bf16(sigma(q)) bf16(M) / den, with the kernel's own fp32 sigma(q) and den.
+  std::vector<float> out(size_t(n * ld), 0), sq(size_t(n * ld), 0), den(size_t(n), 0), out32(out);
+  ops::memory_retrieve_head(out.data(), sq.data(), den.data(), c.q.data(), c.M.data(), c.z.data(),
+                            n, d, ld, true);
+  ops::memory_retrieve_head(out32.data(), sq.data(), den.data(), c.q.data(), c.M.data(), c.z.data(),
+                            n, d, ld, false);
+  std::vector<double> want(size_t(n * d), 0);
+  std::vector<float> got(want.size()), got32(want.size());
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < d; ++j) {
+      double acc = 0;
+      for (int64_t i = 0; i < d; ++i)
+        acc += rb(sq[size_t(t * ld + i)]) * rb(c.M[size_t(i * d + j)]);
+      want[size_t(t * d + j)] = acc / den[size_t(t)];
+      got[size_t(t * d + j)] = out[size_t(t * ld + j)];
+      got32[size_t(t * d + j)] = out32[size_t(t * ld + j)];
+    }
+  auto [worst, moved] = worst_of(want, got, got32);
+  EXPECT_LT(worst, 1e-5) << "retrieval";
+  EXPECT_GT(moved, 10 * worst) << "retrieval: without bf16 the result differs by more";
+
+  // Updates: linear M += bf16(sk)^T bf16(v); delta M += bf16(sk)^T bf16(v - bf16(sk) bf16(M) /
+  // den).
+  for (const bool delta : {false, true}) {
+    std::vector<float> M = c.M, z = c.z, M32 = c.M, z32 = c.z;
+    std::vector<float> scratch(size_t(ops::memory_scratch_size(n, d)), 0);
+    ops::memory_update_group(M.data(), z.data(), c.k.data(), c.v.data(), n, d, ld, delta,
+                             scratch.data(), true);
+    ops::memory_update_group(M32.data(), z32.data(), c.k.data(), c.v.data(), n, d, ld, delta,
+                             scratch.data(), false);
+    std::vector<float> sk(size_t(n * d), 0);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t i = 0; i < d; ++i)
+        sk[size_t(t * d + i)] = ops::fast_elu1(c.k[size_t(t * ld + i)]);
+    std::vector<double> u(size_t(n * d), 0), Mw(size_t(d * d), 0);
+    for (int64_t t = 0; t < n; ++t) {
+      double dn = ops::kMemoryEps;
+      for (int64_t i = 0; i < d; ++i) dn += double(sk[size_t(t * d + i)]) * c.z[size_t(i)];
+      for (int64_t j = 0; j < d; ++j) {
+        double r = 0;
+        if (delta)
+          for (int64_t i = 0; i < d; ++i)
+            r += rb(sk[size_t(t * d + i)]) * rb(c.M[size_t(i * d + j)]);
+        u[size_t(t * d + j)] = rb(float(c.v[size_t(t * ld + j)] - r / dn));
+      }
+    }
+    for (int64_t i = 0; i < d; ++i)
+      for (int64_t j = 0; j < d; ++j) {
+        double acc = c.M[size_t(i * d + j)];
+        for (int64_t t = 0; t < n; ++t) acc += rb(sk[size_t(t * d + i)]) * u[size_t(t * d + j)];
+        Mw[size_t(i * d + j)] = acc;
+      }
+    auto [w, m] = worst_of(Mw, M, M32);
+    EXPECT_LT(w, 2e-4) << "delta=" << delta;  // the odd tie flip of the residual's rounding
+    EXPECT_GT(m, 10 * w) << "delta=" << delta << ": without bf16 the result differs by more";
+    EXPECT_EQ(z, z32) << "z is a sum of sigma values, no product";
+  }
+}
+
+TEST(MemoryBf16, BackwardMatchesFloat64OfRoundedInputs) {
+  if (!ops::bf16_native_available()) GTEST_SKIP() << "the emulation is tested in bf16_gemm_test";
+  MemoryBf16Case c;
+  const int64_t n = c.n, d = c.d, ld = c.ld;
+  std::vector<float> scratch(size_t(ops::memory_scratch_size(n, d)), 0);
+  // Retrieval backward: dsq = bf16(dnum) bf16(M)^T, dM += bf16(sq)^T bf16(dnum).
+  {
+    std::vector<float> out(size_t(n * ld), 0), sq(size_t(n * ld), 0), den(size_t(n), 0);
+    ops::memory_retrieve_head(out.data(), sq.data(), den.data(), c.q.data(), c.M.data(), c.z.data(),
+                              n, d, ld, true);
+    auto run = [&](bool bf16) {
+      std::vector<float> dq(size_t(n * ld), 0.0f), dM(size_t(d * d), 0.0f), dz(size_t(d), 0.0f);
+      ops::memory_retrieve_head_backward(dq.data(), dM.data(), dz.data(), c.dout.data(), out.data(),
+                                         sq.data(), den.data(), c.q.data(), c.M.data(), c.z.data(),
+                                         n, d, ld, scratch.data(), bf16);
+      return std::pair{dq, dM};
+    };
+    auto [dq, dM] = run(true);
+    auto [dq32, dM32] = run(false);
+    std::vector<double> wq(size_t(n * d), 0), wM(size_t(d * d), 0.0);
+    std::vector<float> gq(wq.size()), gq32(wq.size());
+    for (int64_t t = 0; t < n; ++t) {
+      const double inv = 1.0 / den[size_t(t)];
+      double dd = 0;
+      std::vector<double> dnum(size_t(d), 0);
+      for (int64_t j = 0; j < d; ++j) {
+        const double g = c.dout[size_t(t * ld + j)];
+        dnum[size_t(j)] = rb(float(g * inv));
+        dd += g * out[size_t(t * ld + j)];
+      }
+      dd *= -inv;
+      for (int64_t i = 0; i < d; ++i) {
+        double s = 0;
+        for (int64_t j = 0; j < d; ++j) s += dnum[size_t(j)] * rb(c.M[size_t(i * d + j)]);
+        const float qi = c.q[size_t(t * ld + i)];
+        wq[size_t(t * d + i)] = (s + dd * c.z[size_t(i)]) * ops::fast_elu1_grad(qi);
+        gq[size_t(t * d + i)] = dq[size_t(t * ld + i)];
+        gq32[size_t(t * d + i)] = dq32[size_t(t * ld + i)];
+        for (int64_t j = 0; j < d; ++j)
+          wM[size_t(i * d + j)] += rb(sq[size_t(t * ld + i)]) * dnum[size_t(j)];
+      }
+    }
+    for (auto [name, want, got, f32] :
+         {std::tuple{"dq", &wq, &gq, &gq32}, std::tuple{"dM", &wM, &dM, &dM32}}) {
+      auto [w, m] = worst_of(*want, *got, *f32);
+      EXPECT_LT(w, 2e-4) << name;
+      EXPECT_GT(m, 10 * w) << name << ": without bf16 the result differs by more";
+    }
+  }
+  // Update backward, both rules: du = bf16(sk) bf16(dM'); linear dsk = bf16(v) bf16(dM')^T; delta
+  // dsk = bf16(U) bf16(dM')^T + bf16(dnum) bf16(M)^T + dden z, dM += bf16(sk)^T bf16(dnum).
+  for (const bool delta : {false, true}) {
+    auto run = [&](bool bf16) {
+      std::vector<float> dk(size_t(n * ld), 0.0f), dv(size_t(n * ld), 0.0f), dM = c.dM, dz = c.dz;
+      ops::memory_update_group_backward(dk.data(), dv.data(), dM.data(), dz.data(), c.k.data(),
+                                        c.v.data(), c.M.data(), c.z.data(), n, d, ld, delta,
+                                        scratch.data(), bf16);
+      return std::tuple{dk, dv, dM};
+    };
+    auto [dk, dv, dM] = run(true);
+    auto [dk32, dv32, dM32] = run(false);
+    std::vector<double> wk(size_t(n * d), 0), wv(size_t(n * d), 0), wM(c.dM.begin(), c.dM.end());
+    std::vector<float> gk(wk.size()), gv(wv.size()), gk32(wk.size()), gv32(wv.size());
+    for (int64_t t = 0; t < n; ++t) {
+      std::vector<float> sk(size_t(d), 0);
+      double dn = ops::kMemoryEps;
+      for (int64_t i = 0; i < d; ++i) {
+        sk[size_t(i)] = ops::fast_elu1(c.k[size_t(t * ld + i)]);
+        dn += double(sk[size_t(i)]) * c.z[size_t(i)];
+      }
+      std::vector<double> du(size_t(d), 0), vr(size_t(d), 0), dnum(size_t(d), 0);
+      double dden = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        for (int64_t i = 0; i < d; ++i) {
+          du[size_t(j)] += rb(sk[size_t(i)]) * rb(c.dM[size_t(i * d + j)]);
+          if (delta) vr[size_t(j)] += rb(sk[size_t(i)]) * rb(c.M[size_t(i * d + j)]);
+        }
+        vr[size_t(j)] /= dn;
+        dnum[size_t(j)] = rb(float(-du[size_t(j)] / dn));
+        dden += -du[size_t(j)] * vr[size_t(j)];
+      }
+      dden *= -1.0 / dn;
+      for (int64_t i = 0; i < d; ++i) {
+        double dsk = 0;
+        for (int64_t j = 0; j < d; ++j) {
+          const double vj = c.v[size_t(t * ld + j)];
+          dsk += rb(float(delta ? vj - vr[size_t(j)] : vj)) * rb(c.dM[size_t(i * d + j)]);
+          if (delta) dsk += dnum[size_t(j)] * rb(c.M[size_t(i * d + j)]);
+        }
+        if (delta) dsk += dden * c.z[size_t(i)];
+        const size_t at = size_t(t * ld + i), w = size_t(t * d + i);
+        wk[w] = (dsk + c.dz[size_t(i)]) * ops::fast_elu1_grad(c.k[at]);
+        wv[w] = du[size_t(i)];
+        gk[w] = dk[at], gv[w] = dv[at], gk32[w] = dk32[at], gv32[w] = dv32[at];
+        if (delta)
+          for (int64_t j = 0; j < d; ++j)
+            wM[size_t(i * d + j)] += rb(sk[size_t(i)]) * dnum[size_t(j)];
+      }
+    }
+    for (auto [name, want, got, f32] :
+         {std::tuple{"dk", &wk, &gk, &gk32}, std::tuple{"dv", &wv, &gv, &gv32},
+          std::tuple{"dM", &wM, &dM, &dM32}}) {
+      if (!delta && std::string(name) == "dM") continue;  // the linear rule passes dM through
+      auto [w, m] = worst_of(*want, *got, *f32);
+      EXPECT_LT(w, 2e-4) << name << " delta=" << delta;
+      EXPECT_GT(m, 10 * w) << name << " delta=" << delta << ": without bf16 it differs by more";
+    }
   }
 }
 

@@ -3,7 +3,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
+#include <initializer_list>
 #include <type_traits>
 #include <utility>
 
@@ -75,6 +77,42 @@ void project(const Model<T>& m, const ForwardContext<T>& ctx, const PackedWeight
     }
   }
   ops::gemm<T>(false, true, rows, out, in, T(1), x, in, m.at(w), in, beta, y, out);
+}
+
+// Several projections of one input x [rows, in] (q, k and v; gate and up), each y = x W^T
+// (+ bias). Under bf16 with every weight packed, x is rounded to bf16 once for all of them.
+template <class T>
+struct Projection {
+  int64_t w, bias;
+  T* y;
+  int64_t out;
+};
+template <class T>
+void project_shared_input(const Model<T>& m, const ForwardContext<T>& ctx,
+                          const PackedWeights* packed, const T* x, int64_t rows, int64_t in,
+                          std::initializer_list<Projection<T>> ps) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16_products(ctx) && packed && ops::bf16_native_available()) {
+      std::array<ops::Bf16Output, 4> outs{};
+      int count = 0;
+      for (const Projection<T>& p : ps) {
+        const ops::PackedBf16* b = packed->forward_bf16(p.w);
+        if (!b || count == int(outs.size())) {
+          count = -1;
+          break;
+        }
+        outs[size_t(count++)] = {b, p.out, p.bias >= 0 ? 1.0f : 0.0f, p.y, p.out};
+      }
+      if (count > 0) {
+        for (const Projection<T>& p : ps)
+          if (const T* b = m.at(p.bias))
+            for (int64_t i = 0; i < rows; ++i) std::copy_n(b, p.out, p.y + i * p.out);
+        ops::bf16_gemm_packed_shared_a(rows, in, x, in, outs.data(), count);
+        return;
+      }
+    }
+  }
+  for (const Projection<T>& p : ps) project(m, ctx, packed, p.w, p.bias, p.y, x, rows, in, p.out);
 }
 
 // dx[rows, in] = dy W (= or += when `add`), the input gradient of project().
@@ -349,14 +387,15 @@ void layer_forward_reference(const Model<T>& m, const ForwardContext<T>& ctx, in
     resize(A.sq, r * qw);
     resize(A.den, B * H * n);
     resize(A.mixed, r * qw);
-    ops::memory_retrieve_forward(A.mem.data(), A.sq.data(), A.den.data(), A.q.data(), M, z, ms);
+    ops::memory_retrieve_forward(A.mem.data(), A.sq.data(), A.den.data(), A.q.data(), M, z, ms,
+                                 bf16_products(ctx));
     ops::gate_mix_forward(A.mixed.data(), A.mem.data(), A.local.data(), m.at(o.beta), r, H,
                           c.head_dim);
     attn_out = A.mixed.data();
     // Retrieval above used the state of earlier segments; only now fold this segment in.
     if (fold_memory)
       ops::memory_update_forward(M, z, kv.k, kv.v, memory_shape<T>(c, B, ctxlen, kv.cap),
-                                 c.memory_update == MemoryUpdate::Delta);
+                                 c.memory_update == MemoryUpdate::Delta, bf16_products(ctx));
   }
 
   // h = h + O Wo^T
@@ -479,9 +518,9 @@ void layer_backward_reference(const Model<T>& m, const ForwardContext<T>& ctx, i
     const auto ms = memory_shape<T>(c, B, n, n);
     // dM, dz arrive as gradients of the state after this segment's update.
     ops::memory_update_backward(G.dk.data(), G.dv.data(), dM, dz, A.k.data(), A.v.data(), M, z, ms,
-                                c.memory_update == MemoryUpdate::Delta);
+                                c.memory_update == MemoryUpdate::Delta, bf16_products(ctx));
     ops::memory_retrieve_backward(G.dq.data(), dM, dz, G.dmem.data(), A.mem.data(), A.sq.data(),
-                                  A.den.data(), A.q.data(), M, z, ms);
+                                  A.den.data(), A.q.data(), M, z, ms, bf16_products(ctx));
   }
 
   // Projections: a -> q, k, v
@@ -602,9 +641,10 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
         ops::rmsnorm_forward(A.a.data() + r0 * D, A.rstd_in.data() + r0, x + r0 * D,
                              m.at(o.in_norm), rows, D, eps);
         const T* a = A.a.data() + r0 * D;
-        project(m, ctx, packed, o.wq, o.bq, A.q.data() + r0 * qw, a, rows, D, qw);
-        project(m, ctx, packed, o.wk, o.bk, kb + (p0 + r0) * kw, a, rows, D, kw);
-        project(m, ctx, packed, o.wv, o.bv, vb + (p0 + r0) * kw, a, rows, D, kw);
+        project_shared_input(m, ctx, packed, a, rows, D,
+                             {{o.wq, o.bq, A.q.data() + r0 * qw, qw},
+                              {o.wk, o.bk, kb + (p0 + r0) * kw, kw},
+                              {o.wv, o.bv, vb + (p0 + r0) * kw, kw}});
         std::copy_n(A.q.data() + r0 * qw, rows * qw, A.q_rot.data() + r0 * qw);
         std::copy_n(kb + (p0 + r0) * kw, rows * kw, krb + (p0 + r0) * kw);
         ops::rope_apply(A.q_rot.data() + r0 * qw, rows, H, pos + r0, ctx.rope, false);
@@ -624,7 +664,7 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
         T* Mg = M + (b * Hkv + g) * d * d;
         T* zg = z + (b * Hkv + g) * d;
         ops::memory_retrieve_head(A.mem.data() + off, A.sq.data() + off, A.den.data() + task * n,
-                                  A.q.data() + off, Mg, zg, n, d, qw);
+                                  A.q.data() + off, Mg, zg, n, d, qw, bf16_products(ctx));
         const T s = ops::sigmoid(m.at(o.beta)[h]);
         for (int64_t i = 0; i < n; ++i) {
           const T* mr = A.mem.data() + off + i * qw;
@@ -635,14 +675,15 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
         }
         // Retrieval above used the state of earlier segments; only now fold this segment in.
         if (fold && fused_update)
-          ops::memory_update_group(Mg, zg, kb + kvo, vb + kvo, ctxlen, d, kw, delta, scratch);
+          ops::memory_update_group(Mg, zg, kb + kvo, vb + kvo, ctxlen, d, kw, delta, scratch,
+                                   bf16_products(ctx));
       }
       if (mem && fold && !fused_update) {
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < B * Hkv; ++task) {
           const int64_t b = task / Hkv, g = task % Hkv, kvo = b * cap * kw + g * d;
           ops::memory_update_group(M + task * d * d, z + task * d, kb + kvo, vb + kvo, ctxlen, d,
-                                   kw, delta, scratch);
+                                   kw, delta, scratch, bf16_products(ctx));
         }
       }
       if (rows > 0) {
@@ -657,8 +698,9 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
         if (o.sparse) {
           moe_rows_forward(m, ctx, packed, o, A, x, r0, r1);
         } else {
-          project(m, ctx, packed, o.w_gate, -1, A.gate.data() + r0 * F, mm, rows, D, F);
-          project(m, ctx, packed, o.w_up, -1, A.up.data() + r0 * F, mm, rows, D, F);
+          project_shared_input(
+              m, ctx, packed, mm, rows, D,
+              {{o.w_gate, -1, A.gate.data() + r0 * F, F}, {o.w_up, -1, A.up.data() + r0 * F, F}});
           ops::swiglu_forward(A.hmid.data() + r0 * F, A.gate.data() + r0 * F, A.up.data() + r0 * F,
                               rows * F);
           project(m, ctx, packed, o.w_down, -1, x + r0 * D, A.hmid.data() + r0 * F, rows, F, D,
@@ -685,64 +727,100 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
   }
 }
 
+// The weight gradient dW [out, in] += dY^T X (and db += column sums of dY) of one linear layer.
+// Under Precision::BF16 with the native kernel, dyt is dY^T converted by ops::bf16_convert_pairs
+// (row stride 2 out); else dY is rounded where it is used.
+template <class T>
+struct LinearGrad {
+  const T* dy;  // [r, out]
+  T* dw;        // [out, in]
+  T* db;        // [out] or null
+  int64_t out;
+  const uint16_t* dyt = nullptr;
+};
+
 // One piece of weight-gradient work for the "grads" phases.
 template <class T>
 struct GradTask {
   enum Kind { Linear, Norm, Embed } kind;
-  const T* dy;              // Linear: [r, out]; Norm, Embed: [r, in]
-  const T* x;               // Linear: [r, in]; Norm: the normalised input [r, in]
-  const T* rstd;            // Norm
-  T* dw;                    // Linear: [out, in]; Norm: [in]; Embed: [V, in]
-  T* db;                    // Linear bias [out] or null
-  int64_t out, in, o0, o1;  // columns o0..o1 of dw (Linear: of its `in` columns)
-  // Linear under Precision::BF16: bf16 inputs; dyt, when set, is dy transposed and converted
-  // ([out, ldt], ops::bf16_convert_transposed), else dy is converted here.
-  bool bf16 = false;
-  const uint16_t* dyt = nullptr;
-  int64_t ldt = 0;
+  const T* dy;         // Norm, Embed: [r, in]
+  const T* x;          // Linear: the input X [r, in]; Norm: the normalised input [r, in]
+  const T* rstd;       // Norm
+  T* dw;               // Norm: [in]; Embed: [V, in]
+  int64_t in, o0, o1;  // columns o0..o1 of the weights' `in` columns
+  // Linear: the layers whose dW it computes; several (q, k, v; gate, up) when they share X
+  // and their dY are converted (bf16), so that X's columns are packed once for all of them.
+  std::array<LinearGrad<T>, 3> linear{};
+  int count = 0;
+  bool bf16 = false;  // Linear: bf16 inputs (Precision::BF16)
 };
 
-// dyt, ldt: see GradTask (bf16 only).
 template <class T>
-void add_linear_grad(std::vector<GradTask<T>>& tasks, const T* dy, const T* x, T* dw, T* db,
-                     int64_t out, int64_t in, bool bf16 = false, const uint16_t* dyt = nullptr,
-                     int64_t ldt = 0) {
-  for (int64_t o0 = 0; o0 < in; o0 += kGradBlock)
-    tasks.push_back({GradTask<T>::Linear, dy, x, nullptr, dw, db, out, in, o0,
-                     std::min(in, o0 + kGradBlock), bf16, dyt, ldt});
+void add_linear_grad(std::vector<GradTask<T>>& tasks, const T* x, int64_t in,
+                     std::initializer_list<LinearGrad<T>> layers, bool bf16 = false) {
+  if (layers.size() > 3) throw Error("add_linear_grad: at most three layers share an input");
+  const bool share = std::all_of(layers.begin(), layers.end(),
+                                 [](const LinearGrad<T>& l) { return l.dyt != nullptr; });
+  // Shared, narrower column blocks keep as many tasks to spread over the threads (multiples
+  // of the bf16 kernel's 32 columns); unshared layers keep a task per layer and block.
+  const int64_t block =
+      share ? std::max<int64_t>(32, kGradBlock / int64_t(layers.size()) / 32 * 32) : kGradBlock;
+  auto add = [&](std::initializer_list<LinearGrad<T>> group) {
+    for (int64_t o0 = 0; o0 < in; o0 += block) {
+      GradTask<T> t{GradTask<T>::Linear,     nullptr, x, nullptr, nullptr, in, o0,
+                    std::min(in, o0 + block)};
+      for (const LinearGrad<T>& l : group) t.linear[size_t(t.count++)] = l;
+      t.bf16 = bf16;
+      tasks.push_back(t);
+    }
+  };
+  if (share)
+    add(layers);
+  else
+    for (const LinearGrad<T>& l : layers) add({l});
 }
 
 template <class T>
 void add_norm_grad(std::vector<GradTask<T>>& tasks, const T* dy, const T* x, const T* rstd, T* dw,
                    int64_t dim) {
-  tasks.push_back({GradTask<T>::Norm, dy, x, rstd, dw, nullptr, 0, dim, 0, dim});
+  tasks.push_back({GradTask<T>::Norm, dy, x, rstd, dw, dim, 0, dim});
 }
 
 template <class T>
 void run_grad_task(const GradTask<T>& k, int64_t r, const int32_t* tokens) {
   const int64_t w = k.o1 - k.o0;
   switch (k.kind) {
-    case GradTask<T>::Linear:
-      if constexpr (std::is_same_v<T, float>) {
-        if (k.dyt) {
-          thread_local ops::PackedBf16 xb;  // this task's columns of X
-          ops::bf16_pack(false, r, w, k.x + k.o0, k.in, xb);
-          ops::bf16_gemm_converted(k.out, w, r, 1.0f, k.dyt, k.ldt, xb, 1.0f, k.dw + k.o0, k.in);
-        } else if (k.bf16) {
-          ops::bf16_gemm(true, false, k.out, w, r, 1.0f, k.dy, k.out, k.x + k.o0, k.in, 1.0f,
-                         k.dw + k.o0, k.in);
+    case GradTask<T>::Linear: {
+      bool x_packed = false;
+      for (int i = 0; i < k.count; ++i) {
+        const LinearGrad<T>& l = k.linear[size_t(i)];
+        bool done = false;
+        if constexpr (std::is_same_v<T, float>) {
+          if (l.dyt) {
+            thread_local ops::PackedBf16 xb;  // this task's columns of X, packed once
+            if (!x_packed) ops::bf16_pack(false, r, w, k.x + k.o0, k.in, xb);
+            x_packed = true;
+            ops::bf16_gemm_converted_pairs(l.out, w, r, 1.0f, l.dyt, 2 * l.out, xb, 1.0f,
+                                           l.dw + k.o0, k.in);
+            done = true;
+          } else if (k.bf16) {
+            ops::bf16_gemm(true, false, l.out, w, r, 1.0f, l.dy, l.out, k.x + k.o0, k.in, 1.0f,
+                           l.dw + k.o0, k.in);
+            done = true;
+          }
         }
-      }
-      if (!k.bf16)
-        ops::gemm<T>(true, false, k.out, w, r, T(1), k.dy, k.out, k.x + k.o0, k.in, T(1),
-                     k.dw + k.o0, k.in);
-      if (k.db && k.o0 == 0)  // the bias gradient once, by the first column block
-        for (int64_t i = 0; i < r; ++i) {
-          const T* row = k.dy + i * k.out;
+        if (!done)
+          ops::gemm<T>(true, false, l.out, w, r, T(1), l.dy, l.out, k.x + k.o0, k.in, T(1),
+                       l.dw + k.o0, k.in);
+        if (l.db && k.o0 == 0)  // the bias gradient once, by the first column block
+          for (int64_t t = 0; t < r; ++t) {
+            const T* row = l.dy + t * l.out;
 #pragma omp simd
-          for (int64_t j = 0; j < k.out; ++j) k.db[j] += row[j];
-        }
+            for (int64_t j = 0; j < l.out; ++j) l.db[j] += row[j];
+          }
+      }
       break;
+    }
     case GradTask<T>::Norm: {
       // dw_j += sum_i dy_ij x_ij rstd_i, accumulated in double (rows can be many).
       std::vector<double> acc(static_cast<size_t>(w), 0.0);
@@ -801,18 +879,16 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
   W.thread.resize(size_t(max_threads));
   for (auto& s : W.thread) grow(s, std::max(n * n, ops::memory_scratch_size(n, d)));
 
-  // bf16: each dY is converted once, transposed, by the threads owning its rows (rp: rows
-  // rounded up to even, the pad column zero), for every column block of its dW.
+  // bf16: each dY [r, cols] is converted once, as dY^T in pairs of rows
+  // (ops::bf16_convert_pairs: rp / 2 rows of 2 cols values, rp = r rounded up to even), by the
+  // threads owning its rows, for every column block of its dW.
   const bool bf16 = bf16_products(ctx);
   const bool convert = bf16 && ops::bf16_native_available();
   const int64_t rp = (r + 1) / 2 * 2;
   if (convert) {
-    for (auto [buf, rows] : {std::pair{&W.dyt_head, V}, std::pair{&W.dyt_mlp, 2 * D + 2 * F},
-                             std::pair{&W.dyt_qkv, qw + 2 * kw}}) {
-      resize(*buf, rows * rp);
-      if (rp != r)  // the pad column pairs with the last row: zero, so it adds nothing
-        for (int64_t i = 0; i < rows; ++i) (*buf)[size_t(i * rp + r)] = 0;
-    }
+    resize(W.dyt_head, V * rp);
+    resize(W.dyt_mlp, (2 * D + 2 * F) * rp);
+    resize(W.dyt_qkv, (qw + 2 * kw) * rp);
   }
   uint16_t* t_head = convert ? W.dyt_head.data() : nullptr;
   uint16_t* t_dh = convert ? W.dyt_mlp.data() : nullptr;
@@ -823,8 +899,11 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
   uint16_t* t_dk = convert ? t_dq + qw * rp : nullptr;
   uint16_t* t_dv = convert ? t_dk + kw * rp : nullptr;
   auto to_bf16_t = [&](const T* dy, int64_t cols, uint16_t* dst, int64_t r0, int64_t r1) {
-    if constexpr (std::is_same_v<T, float>)
-      ops::bf16_convert_transposed(dy, cols, r0, r1, cols, dst, rp);
+    if constexpr (std::is_same_v<T, float>) {
+      ops::bf16_convert_pairs(dy, cols, r0, r1, cols, dst, 2 * cols);
+      if (r1 == r && rp != r)  // the pad row pairs with the last one: zero, so it adds nothing
+        for (int64_t i = 0; i < cols; ++i) dst[size_t((rp / 2 - 1) * 2 * cols + 2 * i + 1)] = 0;
+    }
   };
 
   // Weight-gradient work, by the phase it runs in (see the region below).
@@ -832,8 +911,8 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
   std::vector<std::vector<GradTask<T>>> with_heads(static_cast<size_t>(L));
   // after_mlp[L] / with_heads[L-1]: the output head. after_mlp[l] (l < L): q, k, v of layer l,
   // run during the MLP phase of layer l-1 (or at the end for l = 0).
-  add_linear_grad(after_mlp[size_t(L)], dlogits, acts.f.data(), g(m.layout.lm_head), (T*)nullptr, V,
-                  D, bf16, t_head, rp);
+  add_linear_grad(after_mlp[size_t(L)], acts.f.data(), D,
+                  {{dlogits, g(m.layout.lm_head), nullptr, V, t_head}}, bf16);
   add_norm_grad(with_heads[size_t(L - 1)], W.df.data(), acts.h_final.data(), acts.rstd_final.data(),
                 g(m.layout.final_norm), D);
   for (int64_t l = 0; l < L; ++l) {
@@ -843,35 +922,37 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
     if (o.sparse) {
       // The shared expert (bf16 inputs converted on the fly under bf16), the router and the
       // shared gate (fp32, as in the forward); the experts' weights are done by expert.
-      add_linear_grad(mlp, W.dsout.data(), A.shmid.data(), g(o.shared.w_down), (T*)nullptr, D, Fs,
+      add_linear_grad(mlp, A.shmid.data(), Fs, {{W.dsout.data(), g(o.shared.w_down), nullptr, D}},
                       bf16);
-      add_linear_grad(mlp, W.dsgate.data(), A.m.data(), g(o.shared.w_gate), (T*)nullptr, Fs, D,
+      add_linear_grad(mlp, A.m.data(), D,
+                      {{W.dsgate.data(), g(o.shared.w_gate), nullptr, Fs},
+                       {W.dsup.data(), g(o.shared.w_up), nullptr, Fs}},
                       bf16);
-      add_linear_grad(mlp, W.dsup.data(), A.m.data(), g(o.shared.w_up), (T*)nullptr, Fs, D, bf16);
-      add_linear_grad(mlp, W.drouter.data(), A.m.data(), g(o.router), (T*)nullptr, E, D);
-      add_linear_grad(mlp, W.dsg.data(), A.m.data(), g(o.shared_gate), (T*)nullptr, 1, D);
+      add_linear_grad(mlp, A.m.data(), D,
+                      {{W.drouter.data(), g(o.router), nullptr, E},
+                       {W.dsg.data(), g(o.shared_gate), nullptr, 1}});
     } else {
-      add_linear_grad(mlp, W.dh.data(), A.hmid.data(), g(o.w_down), (T*)nullptr, D, F, bf16, t_dh,
-                      rp);
-      add_linear_grad(mlp, W.dgate.data(), A.m.data(), g(o.w_gate), (T*)nullptr, F, D, bf16,
-                      t_dgate, rp);
-      add_linear_grad(mlp, W.dup.data(), A.m.data(), g(o.w_up), (T*)nullptr, F, D, bf16, t_dup, rp);
+      add_linear_grad(mlp, A.hmid.data(), F, {{W.dh.data(), g(o.w_down), nullptr, D, t_dh}}, bf16);
+      add_linear_grad(mlp, A.m.data(), D,
+                      {{W.dgate.data(), g(o.w_gate), nullptr, F, t_dgate},
+                       {W.dup.data(), g(o.w_up), nullptr, F, t_dup}},
+                      bf16);
     }
-    add_linear_grad(mlp, W.dxm.data(), mem ? A.mixed.data() : A.local.data(), g(o.wo), (T*)nullptr,
-                    D, qw, bf16, t_dxm, rp);
+    add_linear_grad(mlp, mem ? A.mixed.data() : A.local.data(), qw,
+                    {{W.dxm.data(), g(o.wo), nullptr, D, t_dxm}}, bf16);
     add_norm_grad(mlp, W.dm.data(), A.x_mid.data(), A.rstd_post.data(), g(o.post_norm), D);
-    auto& qkv = after_mlp[size_t(l)];
-    add_linear_grad(qkv, W.dq.data(), A.a.data(), g(o.wq), g(o.bq), qw, D, bf16, t_dq, rp);
-    add_linear_grad(qkv, W.dk.data(), A.a.data(), g(o.wk), g(o.bk), kw, D, bf16, t_dk, rp);
-    add_linear_grad(qkv, W.dv.data(), A.a.data(), g(o.wv), g(o.bv), kw, D, bf16, t_dv, rp);
+    add_linear_grad(after_mlp[size_t(l)], A.a.data(), D,
+                    {{W.dq.data(), g(o.wq), g(o.bq), qw, t_dq},
+                     {W.dk.data(), g(o.wk), g(o.bk), kw, t_dk},
+                     {W.dv.data(), g(o.wv), g(o.bv), kw, t_dv}},
+                    bf16);
     // RMSNorm of layer l's input: needs da of every row, so it runs one phase later.
     auto& late = l > 0 ? with_heads[size_t(l - 1)] : after_mlp[size_t(0)];
     add_norm_grad(late, W.da.data(), A.x_in.data(), A.rstd_in.data(), g(o.in_norm), D);
   }
   for (int64_t c0 = 0; c0 < D; c0 += std::max<int64_t>(64, D / (2 * max_threads)))
-    after_mlp[0].push_back({GradTask<T>::Embed, W.dh.data(), nullptr, nullptr, g(m.layout.embed),
-                            nullptr, 0, D, c0,
-                            std::min(D, c0 + std::max<int64_t>(64, D / (2 * max_threads)))});
+    after_mlp[0].push_back({GradTask<T>::Embed, W.dh.data(), nullptr, nullptr, g(m.layout.embed), D,
+                            c0, std::min(D, c0 + std::max<int64_t>(64, D / (2 * max_threads)))});
 
   const int32_t* pos = acts.positions.data();
 #pragma omp parallel num_threads(max_threads)
@@ -999,13 +1080,14 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
             T* dzg = dstate.z_layer(l) + st * d;
             // dM, dz arrive as gradients of the state after this segment's update.
             ops::memory_update_group_backward(dkg, dvg, dMg, dzg, A.k.data() + kvo,
-                                              A.v.data() + kvo, Mg, zg, n, d, kw, delta, scratch);
+                                              A.v.data() + kvo, Mg, zg, n, d, kw, delta, scratch,
+                                              bf16_products(ctx));
             for (int64_t h = gk * G; h < (gk + 1) * G; ++h) {
               const int64_t off = b * n * qw + h * d;
               ops::memory_retrieve_head_backward(W.dq.data() + off, dMg, dzg, W.dmem.data() + off,
                                                  A.mem.data() + off, A.sq.data() + off,
                                                  A.den.data() + (b * H + h) * n, A.q.data() + off,
-                                                 Mg, zg, n, d, qw, scratch);
+                                                 Mg, zg, n, d, qw, scratch, bf16_products(ctx));
             }
           }
         }
@@ -1128,14 +1210,16 @@ void head_logits(const Model<T>& m, const ForwardContext<T>& ctx, const T* f, in
 }
 
 template <class T>
-void fold_cache_into_memory(const Model<T>& m, KVCache<T>& cache, MemoryState<T>& state) {
+void fold_cache_into_memory(const Model<T>& m, KVCache<T>& cache, MemoryState<T>& state,
+                            Precision precision) {
   const ModelConfig& c = m.config;
   if (cache.pos == 0) return;
   if (c.use_memory)
     for (int64_t l = 0; l < c.num_layers; ++l)
       ops::memory_update_forward(
           state.M_layer(l), state.z_layer(l), cache.k[size_t(l)].data(), cache.v[size_t(l)].data(),
-          memory_shape<T>(c, 1, cache.pos, cache.capacity), c.memory_update == MemoryUpdate::Delta);
+          memory_shape<T>(c, 1, cache.pos, cache.capacity), c.memory_update == MemoryUpdate::Delta,
+          std::is_same_v<T, float> && precision == Precision::BF16);
   cache.pos = 0;
 }
 
@@ -1178,7 +1262,8 @@ void backward_segment(const Model<T>& m, const ForwardContext<T>& ctx, const int
   template void forward_chunk<T>(const Model<T>&, const ForwardContext<T>&, const int32_t*,       \
                                  int64_t, int64_t, MemoryState<T>&, SegmentActs<T>&, KVCache<T>*, \
                                  bool, const PackedWeights*);                                     \
-  template void fold_cache_into_memory<T>(const Model<T>&, KVCache<T>&, MemoryState<T>&);         \
+  template void fold_cache_into_memory<T>(const Model<T>&, KVCache<T>&, MemoryState<T>&,          \
+                                          Precision);                                             \
   template void head_logits<T>(const Model<T>&, const ForwardContext<T>&, const T*, int64_t, T*,  \
                                const PackedWeights*);                                             \
   template void backward_segment<T>(const Model<T>&, const ForwardContext<T>&, const int32_t*,    \

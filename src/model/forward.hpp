@@ -53,9 +53,10 @@ struct ChunkWorkspace {
   // gate logit's [r], the router logits' [r, E], the routing weights' [r, k], the experts'
   // input gradients by assignment [r * k, D], and the aux loss's gradient of the probabilities.
   std::vector<T> dsout, dshmid, dsgate, dsup, dsg, drouter, dweight, dxg, dprobs;
-  // Precision::BF16: the output gradients dY of the weight gradients dW = dY^T X, transposed
-  // and rounded to bf16 once per layer for all of dW's column blocks ([out, r even] each):
-  // the LM head's; dh, dgate, dup, dxm of the MLP and output projection; dq, dk, dv.
+  // Precision::BF16: the output gradients dY of the weight gradients dW = dY^T X, rounded to
+  // bf16 once per layer for all of dW's column blocks, as dY^T in pairs of rows
+  // (ops::bf16_convert_pairs, [r even / 2, 2 out] each): the LM head's; dh, dgate, dup, dxm of
+  // the MLP and output projection; dq, dk, dv.
   std::vector<uint16_t> dyt_head, dyt_mlp, dyt_qkv;
   std::vector<std::vector<T>> thread;  // per-thread scratch
 };
@@ -124,9 +125,11 @@ template <class T>
 void head_logits(const Model<T>& m, const ForwardContext<T>& ctx, const T* f, int64_t rows,
                  T* logits, const PackedWeights* packed = nullptr);
 
-// Folds the cache's partial segment into memory (as the end of a segment would) and empties it.
+// Folds the cache's partial segment into memory (as the end of a segment would) and empties it;
+// under Precision::BF16 with the memory's products in bf16, as the forward folds.
 template <class T>
-void fold_cache_into_memory(const Model<T>& m, KVCache<T>& cache, MemoryState<T>& state);
+void fold_cache_into_memory(const Model<T>& m, KVCache<T>& cache, MemoryState<T>& state,
+                            Precision precision = Precision::FP32);
 
 // Backward of a whole-segment forward_chunk (cache == nullptr).
 //   moe_aux_grad: [num_experts], or null: the gradient of the training objective with respect

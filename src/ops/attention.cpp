@@ -240,18 +240,22 @@ PackedBf16* head_buffer_bf16(int role) {
 // The key-block products of the backward with bf16 inputs on the native kernel:
 // dK[j0 .. j1] += dS[j0 .., j0 .. j1]^T Q[j0 ..] and dV[j0 .. j1] += P[..]^T dO[j0 ..]. The
 // transposed A (dS^T, P^T) is avoided by computing dK^T = Q^T dS: Q^T and dO^T are converted
-// once per head (d rows of n), each key block of dS and P is packed as B (rows j0 .. n-1), and
-// the [d, mk] result is added transposed.
+// once per head (d rows of n, as pairs of Q's and dO's rows: ops::bf16_convert_pairs), each
+// key block of dS and P is packed as B (rows j0 .. n-1), and the [d, mk] result is added
+// transposed.
 void key_block_grads_bf16(float* dk, float* dv, const float* dout, const float* probs,
                           const float* dS, const float* q, int64_t n, int64_t d, int64_t ldq,
                           int64_t ldk) {
-  const int64_t ldt = (n + 1) / 2 * 2;  // even, as the converted A needs; the pad stays zero
+  const int64_t pairs = (n + 1) / 2, ldt = 2 * d;
   thread_local std::vector<uint16_t> qt, ot;
   thread_local std::vector<float> block;
-  qt.assign(size_t(d * ldt), 0);
-  ot.assign(size_t(d * ldt), 0);
-  bf16_convert_transposed(q, ldq, 0, n, d, qt.data(), ldt);
-  bf16_convert_transposed(dout, ldq, 0, n, d, ot.data(), ldt);
+  qt.resize(size_t(pairs * ldt));
+  ot.resize(size_t(pairs * ldt));
+  bf16_convert_pairs(q, ldq, 0, n, d, qt.data(), ldt);
+  bf16_convert_pairs(dout, ldq, 0, n, d, ot.data(), ldt);
+  if (n % 2)  // the pad row of the last pair
+    for (int64_t e = 0; e < d; ++e)
+      qt[size_t((pairs - 1) * ldt + 2 * e + 1)] = ot[size_t((pairs - 1) * ldt + 2 * e + 1)] = 0;
   block.resize(size_t(d * kKeyBlock));
   PackedBf16& b = *head_buffer_bf16(2);
   for (int64_t j0 = 0; j0 < n; j0 += kKeyBlock) {
@@ -259,8 +263,9 @@ void key_block_grads_bf16(float* dk, float* dv, const float* dout, const float* 
     for (int pass = 0; pass < 2; ++pass) {
       const float* src = pass == 0 ? dS : probs;
       bf16_pack(false, rows, mk, src + j0 * n + j0, n, b);
-      bf16_gemm_converted(d, mk, rows, 1.0f, (pass == 0 ? qt : ot).data() + j0, ldt, b, 0.0f,
-                          block.data(), mk);
+      // Rows j0 .. of Q start at pair j0 / 2 (kKeyBlock is even).
+      bf16_gemm_converted_pairs(d, mk, rows, 1.0f, (pass == 0 ? qt : ot).data() + (j0 / 2) * ldt,
+                                ldt, b, 0.0f, block.data(), mk);
       float* out = pass == 0 ? dk : dv;
       for (int64_t i = 0; i < mk; ++i) {
         float* o = out + (j0 + i) * ldk;

@@ -85,27 +85,28 @@ void bf16_pack_scalar(bool trans_b, int64_t k, int64_t n, const float* b, int64_
 }
 
 namespace {
-void convert_transposed_scalar(const float* a, int64_t lda, int64_t r0, int64_t r1, int64_t cols,
-                               uint16_t* out, int64_t ldo) {
+void convert_pairs_scalar(const float* y, int64_t lda, int64_t r0, int64_t r1, int64_t cols,
+                          uint16_t* out, int64_t ldo) {
   for (int64_t t = r0; t < r1; ++t) {
-    const float* row = a + t * lda;
-    for (int64_t i = 0; i < cols; ++i) out[i * ldo + t] = to_bf16(row[i]);
+    const float* row = y + t * lda;
+    uint16_t* o = out + (t / 2) * ldo + t % 2;
+    for (int64_t i = 0; i < cols; ++i) o[2 * i] = to_bf16(row[i]);
   }
 }
-bool convert_transposed_pairs(const float* a, int64_t lda, int64_t t0, int64_t t1, int64_t cols,
-                              uint16_t* out, int64_t ldo);
+bool convert_pairs_vector(const float* y, int64_t lda, int64_t t0, int64_t t1, int64_t cols,
+                          uint16_t* out, int64_t ldo);
 }  // namespace
 
-void bf16_convert_transposed(const float* a, int64_t lda, int64_t r0, int64_t r1, int64_t cols,
-                             uint16_t* out, int64_t ldo) {
+void bf16_convert_pairs(const float* y, int64_t lda, int64_t r0, int64_t r1, int64_t cols,
+                        uint16_t* out, int64_t ldo) {
   // Whole pairs of rows (t even) go as 32-bit words; a row without its partner, alone.
   const int64_t t0 = (r0 + 1) / 2 * 2, t1 = std::max(t0, r1 / 2 * 2);
-  if (ldo % 2 || t0 >= t1 || !convert_transposed_pairs(a, lda, t0, t1, cols, out, ldo)) {
-    convert_transposed_scalar(a, lda, r0, r1, cols, out, ldo);
+  if (ldo % 2 || t0 >= t1 || !convert_pairs_vector(y, lda, t0, t1, cols, out, ldo)) {
+    convert_pairs_scalar(y, lda, r0, r1, cols, out, ldo);
     return;
   }
-  convert_transposed_scalar(a, lda, r0, t0, cols, out, ldo);
-  convert_transposed_scalar(a, lda, t1, r1, cols, out, ldo);
+  convert_pairs_scalar(y, lda, r0, t0, cols, out, ldo);
+  convert_pairs_scalar(y, lda, t1, r1, cols, out, ldo);
 }
 
 #if defined(INFINI_BF16_KERNEL)
@@ -140,21 +141,24 @@ void convert_rows(const float* a, int64_t lda, bool trans_a, int64_t i0, int64_t
   }
 }
 
-// C[0 .. R, 0 .. nv] = alpha * sum_p A[r, pair p] . B[pair p, :] + beta * C.
-template <int R>
-void micro_kernel(int64_t kpairs, const uint16_t* a, int64_t kp, const uint16_t* bp, float* c,
+// C[0 .. R, 0 .. nv] = alpha * sum_p A[r, pair p] . B[pair p, :] + beta * C. A's pair p of
+// row r is the word r * stride + p (rows of pairs) or p * stride + r (Pairs: bf16_convert_pairs),
+// stride = lda / 2.
+template <int R, bool Pairs>
+void micro_kernel(int64_t kpairs, const uint16_t* a, int64_t lda, const uint16_t* bp, float* c,
                   int64_t ldc, float alpha, float beta, int64_t nv) {
   __m512 acc0[R], acc1[R];
 #pragma GCC unroll 12
   for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
   const uint32_t* a32 = reinterpret_cast<const uint32_t*>(a);
-  const int64_t astride = kp / 2;
+  const int64_t astride = lda / 2;
   for (int64_t p = 0; p < kpairs; ++p) {
     const __m512bh b0 = (__m512bh)_mm512_load_si512(bp + p * 2 * kNR);
     const __m512bh b1 = (__m512bh)_mm512_load_si512(bp + p * 2 * kNR + kNR);
+    const uint32_t* ap = Pairs ? a32 + p * astride : a32 + p;
 #pragma GCC unroll 12
     for (int r = 0; r < R; ++r) {
-      const __m512bh av = (__m512bh)_mm512_set1_epi32(int(a32[r * astride + p]));
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(int(Pairs ? ap[r] : ap[r * astride]));
       acc0[r] = _mm512_dpbf16_ps(acc0[r], av, b0);
       acc1[r] = _mm512_dpbf16_ps(acc1[r], av, b1);
     }
@@ -176,11 +180,12 @@ void micro_kernel(int64_t kpairs, const uint16_t* a, int64_t kp, const uint16_t*
 
 using Kernel = void (*)(int64_t, const uint16_t*, int64_t, const uint16_t*, float*, int64_t, float,
                         float, int64_t);
-template <int... R>
+template <bool Pairs, int... R>
 constexpr auto kernel_table(std::integer_sequence<int, R...>) {
-  return std::array<Kernel, sizeof...(R)>{&micro_kernel<R + 1>...};
+  return std::array<Kernel, sizeof...(R)>{&micro_kernel<R + 1, Pairs>...};
 }
-constexpr auto kKernels = kernel_table(std::make_integer_sequence<int, kMR>{});
+constexpr auto kKernels = kernel_table<false>(std::make_integer_sequence<int, kMR>{});
+constexpr auto kPairKernels = kernel_table<true>(std::make_integer_sequence<int, kMR>{});
 
 // B not transposed: rows 2p and 2p + 1 of a 32-column panel, each converted to 32 bf16 and
 // interleaved element by element.
@@ -234,86 +239,49 @@ void pack_vector(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb
     pack_rows(k, n, b, ldb, d);
 }
 
-// z[r] lane c becomes z[c] lane r (32-bit lanes).
-inline void transpose_16x16_epi32(__m512i z[16]) {
-  __m512i t[16];
-  for (int r = 0; r < 16; r += 2) {  // pairs of rows: lanes interleaved by one
-    t[r] = _mm512_unpacklo_epi32(z[r], z[r + 1]);
-    t[r + 1] = _mm512_unpackhi_epi32(z[r], z[r + 1]);
-  }
-  for (int r = 0; r < 16; r += 4) {  // by two
-    z[r] = _mm512_unpacklo_epi64(t[r], t[r + 2]);
-    z[r + 1] = _mm512_unpackhi_epi64(t[r], t[r + 2]);
-    z[r + 2] = _mm512_unpacklo_epi64(t[r + 1], t[r + 3]);
-    z[r + 3] = _mm512_unpackhi_epi64(t[r + 1], t[r + 3]);
-  }
-  // Now z[4q + j] lane (4b + x) holds row 4q + x, column 4b + j: 128-bit blocks move next.
-  for (int j = 0; j < 4; ++j) {
-    const __m512i a0 = z[j], a1 = z[4 + j], a2 = z[8 + j], a3 = z[12 + j];
-    const __m512i b0 = _mm512_shuffle_i32x4(a0, a1, 0x88), b1 = _mm512_shuffle_i32x4(a0, a1, 0xDD);
-    const __m512i b2 = _mm512_shuffle_i32x4(a2, a3, 0x88), b3 = _mm512_shuffle_i32x4(a2, a3, 0xDD);
-    t[j] = _mm512_shuffle_i32x4(b0, b2, 0x88);       // column block 0
-    t[8 + j] = _mm512_shuffle_i32x4(b0, b2, 0xDD);   // column block 2
-    t[4 + j] = _mm512_shuffle_i32x4(b1, b3, 0x88);   // column block 1
-    t[12 + j] = _mm512_shuffle_i32x4(b1, b3, 0xDD);  // column block 3
-  }
-  for (int r = 0; r < 16; ++r) z[r] = t[r];
-}
-
-// Rows t0 .. t1 (t0, t1 even) as pairs: 16 columns of rows t and t + 1 become 16 words, each
-// written to its column's row of the output.
-bool convert_transposed_pairs(const float* a, int64_t lda, int64_t t0, int64_t t1, int64_t cols,
-                              uint16_t* out, int64_t ldo) {
+// Rows t0 .. t1 (t0, t1 even) as pairs: 16 columns of rows t and t + 1 become 16 words,
+// stored contiguously in the output row of pair t / 2.
+bool convert_pairs_vector(const float* y, int64_t lda, int64_t t0, int64_t t1, int64_t cols,
+                          uint16_t* out, int64_t ldo) {
   if (!bf16_native_available()) return false;
   const __m512i zip = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                        23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-  const __m512i stride =
-      _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                         _mm512_set1_epi32(int(ldo / 2)));
   uint32_t* o32 = reinterpret_cast<uint32_t*>(out);
-  const int64_t w = ldo / 2;  // output row stride in words
-  // Whole tiles of 16 pairs x 16 columns: the 16 word vectors (one per pair, a word per
-  // column) are transposed in registers and stored as 16 contiguous runs of 16 words, one per
-  // column; cheaper than scattering every word. The rest below goes word by word.
-  const int64_t tiles_end = t0 + (t1 - t0) / 32 * 32, cols16 = cols / 16 * 16;
-  for (int64_t tb = t0; tb < tiles_end; tb += 32)
-    for (int64_t i = 0; i < cols16; i += 16) {
-      __m512i z[16];
-      for (int p = 0; p < 16; ++p) {
-        const float* x0 = a + (tb + 2 * p) * lda + i;
-        z[p] = _mm512_permutexvar_epi16(
-            zip, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x0 + lda), _mm512_loadu_ps(x0)));
-      }
-      transpose_16x16_epi32(z);
-      for (int c = 0; c < 16; ++c) _mm512_storeu_si512(o32 + (i + c) * w + tb / 2, z[c]);
-    }
   for (int64_t t = t0; t < t1; t += 2) {
-    const bool tiled = t < tiles_end;
-    if (tiled && cols16 == cols) continue;
-    const float* x0 = a + t * lda;
+    const float* x0 = y + t * lda;
     const float* x1 = x0 + lda;
-    for (int64_t i = tiled ? cols16 : 0; i < cols; i += 16) {
-      const __mmask16 m = first_lanes(cols - i);
+    uint32_t* o = o32 + (t / 2) * (ldo / 2);
+    int64_t i = 0;
+    for (; i + 16 <= cols; i += 16) {
       // Low half: the 16 values of row t; high half: those of row t + 1; then interleaved.
+      const __m512i both =
+          (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x1 + i), _mm512_loadu_ps(x0 + i));
+      _mm512_storeu_si512(o + i, _mm512_permutexvar_epi16(zip, both));
+    }
+    if (i < cols) {
+      const __mmask16 m = first_lanes(cols - i);
       const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m, x1 + i),
                                                         _mm512_maskz_loadu_ps(m, x0 + i));
-      const __m512i words = _mm512_permutexvar_epi16(zip, both);
-      _mm512_mask_i32scatter_epi32(o32 + i * (ldo / 2) + t / 2, m, stride, words, 4);
+      _mm512_mask_storeu_epi32(o + i, m, _mm512_permutexvar_epi16(zip, both));
     }
   }
   return true;
 }
 
-// The product over A already in bf16 (rows of kp values, pairs adjacent).
+// The product over A already in bf16: rows of lda values, pairs adjacent, or (pairs) the
+// layout of bf16_convert_pairs.
 void gemm_converted_rows(int64_t m, int64_t n, int64_t use_pairs, float alpha, const uint16_t* a,
-                         int64_t kp, const PackedBf16& b, float beta, float* c, int64_t ldc) {
+                         int64_t lda, const PackedBf16& b, float beta, float* c, int64_t ldc,
+                         bool pairs = false) {
   const int64_t kpairs = (b.k + 1) / 2;
+  const auto& kernels = pairs ? kPairKernels : kKernels;
   for (int64_t i0 = 0; i0 < m; i0 += kMR) {
     const int64_t rows = std::min<int64_t>(kMR, m - i0);
+    const uint16_t* ai = a + (pairs ? 2 * i0 : i0 * lda);
     for (int64_t j0 = 0; j0 < n; j0 += kNR) {
       const uint16_t* bp = b.data.get() + (j0 / kNR) * kpairs * 2 * kNR;
-      kKernels[size_t(rows - 1)](use_pairs, a + i0 * kp, kp, bp, c + i0 * ldc + j0, ldc, alpha,
-                                 beta, std::min<int64_t>(kNR, n - j0));
+      kernels[size_t(rows - 1)](use_pairs, ai, lda, bp, c + i0 * ldc + j0, ldc, alpha, beta,
+                                std::min<int64_t>(kNR, n - j0));
     }
   }
 }
@@ -343,6 +311,28 @@ void bf16_gemm_packed(bool trans_a, int64_t m, int64_t n, int64_t k, float alpha
   }
 }
 
+void bf16_gemm_packed_shared_a(int64_t m, int64_t k, const float* a, int64_t lda,
+                               const Bf16Output* outs, int count) {
+  if (!bf16_native_available())
+    throw Error("bf16_gemm_packed_shared_a: no AVX512-BF16 on this CPU");
+  for (int o = 0; o < count; ++o)
+    if (k > outs[o].b->k || outs[o].n > outs[o].b->n)
+      throw Error("bf16_gemm_packed_shared_a: product " + std::to_string(o) +
+                  " is larger than its packing");
+  if (m <= 0) return;
+  const int64_t use_pairs = (k + 1) / 2, kp = 2 * use_pairs;
+  thread_local std::vector<uint16_t> abuf;
+  abuf.resize(size_t(kMR * kp));
+  for (int64_t i0 = 0; i0 < m; i0 += kMR) {
+    const int64_t rows = std::min<int64_t>(kMR, m - i0);
+    convert_rows(a, lda, false, i0, rows, k, kp, abuf.data());
+    for (int o = 0; o < count; ++o)
+      if (outs[o].n > 0)
+        gemm_converted_rows(rows, outs[o].n, use_pairs, 1.0f, abuf.data(), kp, *outs[o].b,
+                            outs[o].beta, outs[o].c + i0 * outs[o].ldc, outs[o].ldc);
+  }
+}
+
 void bf16_gemm_converted(int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a,
                          int64_t lda, const PackedBf16& b, float beta, float* c, int64_t ldc) {
   if (!bf16_native_available()) throw Error("bf16_gemm_converted: no AVX512-BF16 on this CPU");
@@ -353,14 +343,26 @@ void bf16_gemm_converted(int64_t m, int64_t n, int64_t k, float alpha, const uin
   gemm_converted_rows(m, n, (k + 1) / 2, alpha, a, lda, b, beta, c, ldc);
 }
 
+void bf16_gemm_converted_pairs(int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a,
+                               int64_t lda, const PackedBf16& b, float beta, float* c,
+                               int64_t ldc) {
+  if (!bf16_native_available())
+    throw Error("bf16_gemm_converted_pairs: no AVX512-BF16 on this CPU");
+  if (k > b.k || n > b.n)
+    throw Error("bf16_gemm_converted_pairs: the product is larger than the packing");
+  if (lda % 2 || lda < 2 * m)
+    throw Error("bf16_gemm_converted_pairs: lda must be even and at least 2 m");
+  if (m <= 0 || n <= 0) return;
+  gemm_converted_rows(m, n, (k + 1) / 2, alpha, a, lda, b, beta, c, ldc, /*pairs=*/true);
+}
+
 #else  // no AVX512-BF16 in this build
 
 namespace {
 void pack_vector(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, uint16_t* d) {
   pack_scalar(trans_b, k, n, b, ldb, d);
 }
-bool convert_transposed_pairs(const float*, int64_t, int64_t, int64_t, int64_t, uint16_t*,
-                              int64_t) {
+bool convert_pairs_vector(const float*, int64_t, int64_t, int64_t, int64_t, uint16_t*, int64_t) {
   return false;
 }
 }  // namespace
@@ -370,6 +372,15 @@ bool bf16_native_available() { return false; }
 void bf16_gemm_converted(int64_t, int64_t, int64_t, float, const uint16_t*, int64_t,
                          const PackedBf16&, float, float*, int64_t) {
   throw Error("bf16_gemm_converted: this build has no AVX512-BF16 kernel");
+}
+
+void bf16_gemm_converted_pairs(int64_t, int64_t, int64_t, float, const uint16_t*, int64_t,
+                               const PackedBf16&, float, float*, int64_t) {
+  throw Error("bf16_gemm_converted_pairs: this build has no AVX512-BF16 kernel");
+}
+
+void bf16_gemm_packed_shared_a(int64_t, int64_t, const float*, int64_t, const Bf16Output*, int) {
+  throw Error("bf16_gemm_packed_shared_a: this build has no AVX512-BF16 kernel");
 }
 
 void bf16_gemm_packed(bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
@@ -394,6 +405,18 @@ void bf16_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, floa
   }
   thread_local PackedBf16 packed;
   bf16_pack(trans_b, k, n, b, ldb, packed);
+  if (trans_a) {
+    // A = a^T as pairs of a's rows (bf16_convert_pairs): no transposition, where
+    // bf16_gemm_packed would gather A value by value.
+    thread_local std::vector<uint16_t> at;
+    const int64_t kpairs = (k + 1) / 2;
+    at.resize(size_t(kpairs * 2 * m));
+    bf16_convert_pairs(a, lda, 0, k, m, at.data(), 2 * m);
+    if (k % 2)  // the pad row
+      for (int64_t i = 0; i < m; ++i) at[size_t((kpairs - 1) * 2 * m + 2 * i + 1)] = 0;
+    bf16_gemm_converted_pairs(m, n, k, alpha, at.data(), 2 * m, packed, beta, c, ldc);
+    return;
+  }
   bf16_gemm_packed(trans_a, m, n, k, alpha, a, lda, packed, beta, c, ldc);
 }
 

@@ -53,21 +53,43 @@ void bf16_pack(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, 
 void bf16_pack_scalar(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb,
                       PackedBf16& out);
 
-// Rows r0 .. r1 of a [*, cols] written transposed in bf16: out[i * ldo + t] = bf16(a[t][i]).
-// Threads that own disjoint row ranges fill one transposed matrix together; it is the A of
-// bf16_gemm_converted for dW = dY^T X (the same dY serves every column block of dW).
-void bf16_convert_transposed(const float* a, int64_t lda, int64_t r0, int64_t r1, int64_t cols,
-                             uint16_t* out, int64_t ldo);
+// A transposed operand A = Y^T without a transposition: rows r0 .. r1 of Y [*, cols] (fp32,
+// row stride lda) in bf16, rows 2p and 2p + 1 interleaved value by value, so that each 32-bit
+// word is the pair (Y[2p][i], Y[2p + 1][i]) that the kernel broadcasts for row i of A:
+// out[(t / 2) * ldo + 2 i + t % 2] = bf16(Y[t][i]), ldo (in uint16) even and at least 2 cols.
+// Threads that own disjoint row ranges fill one such matrix together (two threads may write
+// the two halves of one word). It is the A of bf16_gemm_converted_pairs, e.g. dY^T for the
+// weight gradient dW = dY^T X (one conversion serves every column block of dW).
+void bf16_convert_pairs(const float* y, int64_t lda, int64_t r0, int64_t r1, int64_t cols,
+                        uint16_t* out, int64_t ldo);
 
 // C = alpha * bf16(op(A)) * B[0 .. k, 0 .. n] + beta * C (beta == 0 never reads C). Native only:
 // throws infini::Error when bf16_native_available() is false.
 void bf16_gemm_packed(bool trans_a, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                       int64_t lda, const PackedBf16& b, float beta, float* c, int64_t ldc);
 
+// One A [m, k] (fp32, rounded once) times several packed B: C_i = A B_i[0 .. k, 0 .. n_i] +
+// beta_i C_i. The products of one input (q, k and v of a layer; gate and up) share the
+// rounding of A, which bf16_gemm_packed would redo for each. Native only.
+struct Bf16Output {
+  const PackedBf16* b;
+  int64_t n;
+  float beta;
+  float* c;
+  int64_t ldc;
+};
+void bf16_gemm_packed_shared_a(int64_t m, int64_t k, const float* a, int64_t lda,
+                               const Bf16Output* outs, int count);
+
 // C = alpha * A B[0 .. k, 0 .. n] + beta * C with A [m, k] already bf16 (row i at a + i * lda;
 // lda even, the pad past an odd k zero). Native only, as bf16_gemm_packed.
 void bf16_gemm_converted(int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a,
                          int64_t lda, const PackedBf16& b, float beta, float* c, int64_t ldc);
+
+// The same with A [m, k] given by bf16_convert_pairs (A = Y^T, k = Y's rows, m its columns):
+// pair p of row i at word p * (lda / 2) + i. The pad past an odd k zero.
+void bf16_gemm_converted_pairs(int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a,
+                               int64_t lda, const PackedBf16& b, float beta, float* c, int64_t ldc);
 
 // The same product without packing in advance: native when available, else emulated.
 void bf16_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
