@@ -121,8 +121,10 @@ TEST(Bf16, PackedPrefixOfKAndNEqualsAProductOfThatSize) {
 }
 
 TEST(Bf16, VectorPackingEqualsTheScalarOneInBothOrientations) {
-  // Odd k (a pad row), n not a multiple of 32, a leading dimension wider than the matrix.
-  for (const auto& [k, n] : {std::pair<int64_t, int64_t>{1, 1}, {7, 33}, {64, 64}, {65, 100}}) {
+  // Odd k (a pad row), n not a multiple of 32, a leading dimension wider than the matrix; for
+  // the transposed B, whole 16 x 32 register tiles and their borders on both sides.
+  for (const auto& [k, n] : {std::pair<int64_t, int64_t>{1, 1}, {7, 33}, {64, 64}, {65, 100},
+                             {100, 48}}) {
     for (int tb = 0; tb < 2; ++tb) {
       const int64_t ldb = (tb ? k : n) + 5;
       const auto b = random_matrix((tb ? n : k) * ldb, uint64_t(100 + k + n + tb));

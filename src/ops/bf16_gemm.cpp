@@ -211,24 +211,64 @@ void pack_rows(int64_t k, int64_t n, const float* b, int64_t ldb, uint16_t* d) {
   }
 }
 
+// z[r] lane c becomes z[c] lane r (32-bit lanes).
+inline void transpose_16x16_epi32(__m512i z[16]) {
+  __m512i t[16];
+  for (int r = 0; r < 16; r += 2) {  // pairs of rows: lanes interleaved by one
+    t[r] = _mm512_unpacklo_epi32(z[r], z[r + 1]);
+    t[r + 1] = _mm512_unpackhi_epi32(z[r], z[r + 1]);
+  }
+  for (int r = 0; r < 16; r += 4) {  // by two
+    z[r] = _mm512_unpacklo_epi64(t[r], t[r + 2]);
+    z[r + 1] = _mm512_unpackhi_epi64(t[r], t[r + 2]);
+    z[r + 2] = _mm512_unpacklo_epi64(t[r + 1], t[r + 3]);
+    z[r + 3] = _mm512_unpackhi_epi64(t[r + 1], t[r + 3]);
+  }
+  // Now z[4q + j] lane (4b + x) holds row 4q + x, column 4b + j: 128-bit blocks move next.
+  for (int j = 0; j < 4; ++j) {
+    const __m512i a0 = z[j], a1 = z[4 + j], a2 = z[8 + j], a3 = z[12 + j];
+    const __m512i b0 = _mm512_shuffle_i32x4(a0, a1, 0x88), b1 = _mm512_shuffle_i32x4(a0, a1, 0xDD);
+    const __m512i b2 = _mm512_shuffle_i32x4(a2, a3, 0x88), b3 = _mm512_shuffle_i32x4(a2, a3, 0xDD);
+    t[j] = _mm512_shuffle_i32x4(b0, b2, 0x88);       // column block 0
+    t[8 + j] = _mm512_shuffle_i32x4(b0, b2, 0xDD);   // column block 2
+    t[4 + j] = _mm512_shuffle_i32x4(b1, b3, 0x88);   // column block 1
+    t[12 + j] = _mm512_shuffle_i32x4(b1, b3, 0xDD);  // column block 3
+  }
+  for (int r = 0; r < 16; ++r) z[r] = t[r];
+}
+
 // B transposed (a weight [n, k] packed as W^T): row j of the source, converted, is already the
-// sequence of 32-bit pairs column j needs; they are written 32 words apart.
+// sequence of 32-bit pairs column j needs. Tiles of 16 source rows by 16 pairs are transposed
+// in registers and stored as 16 contiguous runs of 16 words (one per pair); the borders go word
+// by word, 32 words apart.
 void pack_columns(int64_t k, int64_t n, const float* b, int64_t ldb, uint16_t* d) {
   const int64_t kpairs = (k + 1) / 2;
+  uint32_t* d32 = reinterpret_cast<uint32_t*>(d);
+  const int64_t n16 = n / 16 * 16, k32 = k / 32 * 32;  // whole tiles: 16 rows, 32 values each
+  for (int64_t j0 = 0; j0 < n16; j0 += 16) {
+    uint32_t* panel = d32 + (j0 / kNR) * kpairs * kNR + (j0 % kNR);
+    for (int64_t p0 = 0; p0 < k32; p0 += 32) {
+      __m512i z[16];
+      for (int r = 0; r < 16; ++r) {
+        const float* s = b + (j0 + r) * ldb + p0;
+        z[r] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + 16), _mm512_loadu_ps(s));
+      }
+      transpose_16x16_epi32(z);
+      for (int c = 0; c < 16; ++c) _mm512_storeu_si512(panel + (p0 / 2 + c) * kNR, z[c]);
+    }
+  }
+  // The rest: the pairs past k32 of the tiled rows, and the rows past n16.
   thread_local std::vector<uint16_t> row;
   row.assign(size_t(2 * kpairs + 32), 0);
-  uint32_t* d32 = reinterpret_cast<uint32_t*>(d);
   for (int64_t j = 0; j < n; ++j) {
+    const int64_t from = j < n16 ? k32 : 0;
+    if (from >= k) continue;
     const float* s = b + j * ldb;
-    int64_t p = 0;
-    for (; p + 32 <= k; p += 32)
-      _mm512_storeu_si512(row.data() + p, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + p + 16),
-                                                                       _mm512_loadu_ps(s + p)));
-    for (; p < k; ++p) row[size_t(p)] = to_bf16(s[p]);
+    for (int64_t p = from; p < k; ++p) row[size_t(p)] = to_bf16(s[p]);
     if (k % 2) row[size_t(k)] = 0;
     uint32_t* col = d32 + (j / kNR) * kpairs * kNR + (j % kNR);
     const uint32_t* w = reinterpret_cast<const uint32_t*>(row.data());
-    for (int64_t pp = 0; pp < kpairs; ++pp) col[pp * kNR] = w[pp];
+    for (int64_t pp = from / 2; pp < kpairs; ++pp) col[pp * kNR] = w[pp];
   }
 }
 
