@@ -10,6 +10,12 @@ build="${1:-build}"
 runs="${2:-runs/precision}"
 seed="${3:-1}"
 corpus=runs/corpus/austen
+for precision in fp32 bf16; do
+  if [ -e "$runs/$precision" ]; then
+    echo "train_precision.sh: $runs/$precision exists; give another RUN_DIR (or remove it)" >&2
+    exit 1
+  fi
+done
 mkdir -p "$runs"
 cp "$build/infini" "$runs/infini"  # rebuilding during the runs cannot change them
 export OMP_NUM_THREADS=1

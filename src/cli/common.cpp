@@ -86,14 +86,16 @@ CLI::Option* add_activation_memory_option(CLI::App* cmd, int64_t& mib) {
 CLI::Option* add_precision_option(CLI::App* cmd, std::string& precision, bool inference) {
   const std::string held =
       inference ? "the linear weights are held in bf16 only, half their float32 memory, "
-                  "where native; norms, softmax, the loss and the memory stay fp32"
+                  "where native; norms, softmax, the loss and the memory state stay fp32"
                 : "weights, gradients, optimizer state, norms, softmax, the loss and the memory "
-                  "stay fp32";
+                  "state stay fp32";
   return cmd
       ->add_option("--precision", precision,
-                   "fp32, or bf16: the products with weights and local attention's take bf16 "
-                   "inputs and sum in fp32 (SPEC §8); " + held + ". Native with AVX512-BF16, emulated elsewhere "
-                   "(infini --version says which)")
+                   "fp32, or bf16: the products with weights, local attention's and the "
+                   "memory's take bf16 inputs and sum in fp32 (SPEC §8); " +
+                       held +
+                       ". Native with AVX512-BF16, emulated elsewhere (infini --version says "
+                       "which)")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "bf16"}));
 }
