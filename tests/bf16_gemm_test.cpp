@@ -120,6 +120,29 @@ TEST(Bf16, PackedPrefixOfKAndNEqualsAProductOfThatSize) {
     }
 }
 
+TEST(Bf16, SharedAEqualsOneProductPerB) {
+  // q, k, v of a layer: one A (27 rows: two 12-row blocks and a tail) against three packed
+  // weights of different widths, one added to what C held (a bias), one overwritten.
+  if (!bf16_native_available()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  const int64_t m = 27, k = 45, lda = 50;
+  const auto a = random_matrix(m * lda, 41);
+  const int64_t widths[3] = {64, 33, 7};
+  PackedBf16 packs[3];
+  std::vector<float> got[3], want[3];
+  Bf16Output outs[3];
+  for (int o = 0; o < 3; ++o) {
+    const auto w = random_matrix(widths[o] * k, uint64_t(42 + o));
+    bf16_pack(true, k, widths[o], w.data(), k, packs[o]);
+    got[o] = want[o] = random_matrix(m * widths[o], uint64_t(50 + o));
+    const float beta = o == 1 ? 1.0f : 0.0f;
+    outs[o] = {&packs[o], widths[o], beta, got[o].data(), widths[o]};
+    bf16_gemm_packed(false, m, widths[o], k, 1.0f, a.data(), lda, packs[o], beta, want[o].data(),
+                     widths[o]);
+  }
+  bf16_gemm_packed_shared_a(m, k, a.data(), lda, outs, 3);
+  for (int o = 0; o < 3; ++o) EXPECT_EQ(got[o], want[o]) << "output " << o;
+}
+
 TEST(Bf16, VectorPackingEqualsTheScalarOneInBothOrientations) {
   // Odd k (a pad row), n not a multiple of 32, a leading dimension wider than the matrix; for
   // the transposed B, whole 16 x 32 register tiles and their borders on both sides.

@@ -334,21 +334,33 @@ bool bf16_native_available() {
   return ok;
 }
 
-void bf16_gemm_packed(bool trans_a, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-                      int64_t lda, const PackedBf16& b, float beta, float* c, int64_t ldc) {
-  if (!bf16_native_available()) throw Error("bf16_gemm_packed: no AVX512-BF16 on this CPU");
-  if (k > b.k || n > b.n) throw Error("bf16_gemm_packed: the product is larger than the packing");
-  if (m <= 0 || n <= 0) return;
-  // Only the first k rows of B take part: the pairs past k/2 are skipped, and a pair cut by
-  // an odd k meets the zero A pads.
+namespace {
+// C_o = alpha * bf16(op(A)) B_o + beta_o C_o for each output: A rounded 12 rows at a time into a
+// buffer that every B_o then reads. Only the first k rows of each B take part: the pairs past
+// k/2 are skipped, and a pair cut by an odd k meets the zero A pads.
+void gemm_rounding_a(bool trans_a, int64_t m, int64_t k, float alpha, const float* a, int64_t lda,
+                     const Bf16Output* outs, int count) {
   const int64_t use_pairs = (k + 1) / 2, kp = 2 * use_pairs;
   thread_local std::vector<uint16_t> abuf;
   abuf.resize(size_t(kMR * kp));
   for (int64_t i0 = 0; i0 < m; i0 += kMR) {
     const int64_t rows = std::min<int64_t>(kMR, m - i0);
     convert_rows(a, lda, trans_a, i0, rows, k, kp, abuf.data());
-    gemm_converted_rows(rows, n, use_pairs, alpha, abuf.data(), kp, b, beta, c + i0 * ldc, ldc);
+    for (int o = 0; o < count; ++o)
+      if (outs[o].n > 0)
+        gemm_converted_rows(rows, outs[o].n, use_pairs, alpha, abuf.data(), kp, *outs[o].b,
+                            outs[o].beta, outs[o].c + i0 * outs[o].ldc, outs[o].ldc);
   }
+}
+}  // namespace
+
+void bf16_gemm_packed(bool trans_a, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                      int64_t lda, const PackedBf16& b, float beta, float* c, int64_t ldc) {
+  if (!bf16_native_available()) throw Error("bf16_gemm_packed: no AVX512-BF16 on this CPU");
+  if (k > b.k || n > b.n) throw Error("bf16_gemm_packed: the product is larger than the packing");
+  if (m <= 0 || n <= 0) return;
+  const Bf16Output out{&b, n, beta, c, ldc};
+  gemm_rounding_a(trans_a, m, k, alpha, a, lda, &out, 1);
 }
 
 void bf16_gemm_packed_shared_a(int64_t m, int64_t k, const float* a, int64_t lda,
@@ -360,17 +372,7 @@ void bf16_gemm_packed_shared_a(int64_t m, int64_t k, const float* a, int64_t lda
       throw Error("bf16_gemm_packed_shared_a: product " + std::to_string(o) +
                   " is larger than its packing");
   if (m <= 0) return;
-  const int64_t use_pairs = (k + 1) / 2, kp = 2 * use_pairs;
-  thread_local std::vector<uint16_t> abuf;
-  abuf.resize(size_t(kMR * kp));
-  for (int64_t i0 = 0; i0 < m; i0 += kMR) {
-    const int64_t rows = std::min<int64_t>(kMR, m - i0);
-    convert_rows(a, lda, false, i0, rows, k, kp, abuf.data());
-    for (int o = 0; o < count; ++o)
-      if (outs[o].n > 0)
-        gemm_converted_rows(rows, outs[o].n, use_pairs, 1.0f, abuf.data(), kp, *outs[o].b,
-                            outs[o].beta, outs[o].c + i0 * outs[o].ldc, outs[o].ldc);
-  }
+  gemm_rounding_a(false, m, k, 1.0f, a, lda, outs, count);
 }
 
 void bf16_gemm_converted(int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a,
