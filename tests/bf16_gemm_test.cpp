@@ -146,8 +146,8 @@ TEST(Bf16, SharedAEqualsOneProductPerB) {
 TEST(Bf16, VectorPackingEqualsTheScalarOneInBothOrientations) {
   // Odd k (a pad row), n not a multiple of 32, a leading dimension wider than the matrix; for
   // the transposed B, whole 16 x 32 register tiles and their borders on both sides.
-  for (const auto& [k, n] : {std::pair<int64_t, int64_t>{1, 1}, {7, 33}, {64, 64}, {65, 100},
-                             {100, 48}}) {
+  for (const auto& [k, n] :
+       {std::pair<int64_t, int64_t>{1, 1}, {7, 33}, {64, 64}, {65, 100}, {100, 48}}) {
     for (int tb = 0; tb < 2; ++tb) {
       const int64_t ldb = (tb ? k : n) + 5;
       const auto b = random_matrix((tb ? n : k) * ldb, uint64_t(100 + k + n + tb));
@@ -171,7 +171,8 @@ TEST(Bf16, PairConvertedAEqualsTheProductThatConvertsOnTheFly) {
   const auto dy = random_matrix(r * out, 21), x = random_matrix(r * w, 22);
   const int64_t pairs = (r + 1) / 2;
   std::vector<uint16_t> dyt(size_t(pairs * ldo), 0xFFFF);
-  for (int64_t i = 0; i < out; ++i) dyt[size_t((pairs - 1) * ldo + 2 * i + 1)] = 0;
+  bf16_zero_pair_pad(dyt.data(), ldo, r, out);
+  for (int64_t i = 0; i < out; ++i) ASSERT_EQ(dyt[size_t((pairs - 1) * ldo + 2 * i + 1)], 0);
   bf16_convert_pairs(dy.data(), out, 0, 17, out, dyt.data(), ldo);
   bf16_convert_pairs(dy.data(), out, 17, r, out, dyt.data(), ldo);
   for (int64_t t = 0; t < r; ++t)

@@ -901,8 +901,7 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
   auto to_bf16_t = [&](const T* dy, int64_t cols, uint16_t* dst, int64_t r0, int64_t r1) {
     if constexpr (std::is_same_v<T, float>) {
       ops::bf16_convert_pairs(dy, cols, r0, r1, cols, dst, 2 * cols);
-      if (r1 == r && rp != r)  // the pad row pairs with the last one: zero, so it adds nothing
-        for (int64_t i = 0; i < cols; ++i) dst[size_t((rp / 2 - 1) * 2 * cols + 2 * i + 1)] = 0;
+      if (r1 == r) ops::bf16_zero_pair_pad(dst, 2 * cols, r, cols);  // by the last row's owner
     }
   };
 

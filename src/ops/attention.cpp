@@ -253,9 +253,8 @@ void key_block_grads_bf16(float* dk, float* dv, const float* dout, const float* 
   ot.resize(size_t(pairs * ldt));
   bf16_convert_pairs(q, ldq, 0, n, d, qt.data(), ldt);
   bf16_convert_pairs(dout, ldq, 0, n, d, ot.data(), ldt);
-  if (n % 2)  // the pad row of the last pair
-    for (int64_t e = 0; e < d; ++e)
-      qt[size_t((pairs - 1) * ldt + 2 * e + 1)] = ot[size_t((pairs - 1) * ldt + 2 * e + 1)] = 0;
+  bf16_zero_pair_pad(qt.data(), ldt, n, d);
+  bf16_zero_pair_pad(ot.data(), ldt, n, d);
   block.resize(size_t(d * kKeyBlock));
   PackedBf16& b = *head_buffer_bf16(2);
   for (int64_t j0 = 0; j0 < n; j0 += kKeyBlock) {

@@ -109,6 +109,12 @@ void bf16_convert_pairs(const float* y, int64_t lda, int64_t r0, int64_t r1, int
   convert_pairs_scalar(y, lda, t1, r1, cols, out, ldo);
 }
 
+void bf16_zero_pair_pad(uint16_t* out, int64_t ldo, int64_t rows, int64_t cols) {
+  if (rows % 2 == 0) return;
+  uint16_t* pad = out + (rows / 2) * ldo + 1;
+  for (int64_t i = 0; i < cols; ++i) pad[2 * i] = 0;
+}
+
 #if defined(INFINI_BF16_KERNEL)
 
 namespace {
@@ -454,8 +460,7 @@ void bf16_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, floa
     const int64_t kpairs = (k + 1) / 2;
     at.resize(size_t(kpairs * 2 * m));
     bf16_convert_pairs(a, lda, 0, k, m, at.data(), 2 * m);
-    if (k % 2)  // the pad row
-      for (int64_t i = 0; i < m; ++i) at[size_t((kpairs - 1) * 2 * m + 2 * i + 1)] = 0;
+    bf16_zero_pair_pad(at.data(), 2 * m, k, m);
     bf16_gemm_converted_pairs(m, n, k, alpha, at.data(), 2 * m, packed, beta, c, ldc);
     return;
   }

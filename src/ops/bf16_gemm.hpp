@@ -62,6 +62,9 @@ void bf16_pack_scalar(bool trans_b, int64_t k, int64_t n, const float* b, int64_
 // weight gradient dW = dY^T X (one conversion serves every column block of dW).
 void bf16_convert_pairs(const float* y, int64_t lda, int64_t r0, int64_t r1, int64_t cols,
                         uint16_t* out, int64_t ldo);
+// For an odd number of rows, zeroes the missing partner of the last row in that layout, so
+// that the pad adds nothing to a product (nothing to do for an even number).
+void bf16_zero_pair_pad(uint16_t* out, int64_t ldo, int64_t rows, int64_t cols);
 
 // C = alpha * bf16(op(A)) * B[0 .. k, 0 .. n] + beta * C (beta == 0 never reads C). Native only:
 // throws infini::Error when bf16_native_available() is false.
