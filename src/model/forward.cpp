@@ -653,7 +653,9 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
 #pragma omp barrier
       T* M = mem ? state.M_layer(l) : nullptr;
       T* z = mem ? state.z_layer(l) : nullptr;
-#pragma omp for schedule(static)
+      // Head tasks cost the same, but the threads need not run at the same speed (a shared
+      // machine's vCPUs): dynamic lets the faster one take more of them.
+#pragma omp for schedule(dynamic, 1)
       for (int64_t task = 0; task < B * H; ++task) {
         const int64_t b = task / H, h = task % H, g = h / G;
         const int64_t off = b * n * qw + h * d, kvo = b * cap * kw + g * d;
@@ -679,7 +681,7 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
                                    bf16_products(ctx));
       }
       if (mem && fold && !fused_update) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < B * Hkv; ++task) {
           const int64_t b = task / Hkv, g = task % Hkv, kvo = b * cap * kw + g * d;
           ops::memory_update_group(M + task * d * d, z + task * d, kb + kvo, vb + kvo, ctxlen, d,
@@ -862,8 +864,14 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
 
   ChunkWorkspace<T>& W = acts.work;
   for (auto* v : {&W.dh, &W.df, &W.dxm, &W.dm, &W.da}) resize(*v, r * D);
-  for (auto* v : {&W.dmixed, &W.dmem, &W.dlocal, &W.dq}) resize(*v, r * qw);
-  for (auto* v : {&W.dk, &W.dv}) resize(*v, r * kw);
+  for (auto* v : {&W.dmixed, &W.dmem, &W.dlocal}) resize(*v, r * qw);
+  // dq, dk, dv: two layers' worth, by the layer's parity. Layer l's heads write theirs while
+  // the weight-gradient tasks of layer l + 1 still read that layer's (one loop, below).
+  resize(W.dq, 2 * r * qw);
+  for (auto* v : {&W.dk, &W.dv}) resize(*v, 2 * r * kw);
+  auto dq_of = [&](int64_t l) { return W.dq.data() + (l % 2) * r * qw; };
+  auto dk_of = [&](int64_t l) { return W.dk.data() + (l % 2) * r * kw; };
+  auto dv_of = [&](int64_t l) { return W.dv.data() + (l % 2) * r * kw; };
   for (auto* v : {&W.dhmid, &W.dgate, &W.dup}) resize(*v, r * F);
   resize(W.dbeta, L * B * H);
   if (c.is_moe()) {
@@ -941,9 +949,9 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
                     {{W.dxm.data(), g(o.wo), nullptr, D, t_dxm}}, bf16);
     add_norm_grad(mlp, W.dm.data(), A.x_mid.data(), A.rstd_post.data(), g(o.post_norm), D);
     add_linear_grad(after_mlp[size_t(l)], A.a.data(), D,
-                    {{W.dq.data(), g(o.wq), g(o.bq), qw, t_dq},
-                     {W.dk.data(), g(o.wk), g(o.bk), kw, t_dk},
-                     {W.dv.data(), g(o.wv), g(o.bv), kw, t_dv}},
+                    {{dq_of(l), g(o.wq), g(o.bq), qw, t_dq},
+                     {dk_of(l), g(o.wk), g(o.bk), kw, t_dk},
+                     {dv_of(l), g(o.wv), g(o.bv), kw, t_dv}},
                     bf16);
     // RMSNorm of layer l's input: needs da of every row, so it runs one phase later.
     auto& late = l > 0 ? with_heads[size_t(l - 1)] : after_mlp[size_t(0)];
@@ -1011,29 +1019,29 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
           to_bf16_t(W.dxm.data(), D, t_dxm, r0, r1);
         }
       }
-      // The q, k, v gradients of layer l + 1 (or the head's) were converted by rows.
-      if (convert) {
+      // One loop for the rest of the layer: its attention and memory per (sequence, kv head),
+      // its MLP weight gradients, and the q, k, v weight gradients of layer l + 1 (or the
+      // head's), whose dY every thread has converted by rows before this barrier.
 #pragma omp barrier
-      }
       {
-        const auto& tasks = after_mlp[size_t(l + 1)];
-#pragma omp for schedule(dynamic, 1)
-        for (size_t i = 0; i < tasks.size(); ++i) run_grad_task(tasks[i], r, tokens);
-      }
-      // Attention and memory per (sequence, kv head), together with this layer's MLP weight
-      // gradients.
-      {
-        const auto& tasks = with_heads[size_t(l)];
-        const int64_t heads = B * Hkv, total = heads + int64_t(tasks.size());
+        const auto& mlp_tasks = with_heads[size_t(l)];
+        const auto& qkv_tasks = after_mlp[size_t(l + 1)];
+        const int64_t heads = B * Hkv, first_qkv = heads + int64_t(mlp_tasks.size());
+        const int64_t total = first_qkv + int64_t(qkv_tasks.size());
+        T* const dq_l = dq_of(l);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < total; ++task) {
+          if (task >= first_qkv) {
+            run_grad_task(qkv_tasks[size_t(task - first_qkv)], r, tokens);
+            continue;
+          }
           if (task >= heads) {
-            run_grad_task(tasks[size_t(task - heads)], r, tokens);
+            run_grad_task(mlp_tasks[size_t(task - heads)], r, tokens);
             continue;
           }
           const int64_t b = task / Hkv, gk = task % Hkv, kvo = b * n * kw + gk * d;
-          T* dkg = W.dk.data() + kvo;
-          T* dvg = W.dv.data() + kvo;
+          T* dkg = dk_of(l) + kvo;
+          T* dvg = dv_of(l) + kvo;
           for (int64_t i = 0; i < n; ++i) {
             std::fill_n(dkg + i * kw, d, T(0));
             std::fill_n(dvg + i * kw, d, T(0));
@@ -1063,12 +1071,11 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
               W.dbeta[size_t((l * B + b) * H + h)] = T(acc) * s * (T(1) - s);
               dlocal = W.dlocal.data() + off;
             }
-            ops::attention_head_backward(W.dq.data() + off, dkg, dvg, dlocal,
-                                         A.probs.data() + bh * n * n, A.q_rot.data() + off,
-                                         A.k_rot.data() + kvo, A.v.data() + kvo, n, d, qw, kw,
-                                         scratch, bf16_products(ctx));
+            ops::attention_head_backward(
+                dq_l + off, dkg, dvg, dlocal, A.probs.data() + bh * n * n, A.q_rot.data() + off,
+                A.k_rot.data() + kvo, A.v.data() + kvo, n, d, qw, kw, scratch, bf16_products(ctx));
             // RoPE's backward is the rotation by the opposite angle.
-            ops::rope_apply_head(W.dq.data() + off, n, qw, pos + b * n, ctx.rope, true);
+            ops::rope_apply_head(dq_l + off, n, qw, pos + b * n, ctx.rope, true);
           }
           ops::rope_apply_head(dkg, n, kw, pos + b * n, ctx.rope, true);
           if (mem) {
@@ -1083,7 +1090,7 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
                                               bf16_products(ctx));
             for (int64_t h = gk * G; h < (gk + 1) * G; ++h) {
               const int64_t off = b * n * qw + h * d;
-              ops::memory_retrieve_head_backward(W.dq.data() + off, dMg, dzg, W.dmem.data() + off,
+              ops::memory_retrieve_head_backward(dq_l + off, dMg, dzg, W.dmem.data() + off,
                                                  A.mem.data() + off, A.sq.data() + off,
                                                  A.den.data() + (b * H + h) * n, A.q.data() + off,
                                                  Mg, zg, n, d, qw, scratch, bf16_products(ctx));
@@ -1095,13 +1102,13 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
       // this layer's input.
       if (rows > 0) {
         T* da = W.da.data() + r0 * D;
-        project_back(m, ctx, packed, o.wq, da, W.dq.data() + r0 * qw, rows, D, qw, false);
-        project_back(m, ctx, packed, o.wk, da, W.dk.data() + r0 * kw, rows, D, kw, true);
-        project_back(m, ctx, packed, o.wv, da, W.dv.data() + r0 * kw, rows, D, kw, true);
+        project_back(m, ctx, packed, o.wq, da, dq_of(l) + r0 * qw, rows, D, qw, false);
+        project_back(m, ctx, packed, o.wk, da, dk_of(l) + r0 * kw, rows, D, kw, true);
+        project_back(m, ctx, packed, o.wv, da, dv_of(l) + r0 * kw, rows, D, kw, true);
         if (convert) {
-          to_bf16_t(W.dq.data(), qw, t_dq, r0, r1);
-          to_bf16_t(W.dk.data(), kw, t_dk, r0, r1);
-          to_bf16_t(W.dv.data(), kw, t_dv, r0, r1);
+          to_bf16_t(dq_of(l), qw, t_dq, r0, r1);
+          to_bf16_t(dk_of(l), kw, t_dk, r0, r1);
+          to_bf16_t(dv_of(l), kw, t_dv, r0, r1);
         }
         T* dh = W.dh.data() + r0 * D;
         std::copy_n(W.dxm.data() + r0 * D, rows * D, dh);

@@ -3,23 +3,28 @@
 #include <vector>
 
 #include "ops/fastmath.hpp"
+#include "ops/parallel.hpp"
 
 namespace infini::ops {
 
 template <class T>
 void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] * fast_sigmoid(gate[i]) * up[i];
+  parallel_blocks(n, n > 65536, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) out[i] = gate[i] * fast_sigmoid(gate[i]) * up[i];
+  });
 }
 
 template <class T>
 void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int64_t n) {
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) {
-    const T g = gate[i], s = fast_sigmoid(g);
-    dup[i] = dout[i] * g * s;
-    dgate[i] = dout[i] * up[i] * s * (T(1) + g * (T(1) - s));
-  }
+  parallel_blocks(n, n > 65536, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) {
+      const T g = gate[i], s = fast_sigmoid(g);
+      dup[i] = dout[i] * g * s;
+      dgate[i] = dout[i] * up[i] * s * (T(1) + g * (T(1) - s));
+    }
+  });
 }
 
 template <class T>

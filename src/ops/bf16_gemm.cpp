@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -18,6 +19,12 @@
 #endif
 
 namespace infini::ops {
+
+namespace {
+std::atomic<bool> emulation_forced{false};
+}  // namespace
+
+void bf16_force_emulation(bool on) { emulation_forced.store(on, std::memory_order_relaxed); }
 
 uint16_t to_bf16(float x) {
   uint32_t u;
@@ -337,7 +344,7 @@ void gemm_converted_rows(int64_t m, int64_t n, int64_t use_pairs, float alpha, c
 bool bf16_native_available() {
   static const bool ok =
       __builtin_cpu_supports("avx512bf16") != 0 && __builtin_cpu_supports("avx512bw") != 0;
-  return ok;
+  return ok && !emulation_forced.load(std::memory_order_relaxed);
 }
 
 namespace {

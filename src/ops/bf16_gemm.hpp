@@ -42,8 +42,13 @@ struct PackedBf16 {
   size_t bytes() const { return capacity * sizeof(uint16_t); }
 };
 
-// True when this build carries the AVX512-BF16 kernel and this CPU has the instruction.
+// True when this build carries the AVX512-BF16 kernel and this CPU has the instruction (and
+// the emulation is not forced).
 bool bf16_native_available();
+// From now on (true) every bf16 product takes the emulated path, as on a CPU without
+// AVX512-BF16, so that one machine tests both; false restores detection. Switch before packing:
+// bf16 packings made natively stay in the native layout.
+void bf16_force_emulation(bool on);
 // "native-avx512bf16" or "emulated (no AVX512-BF16 on this CPU or build)".
 std::string bf16_backend_name();
 

@@ -3,54 +3,53 @@
 #include <cmath>
 #include <vector>
 
-#include <omp.h>
+#include "ops/parallel.hpp"
 
 namespace infini::ops {
 
 template <class T>
 void rmsnorm_forward(T* y, T* rstd, const T* x, const T* w, int64_t rows, int64_t dim,
                      double eps) {
-#pragma omp parallel for schedule(static) if (rows * dim > 32768)
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * dim;
-    double ss = 0;  // accumulate in double: dim can be thousands
+  parallel_blocks(rows, rows * dim > 32768, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * dim;
+      double ss = 0;  // accumulate in double: dim can be thousands
 #pragma omp simd reduction(+ : ss)
-    for (int64_t i = 0; i < dim; ++i) ss += double(xr[i]) * double(xr[i]);
-    T inv = T(1.0 / std::sqrt(ss / double(dim) + eps));
-    rstd[r] = inv;
-    T* yr = y + r * dim;
+      for (int64_t i = 0; i < dim; ++i) ss += double(xr[i]) * double(xr[i]);
+      T inv = T(1.0 / std::sqrt(ss / double(dim) + eps));
+      rstd[r] = inv;
+      T* yr = y + r * dim;
 #pragma omp simd
-    for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * inv * w[i];
-  }
+      for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * inv * w[i];
+    }
+  });
 }
 
 template <class T>
 void rmsnorm_backward(T* dx, T* dw, const T* dy, const T* x, const T* rstd, const T* w,
                       int64_t rows, int64_t dim, bool accumulate) {
   // dx_i = r * g_i - r^3 * x_i * (sum_j g_j x_j) / dim, with g = dy * w.
-#pragma omp parallel for schedule(static) if (rows * dim > 32768)
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * dim;
-    const T* dyr = dy + r * dim;
-    T* dxr = dx + r * dim;
-    const T inv = rstd[r];
-    double dot = 0;
+  parallel_blocks(rows, rows * dim > 32768, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * dim;
+      const T* dyr = dy + r * dim;
+      T* dxr = dx + r * dim;
+      const T inv = rstd[r];
+      double dot = 0;
 #pragma omp simd reduction(+ : dot)
-    for (int64_t i = 0; i < dim; ++i) dot += double(dyr[i]) * double(w[i]) * double(xr[i]);
-    const T coef = T(dot / double(dim)) * inv * inv * inv;
+      for (int64_t i = 0; i < dim; ++i) dot += double(dyr[i]) * double(w[i]) * double(xr[i]);
+      const T coef = T(dot / double(dim)) * inv * inv * inv;
 #pragma omp simd
-    for (int64_t i = 0; i < dim; ++i) {
-      T v = inv * dyr[i] * w[i] - coef * xr[i];
-      dxr[i] = accumulate ? dxr[i] + v : v;
+      for (int64_t i = 0; i < dim; ++i) {
+        T v = inv * dyr[i] * w[i] - coef * xr[i];
+        dxr[i] = accumulate ? dxr[i] + v : v;
+      }
     }
-  }
+  });
   if (dw) {
     // Column sums, row by row (contiguous) into double accumulators; each thread owns a block
     // of columns, so there is no race.
-#pragma omp parallel if (rows * dim > 32768)
-    {
-      const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t c0 = dim * t / nt, c1 = dim * (t + 1) / nt;
+    parallel_blocks(dim, rows * dim > 32768, [&](int64_t c0, int64_t c1) {
       std::vector<double> acc(size_t(c1 - c0), 0.0);
       for (int64_t r = 0; r < rows; ++r) {
         const T* dyr = dy + r * dim + c0;
@@ -60,7 +59,7 @@ void rmsnorm_backward(T* dx, T* dw, const T* dy, const T* x, const T* rstd, cons
         for (int64_t i = 0; i < c1 - c0; ++i) acc[size_t(i)] += double(dyr[i] * xr[i] * rs);
       }
       for (int64_t i = c0; i < c1; ++i) dw[i] += T(acc[size_t(i - c0)]);
-    }
+    });
   }
 }
 

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "ops/parallel.hpp"
+
 namespace infini::ops {
 
 template <class T>
@@ -23,19 +25,20 @@ void rope_apply(T* x, int64_t rows, int64_t heads, const int32_t* positions,
                 const RopeTable<T>& table, bool inverse) {
   const int64_t d = table.head_dim, half = d / 2;
   const T sign = inverse ? T(-1) : T(1);
-#pragma omp parallel for schedule(static) if (rows * heads * d > 32768)
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* c = table.cos.data() + int64_t(positions[r]) * half;
-    const T* s = table.sin.data() + int64_t(positions[r]) * half;
-    for (int64_t h = 0; h < heads; ++h) {
-      T* v = x + (r * heads + h) * d;
-      for (int64_t i = 0; i < half; ++i) {
-        const T a = v[i], b = v[i + half], sn = sign * s[i];
-        v[i] = a * c[i] - b * sn;
-        v[i + half] = b * c[i] + a * sn;
+  parallel_blocks(rows, rows * heads * d > 32768, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* c = table.cos.data() + int64_t(positions[r]) * half;
+      const T* s = table.sin.data() + int64_t(positions[r]) * half;
+      for (int64_t h = 0; h < heads; ++h) {
+        T* v = x + (r * heads + h) * d;
+        for (int64_t i = 0; i < half; ++i) {
+          const T a = v[i], b = v[i + half], sn = sign * s[i];
+          v[i] = a * c[i] - b * sn;
+          v[i + half] = b * c[i] + a * sn;
+        }
       }
     }
-  }
+  });
 }
 
 template <class T>
