@@ -2,11 +2,12 @@
 // outside checks and bench/compare.py read, and counts model FLOPs by the documented formula.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
 
 #include "util/cli.hpp"
 
@@ -132,4 +133,32 @@ TEST(BenchCommand, BothGemmBackendsRunTheSameStep) {
   // and the FMA ceiling beside it; --no-sgemm measures neither.
   EXPECT_GT(jn.at("fma_peak_gflops").get<double>(), 0);
   EXPECT_EQ(jf.at("fma_peak_gflops").get<double>(), 0);
+}
+
+TEST(BenchCommand, InterleavesPrecisionsInOneProcess) {
+  // --interleave-precisions: fp32 and bf16 steps of each kind alternately, both speeds and the
+  // median of the per-pair ratios; --precision makes no sense with it and is refused.
+  const std::string cfg = std::string(INFINI_SOURCE_DIR) + "/configs/tiny.json";
+  const std::string args =
+      "bench --config " + cfg + " --seq-len 16 --steps 3 --warmup 0 --threads 1 --json";
+  const CliResult r = run_infini(args + " --interleave-precisions");
+  ASSERT_EQ(r.code, 0) << r.out << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_TRUE(j.at("interleaved").get<bool>());
+  for (const std::string kind : {"train", "eval", "prefill"}) {
+    const double fp32 = j.at(kind + "_fp32_tokens_per_s").get<double>();
+    const double bf16 = j.at(kind + "_bf16_tokens_per_s").get<double>();
+    EXPECT_GT(fp32, 0) << kind;
+    EXPECT_GT(bf16, 0) << kind;
+    std::vector<double> pairs = j.at(kind + "_bf16_over_fp32_per_pair").get<std::vector<double>>();
+    ASSERT_EQ(pairs.size(), 3u) << kind;
+    std::sort(pairs.begin(), pairs.end());
+    EXPECT_EQ(j.at(kind + "_bf16_over_fp32").get<double>(), pairs[1]) << kind;
+  }
+  for (const char* key : {"final_loss_fp32", "final_loss_bf16"})
+    EXPECT_TRUE(std::isfinite(j.at(key).get<double>())) << key;
+
+  const CliResult both = run_infini(args + " --interleave-precisions --precision bf16");
+  EXPECT_NE(both.code, 0);
+  EXPECT_NE(both.err.find("--interleave-precisions"), std::string::npos) << both.err;
 }

@@ -154,6 +154,129 @@ void measure_bf16_gemm(int m, int n, int k, int pad, int reps, int threads, Sgem
   });
 }
 
+// The three timed steps of one precision on a model: a training step (forward, full BPTT,
+// AdamW), a loss-only pass, and a prefill.
+class StepRunner {
+ public:
+  StepRunner(model::Model<float>& m, const std::vector<int32_t>& ids, int64_t B, int64_t T,
+             model::Precision precision, int64_t activation_bytes)
+      : m_(m),
+        ids_(ids),
+        B_(B),
+        T_(T),
+        ctx_(m.config),
+        grads_(size_t(m.layout.total)),
+        // Same hyper-parameters as torch.optim.AdamW's defaults in reference/bench_torch.py.
+        opt_(m.layout.total, train::model_param_groups(m.layout, 1e-3, 1e-3, 0.01),
+             {0.9, 0.999, 1e-8}) {
+    ctx_.precision = precision;
+    train_opts_.keep_activations_bytes = activation_bytes;
+    // Prefill packs the weights once beforehand, as infer::Session does.
+    model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes, prefill_packed_, precision);
+  }
+  void train() {
+    std::fill(grads_.begin(), grads_.end(), 0.0f);
+    last_loss_ =
+        model::sequence_loss<float>(m_, ctx_, ids_.data(), B_, T_, grads_.data(), train_opts_, ws_)
+            .mean();
+    opt_.step(m_.weights.data(), grads_.data(), 1.0);
+  }
+  void eval() { model::sequence_loss<float>(m_, ctx_, ids_.data(), B_, T_, nullptr, {}, ws_); }
+  // The prompt goes through every segment, carrying the memory; only the logits of the last
+  // segment are computed (what generation needs to pick its first token).
+  void prefill() {
+    const model::ModelConfig& cfg = m_.config;
+    model::MemoryState<float> state = model::MemoryState<float>::zeros(cfg, B_);
+    const int64_t N = cfg.segment_length;
+    for (int64_t s = 0; s * N < T_; ++s) {
+      const int64_t n = std::min(N, T_ - s * N);
+      seg_.resize(size_t(B_ * n));
+      for (int64_t b = 0; b < B_; ++b)
+        std::copy_n(ids_.data() + b * T_ + s * N, n, seg_.data() + b * n);
+      model::forward_chunk<float>(m_, ctx_, seg_.data(), B_, n, state, pacts_, nullptr,
+                                  (s + 1) * N >= T_, &prefill_packed_);
+    }
+  }
+  double last_loss() const { return last_loss_; }
+  int64_t kept_segments() const { return ws_.kept_segments; }
+
+ private:
+  model::Model<float>& m_;
+  const std::vector<int32_t>& ids_;
+  int64_t B_, T_;
+  model::ForwardContext<float> ctx_;
+  model::SequenceWorkspace<float> ws_;
+  std::vector<float> grads_;
+  train::AdamW opt_;
+  model::SequenceOptions train_opts_;
+  model::SegmentActs<float> pacts_;
+  model::PackedWeights prefill_packed_;
+  std::vector<int32_t> seg_;
+  double last_loss_ = 0;
+};
+
+using Step = void (StepRunner::*)();
+struct StepKind {
+  const char* name;
+  Step step;
+};
+constexpr StepKind kStepKinds[] = {
+    {"train", &StepRunner::train}, {"eval", &StepRunner::eval}, {"prefill", &StepRunner::prefill}};
+
+// --interleave-precisions: fp32 and bf16 steps of each kind alternately in this one process, so
+// that load on a shared machine that comes and goes over seconds falls on both alike; each pair
+// of neighbouring steps gives a ratio, and their median and range are reported.
+void run_interleaved(model::Model<float>& m, const std::vector<int32_t>& ids, int64_t B, int64_t T,
+                     int64_t activation_bytes, int64_t warmup, int64_t steps, bool json) {
+  StepRunner fp32(m, ids, B, T, model::Precision::FP32, activation_bytes);
+  StepRunner bf16(m, ids, B, T, model::Precision::BF16, activation_bytes);
+  const double tokens = double(B * T);
+  nlohmann::json j = {{"impl", "infini"},
+                      {"threads", omp_threads()},
+                      {"seq_len", T},
+                      {"batch", B},
+                      {"steps", steps},
+                      {"interleaved", true},
+                      {"bf16_backend", ops::bf16_backend_name()},
+                      {"cpu", cpu_model()}};
+  if (!json)
+    std::printf(
+        "infini bench, fp32 and bf16 interleaved (%d threads of %s, bf16 %s): B=%lld "
+        "T=%lld, medians of %lld pairs\n",
+        omp_threads(), cpu_model().c_str(), ops::bf16_backend_name().c_str(), (long long)B,
+        (long long)T, (long long)steps);
+  for (const StepKind& kind : kStepKinds) {
+    std::vector<double> s32, s16, ratio;
+    for (int64_t i = 0; i < warmup + steps; ++i) {
+      Stopwatch a;
+      (fp32.*kind.step)();
+      const double t32 = a.seconds();
+      Stopwatch b;
+      (bf16.*kind.step)();
+      const double t16 = b.seconds();
+      if (i < warmup) continue;
+      s32.push_back(t32);
+      s16.push_back(t16);
+      ratio.push_back(t32 / t16);
+    }
+    const double r32 = tokens / median(s32), r16 = tokens / median(s16), r = median(ratio);
+    const auto [lo, hi] = std::minmax_element(ratio.begin(), ratio.end());
+    j[std::string(kind.name) + "_fp32_tokens_per_s"] = r32;
+    j[std::string(kind.name) + "_bf16_tokens_per_s"] = r16;
+    j[std::string(kind.name) + "_bf16_over_fp32"] = r;
+    j[std::string(kind.name) + "_bf16_over_fp32_per_pair"] = ratio;
+    if (!json)
+      std::printf(
+          "  %-7s fp32 %9.1f tokens/s  bf16 %9.1f tokens/s  bf16/fp32 %.3f (pairs "
+          "%.3f .. %.3f)\n",
+          kind.name, r32, r16, r, *lo, *hi);
+  }
+  j["final_loss_fp32"] = fp32.last_loss();
+  j["final_loss_bf16"] = bf16.last_loss();
+  j["peak_rss_mb"] = peak_rss_mb();
+  if (json) std::printf("%s\n", j.dump().c_str());
+}
+
 }  // namespace
 
 void register_bench(CLI::App& app) {
@@ -163,7 +286,7 @@ void register_bench(CLI::App& app) {
     int64_t activation_mb = default_activation_memory_mb();
     int threads = 0;
     uint64_t seed = 0;
-    bool json = false, no_sgemm = false;
+    bool json = false, no_sgemm = false, interleave = false;
     std::string gemm = ops::gemm_backend() == ops::GemmBackend::Native ? "native" : "openblas";
   };
   auto o = std::make_shared<Opts>();
@@ -191,7 +314,12 @@ void register_bench(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "Seed of the random weights and tokens")
       ->capture_default_str();
   add_activation_memory_option(cmd, o->activation_mb);
-  add_precision_option(cmd, o->precision);
+  CLI::Option* precision = add_precision_option(cmd, o->precision);
+  cmd->add_flag("--interleave-precisions", o->interleave,
+                "Time fp32 and bf16 steps alternately in this one process and report both, with "
+                "the median and range of the bf16/fp32 ratios of neighbouring steps, which saw "
+                "the same load on the machine (no SGEMM or MFU figures)")
+      ->excludes(precision);
   cmd->add_option("--gemm", o->gemm,
                   "Matrix multiplies of the model: native (infini's AVX-512 kernel, the default "
                   "where the CPU has AVX-512) or openblas")
@@ -224,48 +352,13 @@ void register_bench(CLI::App& app) {
     const uint64_t span = uint64_t(std::min<int64_t>(cfg.vocab_size, 256));
     for (auto& x : ids) x = int32_t(g() % span);
 
+    if (o->interleave) {
+      run_interleaved(m, ids, B, T, o->activation_mb << 20, o->warmup, o->steps, o->json);
+      return;
+    }
     const model::Precision precision = model::parse_precision(o->precision, "--precision");
     const bool bf16 = precision == model::Precision::BF16;
-    model::ForwardContext<float> ctx(cfg);
-    ctx.precision = precision;
-    model::SequenceWorkspace<float> ws;
-    std::vector<float> grads(size_t(m.layout.total));
-    // Same hyper-parameters as torch.optim.AdamW's defaults in reference/bench_torch.py.
-    train::AdamW opt(m.layout.total, train::model_param_groups(m.layout, 1e-3, 1e-3, 0.01),
-                     {0.9, 0.999, 1e-8});
-
-    double last_loss = 0;
-    model::SequenceOptions train_opts;
-    train_opts.keep_activations_bytes = o->activation_mb << 20;
-    auto train_step = [&] {
-      std::fill(grads.begin(), grads.end(), 0.0f);
-      last_loss =
-          model::sequence_loss<float>(m, ctx, ids.data(), B, T, grads.data(), train_opts, ws)
-              .mean();
-      opt.step(m.weights.data(), grads.data(), 1.0);
-    };
-    auto eval_step = [&] {
-      model::sequence_loss<float>(m, ctx, ids.data(), B, T, nullptr, {}, ws);
-    };
-    // Prefill: the prompt goes through every segment, carrying the memory; only the logits
-    // of the last segment are computed (what generation needs to pick its first token). The
-    // weights are packed once beforehand, as infer::Session does.
-    model::SegmentActs<float> pacts;
-    model::PackedWeights prefill_packed;
-    model::pack_weights(m, false, model::kDefaultMaxPackedWeightBytes, prefill_packed, precision);
-    std::vector<int32_t> seg;
-    auto prefill_step = [&] {
-      model::MemoryState<float> state = model::MemoryState<float>::zeros(cfg, B);
-      const int64_t N = cfg.segment_length;
-      for (int64_t s = 0; s * N < T; ++s) {
-        const int64_t n = std::min(N, T - s * N);
-        seg.resize(size_t(B * n));
-        for (int64_t b = 0; b < B; ++b)
-          std::copy_n(ids.data() + b * T + s * N, n, seg.data() + b * n);
-        model::forward_chunk<float>(m, ctx, seg.data(), B, n, state, pacts, nullptr,
-                                    (s + 1) * N >= T, &prefill_packed);
-      }
-    };
+    StepRunner run(m, ids, B, T, precision, o->activation_mb << 20);
     // Median wall seconds and median CPU seconds (all threads) of one step. Steps of 5 s or
     // more are reported on stderr as they finish, so a long run shows that it is moving.
     auto timed = [&](const char* kind, auto&& step) {
@@ -315,9 +408,9 @@ void register_bench(CLI::App& app) {
       }
     };
     reference();
-    const auto [t_train, c_train] = timed("train", train_step);
-    const auto [t_eval, c_eval] = timed("eval", eval_step);
-    const auto [t_prefill, c_prefill] = timed("prefill", prefill_step);
+    const auto [t_train, c_train] = timed("train", [&] { run.train(); });
+    const auto [t_eval, c_eval] = timed("eval", [&] { run.eval(); });
+    const auto [t_prefill, c_prefill] = timed("prefill", [&] { run.prefill(); });
     reference();
     const double sgemm_openblas = std::max(sq.wall, tall.wall);
     const double sgemm_native = std::max(native_sq.wall, native_tall.wall);
@@ -339,56 +432,56 @@ void register_bench(CLI::App& app) {
     };
 
     const std::string cpu = cpu_model();  // read from /proc/cpuinfo once, for both reports
-    nlohmann::json j = {{"impl", "infini"},
-                        {"threads", threads},
-                        {"seq_len", T},
-                        {"batch", B},
-                        {"steps", o->steps},
-                        {"segment_length", cfg.segment_length},
-                        {"activation_memory_mb", o->activation_mb},
-                        {"kept_segments", ws.kept_segments},
-                        {"train_tokens_per_s", double(tokens) / t_train},
-                        {"eval_tokens_per_s", double(tokens) / t_eval},
-                        {"prefill_tokens_per_s", double(tokens) / t_prefill},
-                        {"train_step_s", t_train},
-                        {"eval_step_s", t_eval},
-                        {"prefill_step_s", t_prefill},
-                        {"train_cpu_s_per_step", c_train},
-                        {"eval_cpu_s_per_step", c_eval},
-                        {"prefill_cpu_s_per_step", c_prefill},
-                        // CPU time over wall time x threads: well below 1 on a busy machine.
-                        {"train_cpu_share", c_train / (t_train * threads)},
-                        {"model_gflop_per_train_step", 3 * f.forward / 1e9},
-                        {"model_gflop_per_eval_step", f.forward / 1e9},
-                        {"train_gflops", train_gflops},
-                        {"eval_gflops", eval_gflops},
-                        {"prefill_gflops", prefill_gflops},
-                        {"sgemm_gflops", sgemm},
-                        {"sgemm_openblas_gflops", sgemm_openblas},
-                        {"sgemm_native_gflops", sgemm_native},
-                        {"sgemm_1024_gflops", std::max(sq.wall, native_sq.wall)},
-                        {"sgemm_4096x1024x1024_gflops", std::max(tall.wall, native_tall.wall)},
-                        {"sgemm_gflops_per_cpu_s", sgemm_cpu},
-                        {"fma_peak_gflops", fma_peak},
-                        {"precision", o->precision},
-                        {"bf16_backend", ops::bf16_backend_name()},
-                        {"bf16_gemm_gflops", bf16_gemm},
-                        {"bf16_peak_gflops", bf16_peak},
-                        {"mfu_reference_gflops", matmul_rate},
-                        {"train_bf16_peak_fraction", bf16_peak > 0 ? train_gflops / bf16_peak : 0.0},
-                        {"train_cpu_efficiency", cpu_util(3 * f.forward / 1e9, c_train)},
-                        {"eval_cpu_efficiency", cpu_util(f.forward / 1e9, c_eval)},
-                        {"train_mfu", util(train_gflops)},
-                        {"eval_mfu", util(eval_gflops)},
-                        {"prefill_mfu", util(prefill_gflops)},
-                        {"final_loss", last_loss},
-                        {"cpu", cpu},
-                        {"blas_core", ops::blas_core_name()},
-                        {"gemm", ops::gemm_backend_name()},
-                        {"omp_wait_policy", std::getenv("OMP_WAIT_POLICY")
-                                                ? std::getenv("OMP_WAIT_POLICY")
-                                                : "default"},
-                        {"peak_rss_mb", peak_rss_mb()}};
+    nlohmann::json j = {
+        {"impl", "infini"},
+        {"threads", threads},
+        {"seq_len", T},
+        {"batch", B},
+        {"steps", o->steps},
+        {"segment_length", cfg.segment_length},
+        {"activation_memory_mb", o->activation_mb},
+        {"kept_segments", run.kept_segments()},
+        {"train_tokens_per_s", double(tokens) / t_train},
+        {"eval_tokens_per_s", double(tokens) / t_eval},
+        {"prefill_tokens_per_s", double(tokens) / t_prefill},
+        {"train_step_s", t_train},
+        {"eval_step_s", t_eval},
+        {"prefill_step_s", t_prefill},
+        {"train_cpu_s_per_step", c_train},
+        {"eval_cpu_s_per_step", c_eval},
+        {"prefill_cpu_s_per_step", c_prefill},
+        // CPU time over wall time x threads: well below 1 on a busy machine.
+        {"train_cpu_share", c_train / (t_train * threads)},
+        {"model_gflop_per_train_step", 3 * f.forward / 1e9},
+        {"model_gflop_per_eval_step", f.forward / 1e9},
+        {"train_gflops", train_gflops},
+        {"eval_gflops", eval_gflops},
+        {"prefill_gflops", prefill_gflops},
+        {"sgemm_gflops", sgemm},
+        {"sgemm_openblas_gflops", sgemm_openblas},
+        {"sgemm_native_gflops", sgemm_native},
+        {"sgemm_1024_gflops", std::max(sq.wall, native_sq.wall)},
+        {"sgemm_4096x1024x1024_gflops", std::max(tall.wall, native_tall.wall)},
+        {"sgemm_gflops_per_cpu_s", sgemm_cpu},
+        {"fma_peak_gflops", fma_peak},
+        {"precision", o->precision},
+        {"bf16_backend", ops::bf16_backend_name()},
+        {"bf16_gemm_gflops", bf16_gemm},
+        {"bf16_peak_gflops", bf16_peak},
+        {"mfu_reference_gflops", matmul_rate},
+        {"train_bf16_peak_fraction", bf16_peak > 0 ? train_gflops / bf16_peak : 0.0},
+        {"train_cpu_efficiency", cpu_util(3 * f.forward / 1e9, c_train)},
+        {"eval_cpu_efficiency", cpu_util(f.forward / 1e9, c_eval)},
+        {"train_mfu", util(train_gflops)},
+        {"eval_mfu", util(eval_gflops)},
+        {"prefill_mfu", util(prefill_gflops)},
+        {"final_loss", run.last_loss()},
+        {"cpu", cpu},
+        {"blas_core", ops::blas_core_name()},
+        {"gemm", ops::gemm_backend_name()},
+        {"omp_wait_policy",
+         std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "default"},
+        {"peak_rss_mb", peak_rss_mb()}};
     if (o->json) {
       std::printf("%s\n", j.dump().c_str());
       return;
@@ -405,10 +498,11 @@ void register_bench(CLI::App& app) {
       if (matmul_rate > 0) std::snprintf(text, sizeof text, "%5.1f%%", 100 * util(gflops));
       return std::string(text);
     };
-    std::printf("  train   %9.1f tokens/s  %7.1f GFLOP/s  MFU %s  (%.3f s/step, %.3f CPU s, "
-                "loss %.4f)\n",
-                double(tokens) / t_train, train_gflops, mfu(train_gflops).c_str(), t_train,
-                c_train, last_loss);
+    std::printf(
+        "  train   %9.1f tokens/s  %7.1f GFLOP/s  MFU %s  (%.3f s/step, %.3f CPU s, "
+        "loss %.4f)\n",
+        double(tokens) / t_train, train_gflops, mfu(train_gflops).c_str(), t_train, c_train,
+        run.last_loss());
     std::printf("  eval    %9.1f tokens/s  %7.1f GFLOP/s  MFU %s\n", double(tokens) / t_eval,
                 eval_gflops, mfu(eval_gflops).c_str());
     std::printf("  prefill %9.1f tokens/s  %7.1f GFLOP/s  MFU %s\n", double(tokens) / t_prefill,
