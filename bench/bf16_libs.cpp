@@ -100,7 +100,7 @@ const Problem& problem(int64_t m, int64_t n, int64_t k) {
   p->ref.assign(size_t(m * n), 0.0f);
   ops::PackedBf16 wt;
   ops::bf16_pack(true, k, n, p->w.data(), k, wt);
-  ops::bf16_gemm_packed(false, m, n, k, 1.0f, p->a.data(), k, wt, 0.0f, p->ref.data(), n);
+  ops::bf16_gemm_packed(m, n, k, 1.0f, p->a.data(), k, wt, 0.0f, p->ref.data(), n);
   // infini against float64 at 256 sampled entries.
   float scale = 0;
   for (float x : p->ref) scale = std::max(scale, std::fabs(x));
@@ -145,10 +145,10 @@ void BM_Infini_f32A(benchmark::State& state) {
   ops::PackedBf16 wt;
   ops::bf16_pack(true, p.k, p.n, p.w.data(), p.k, wt);
   std::vector<float> c(size_t(p.m * p.n), NAN);
-  ops::bf16_gemm_packed(false, p.m, p.n, p.k, 1.0f, p.a.data(), p.k, wt, 0.0f, c.data(), p.n);
+  ops::bf16_gemm_packed(p.m, p.n, p.k, 1.0f, p.a.data(), p.k, wt, 0.0f, c.data(), p.n);
   verify("Infini_f32A", p, c.data());
   for (auto _ : state) {
-    ops::bf16_gemm_packed(false, p.m, p.n, p.k, 1.0f, p.a.data(), p.k, wt, 0.0f, c.data(), p.n);
+    ops::bf16_gemm_packed(p.m, p.n, p.k, 1.0f, p.a.data(), p.k, wt, 0.0f, c.data(), p.n);
     benchmark::DoNotOptimize(c.data());
   }
   bench::set_flops(state, 2.0 * p.m * p.n * p.k);

@@ -65,7 +65,7 @@ void BM_LinearForwardPackedBf16(benchmark::State& state) {
   ops::PackedBf16 wt;
   ops::bf16_pack(true, in, out, w.data(), in, wt);
   for (auto _ : state) {
-    ops::bf16_gemm_packed(false, r, out, in, 1.0f, x.data(), in, wt, 0.0f, y.data(), out);
+    ops::bf16_gemm_packed(r, out, in, 1.0f, x.data(), in, wt, 0.0f, y.data(), out);
     benchmark::DoNotOptimize(y.data());
   }
   bench::set_flops(state, 2.0 * r * in * out);

@@ -114,7 +114,7 @@ TEST(Bf16, PackedPrefixOfKAndNEqualsAProductOfThatSize) {
   for (const int64_t kk : {int64_t(1), int64_t(20), int64_t(33), k})
     for (const int64_t nn : {int64_t(1), int64_t(31), int64_t(33), n}) {
       std::vector<float> got(size_t(m * nn)), want(size_t(m * nn));
-      bf16_gemm_packed(false, m, nn, kk, 1.0f, a.data(), k, packed, 0.0f, got.data(), nn);
+      bf16_gemm_packed(m, nn, kk, 1.0f, a.data(), k, packed, 0.0f, got.data(), nn);
       bf16_gemm(false, false, m, nn, kk, 1.0f, a.data(), k, b.data(), n, 0.0f, want.data(), nn);
       EXPECT_EQ(got, want) << "k=" << kk << " n=" << nn;
     }
@@ -136,7 +136,7 @@ TEST(Bf16, SharedAEqualsOneProductPerB) {
     got[o] = want[o] = random_matrix(m * widths[o], uint64_t(50 + o));
     const float beta = o == 1 ? 1.0f : 0.0f;
     outs[o] = {&packs[o], widths[o], beta, got[o].data(), widths[o]};
-    bf16_gemm_packed(false, m, widths[o], k, 1.0f, a.data(), lda, packs[o], beta, want[o].data(),
+    bf16_gemm_packed(m, widths[o], k, 1.0f, a.data(), lda, packs[o], beta, want[o].data(),
                      widths[o]);
   }
   bf16_gemm_packed_shared_a(m, k, a.data(), lda, outs, 3);
@@ -182,7 +182,11 @@ TEST(Bf16, PairConvertedAEqualsTheProductThatConvertsOnTheFly) {
   bf16_pack(false, r, w, x.data(), w, xp);
   std::vector<float> got(size_t(out * w), 1.0f), want(got);
   bf16_gemm_converted_pairs(out, w, r, 1.0f, dyt.data(), ldo, xp, 1.0f, got.data(), w);
-  bf16_gemm_packed(true, out, w, r, 1.0f, dy.data(), out, xp, 1.0f, want.data(), w);
+  // The oracle: the row-layout product of dY^T transposed in memory, same rounding, same sums.
+  std::vector<float> dyt_rows(size_t(out * r));
+  for (int64_t t = 0; t < r; ++t)
+    for (int64_t i = 0; i < out; ++i) dyt_rows[size_t(i * r + t)] = dy[size_t(t * out + i)];
+  bf16_gemm_packed(out, w, r, 1.0f, dyt_rows.data(), r, xp, 1.0f, want.data(), w);
   EXPECT_EQ(got, want);
   // bf16_gemm's transposed A goes the same way: the same bits, for odd and even k.
   for (const int64_t k : {r, r - 1}) {
@@ -190,7 +194,7 @@ TEST(Bf16, PairConvertedAEqualsTheProductThatConvertsOnTheFly) {
     bf16_gemm(true, false, out, w, k, 1.0f, dy.data(), out, x.data(), w, 1.0f, via.data(), w);
     PackedBf16 xk;
     bf16_pack(false, k, w, x.data(), w, xk);
-    bf16_gemm_packed(true, out, w, k, 1.0f, dy.data(), out, xk, 1.0f, direct.data(), w);
+    bf16_gemm_packed(out, w, k, 1.0f, dyt_rows.data(), r, xk, 1.0f, direct.data(), w);
     EXPECT_EQ(via, direct) << "k=" << k;
   }
 }

@@ -26,6 +26,21 @@ double max_abs(const std::vector<double>& v) {
   return m;
 }
 
+// Against `want` (float64 of bf16-rounded inputs): the largest |got - want| over every result in
+// `gots`, and |other - want| (the fp32 path), both over max |want|.
+std::pair<double, double> worst_of(const std::vector<double>& want,
+                                   std::initializer_list<const std::vector<float>*> gots,
+                                   const std::vector<float>& other) {
+  double size = 0, worst = 0, moved = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    size = std::max(size, std::abs(want[i]));
+    for (const std::vector<float>* got : gots)
+      worst = std::max(worst, std::abs(double((*got)[i]) - want[i]));
+    moved = std::max(moved, std::abs(double(other[i]) - want[i]));
+  }
+  return {worst / size, moved / size};
+}
+
 }  // namespace
 
 TEST(FastMath, ExpWithinTwoUlpAndSaturates) {
@@ -219,14 +234,8 @@ TEST_P(FastAttention, Bf16BackwardMatchesFloat64OfRoundedInputs) {
        {std::tuple{"dq", &dq, &blocked.dq, &full.dq, &fp32.dq},
         std::tuple{"dk", &dk, &blocked.dk, &full.dk, &fp32.dk},
         std::tuple{"dv", &dv, &blocked.dv, &full.dv, &fp32.dv}}) {
-    double worst = 0, size = 0, moved = 0;
-    for (size_t i = 0; i < want->size(); ++i) {
-      size = std::max(size, std::abs((*want)[i]));
-      worst =
-          std::max({worst, std::abs((*got)[i] - (*want)[i]), std::abs((*plain)[i] - (*want)[i])});
-      moved = std::max(moved, std::abs(double((*f32)[i]) - (*want)[i]));
-    }
-    EXPECT_LT(worst, 2e-3 * size) << name;  // a fraction of a bf16 step: tie flips of dS only
+    const auto [worst, moved] = worst_of(*want, {got, plain}, *f32);
+    EXPECT_LT(worst, 2e-3) << name;  // a fraction of a bf16 step: tie flips of dS only
     EXPECT_GT(moved, 2 * worst) << name << ": without bf16 the results differ by more";
   }
 }
@@ -256,18 +265,6 @@ struct MemoryBf16Case {
 
 double rb(float x) { return double(ops::round_bf16(x)); }
 
-// max |got - want| over max |want|, and the same for `other`.
-std::pair<double, double> worst_of(const std::vector<double>& want, const std::vector<float>& got,
-                                   const std::vector<float>& other) {
-  double size = 0, worst = 0, moved = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    size = std::max(size, std::abs(want[i]));
-    worst = std::max(worst, std::abs(double(got[i]) - want[i]));
-    moved = std::max(moved, std::abs(double(other[i]) - want[i]));
-  }
-  return {worst / size, moved / size};
-}
-
 }  // namespace
 
 TEST(MemoryBf16, RetrievalAndUpdateMatchFloat64OfRoundedInputs) {
@@ -291,7 +288,7 @@ TEST(MemoryBf16, RetrievalAndUpdateMatchFloat64OfRoundedInputs) {
       got[size_t(t * d + j)] = out[size_t(t * ld + j)];
       got32[size_t(t * d + j)] = out32[size_t(t * ld + j)];
     }
-  auto [worst, moved] = worst_of(want, got, got32);
+  auto [worst, moved] = worst_of(want, {&got}, got32);
   EXPECT_LT(worst, 1e-5) << "retrieval";
   EXPECT_GT(moved, 10 * worst) << "retrieval: without bf16 the result differs by more";
 
@@ -326,7 +323,7 @@ TEST(MemoryBf16, RetrievalAndUpdateMatchFloat64OfRoundedInputs) {
         for (int64_t t = 0; t < n; ++t) acc += rb(sk[size_t(t * d + i)]) * u[size_t(t * d + j)];
         Mw[size_t(i * d + j)] = acc;
       }
-    auto [w, m] = worst_of(Mw, M, M32);
+    auto [w, m] = worst_of(Mw, {&M}, M32);
     EXPECT_LT(w, 2e-4) << "delta=" << delta;  // the odd tie flip of the residual's rounding
     EXPECT_GT(m, 10 * w) << "delta=" << delta << ": without bf16 the result differs by more";
     EXPECT_EQ(z, z32) << "z is a sum of sigma values, no product";
@@ -377,7 +374,7 @@ TEST(MemoryBf16, BackwardMatchesFloat64OfRoundedInputs) {
     }
     for (auto [name, want, got, f32] :
          {std::tuple{"dq", &wq, &gq, &gq32}, std::tuple{"dM", &wM, &dM, &dM32}}) {
-      auto [w, m] = worst_of(*want, *got, *f32);
+      auto [w, m] = worst_of(*want, {got}, *f32);
       EXPECT_LT(w, 2e-4) << name;
       EXPECT_GT(m, 10 * w) << name << ": without bf16 the result differs by more";
     }
@@ -436,7 +433,7 @@ TEST(MemoryBf16, BackwardMatchesFloat64OfRoundedInputs) {
          {std::tuple{"dk", &wk, &gk, &gk32}, std::tuple{"dv", &wv, &gv, &gv32},
           std::tuple{"dM", &wM, &dM, &dM32}}) {
       if (!delta && std::string(name) == "dM") continue;  // the linear rule passes dM through
-      auto [w, m] = worst_of(*want, *got, *f32);
+      auto [w, m] = worst_of(*want, {got}, *f32);
       EXPECT_LT(w, 2e-4) << name << " delta=" << delta;
       EXPECT_GT(m, 10 * w) << name << " delta=" << delta << ": without bf16 it differs by more";
     }

@@ -148,8 +148,8 @@ void measure_bf16_gemm(int m, int n, int k, int pad, int reps, int threads, Sgem
     {
       const int t = omp_get_thread_num(), nt = omp_get_num_threads();
       const int r0 = m * t / nt, r1 = m * (t + 1) / nt;
-      ops::bf16_gemm_packed(false, r1 - r0, n, k, 1.0f, o.a.data() + size_t(r0) * size_t(o.lda),
-                            o.lda, packed, 0.0f, o.c.data() + size_t(r0) * size_t(o.ldc), o.ldc);
+      ops::bf16_gemm_packed(r1 - r0, n, k, 1.0f, o.a.data() + size_t(r0) * size_t(o.lda), o.lda,
+                            packed, 0.0f, o.c.data() + size_t(r0) * size_t(o.ldc), o.ldc);
     }
   });
 }

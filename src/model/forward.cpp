@@ -66,7 +66,7 @@ void project(const Model<T>& m, const ForwardContext<T>& ctx, const PackedWeight
   if constexpr (std::is_same_v<T, float>) {
     if (bf16_products(ctx)) {
       if (const ops::PackedBf16* p = packed ? packed->forward_bf16(w) : nullptr)
-        ops::bf16_gemm_packed(false, rows, out, in, 1.0f, x, in, *p, beta, y, out);
+        ops::bf16_gemm_packed(rows, out, in, 1.0f, x, in, *p, beta, y, out);
       else
         ops::bf16_gemm(false, true, rows, out, in, 1.0f, x, in, m.at(w), in, beta, y, out);
       return;
@@ -123,7 +123,7 @@ void project_back(const Model<T>& m, const ForwardContext<T>& ctx, const PackedW
     const float beta = add ? 1.0f : 0.0f;
     if (bf16_products(ctx)) {
       if (const ops::PackedBf16* p = packed ? packed->backward_bf16(w) : nullptr)
-        ops::bf16_gemm_packed(false, rows, in, out, 1.0f, dy, out, *p, beta, dx, in);
+        ops::bf16_gemm_packed(rows, in, out, 1.0f, dy, out, *p, beta, dx, in);
       else
         ops::bf16_gemm(false, false, rows, in, out, 1.0f, dy, out, m.at(w), in, beta, dx, in);
       return;

@@ -197,7 +197,7 @@ class HeadOperand {
                 int64_t ldc) const {
     if constexpr (std::is_same_v<T, float>) {
       if (packed_bf16_) {
-        bf16_gemm_packed(false, m, n, k, alpha, a, lda, *packed_bf16_, beta, c, ldc);
+        bf16_gemm_packed(m, n, k, alpha, a, lda, *packed_bf16_, beta, c, ldc);
         return;
       }
       if (bf16_) {

@@ -132,24 +132,20 @@ inline __mmask16 first_lanes(int64_t count) {
   return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
 }
 
-// Rows [i0, i0 + rows) of op(A) as bf16, row r at out + r * kp (kp = k rounded up to even,
+// Rows [i0, i0 + rows) of A as bf16, row r at out + r * kp (kp = k rounded up to even,
 // the pad zero), so that each 32-bit word is the pair (2p, 2p + 1) the kernel broadcasts.
-void convert_rows(const float* a, int64_t lda, bool trans_a, int64_t i0, int64_t rows, int64_t k,
-                  int64_t kp, uint16_t* out) {
+void convert_rows(const float* a, int64_t lda, int64_t i0, int64_t rows, int64_t k, int64_t kp,
+                  uint16_t* out) {
   for (int64_t r = 0; r < rows; ++r) {
     uint16_t* o = out + r * kp;
-    if (!trans_a) {
-      const float* src = a + (i0 + r) * lda;
-      int64_t p = 0;
-      for (; p + 32 <= k; p += 32) {
-        const __m512bh v =
-            _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + p + 16), _mm512_loadu_ps(src + p));
-        _mm512_storeu_si512(o + p, (__m512i)v);
-      }
-      for (; p < k; ++p) o[p] = to_bf16(src[p]);
-    } else {
-      for (int64_t p = 0; p < k; ++p) o[p] = to_bf16(a[p * lda + i0 + r]);
+    const float* src = a + (i0 + r) * lda;
+    int64_t p = 0;
+    for (; p + 32 <= k; p += 32) {
+      const __m512bh v =
+          _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + p + 16), _mm512_loadu_ps(src + p));
+      _mm512_storeu_si512(o + p, (__m512i)v);
     }
+    for (; p < k; ++p) o[p] = to_bf16(src[p]);
     if (kp > k) o[k] = 0;
   }
 }
@@ -348,17 +344,17 @@ bool bf16_native_available() {
 }
 
 namespace {
-// C_o = alpha * bf16(op(A)) B_o + beta_o C_o for each output: A rounded 12 rows at a time into a
+// C_o = alpha * bf16(A) B_o + beta_o C_o for each output: A rounded 12 rows at a time into a
 // buffer that every B_o then reads. Only the first k rows of each B take part: the pairs past
 // k/2 are skipped, and a pair cut by an odd k meets the zero A pads.
-void gemm_rounding_a(bool trans_a, int64_t m, int64_t k, float alpha, const float* a, int64_t lda,
+void gemm_rounding_a(int64_t m, int64_t k, float alpha, const float* a, int64_t lda,
                      const Bf16Output* outs, int count) {
   const int64_t use_pairs = (k + 1) / 2, kp = 2 * use_pairs;
   thread_local std::vector<uint16_t> abuf;
   abuf.resize(size_t(kMR * kp));
   for (int64_t i0 = 0; i0 < m; i0 += kMR) {
     const int64_t rows = std::min<int64_t>(kMR, m - i0);
-    convert_rows(a, lda, trans_a, i0, rows, k, kp, abuf.data());
+    convert_rows(a, lda, i0, rows, k, kp, abuf.data());
     for (int o = 0; o < count; ++o)
       if (outs[o].n > 0)
         gemm_converted_rows(rows, outs[o].n, use_pairs, alpha, abuf.data(), kp, *outs[o].b,
@@ -367,13 +363,13 @@ void gemm_rounding_a(bool trans_a, int64_t m, int64_t k, float alpha, const floa
 }
 }  // namespace
 
-void bf16_gemm_packed(bool trans_a, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-                      int64_t lda, const PackedBf16& b, float beta, float* c, int64_t ldc) {
+void bf16_gemm_packed(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                      const PackedBf16& b, float beta, float* c, int64_t ldc) {
   if (!bf16_native_available()) throw Error("bf16_gemm_packed: no AVX512-BF16 on this CPU");
   if (k > b.k || n > b.n) throw Error("bf16_gemm_packed: the product is larger than the packing");
   if (m <= 0 || n <= 0) return;
   const Bf16Output out{&b, n, beta, c, ldc};
-  gemm_rounding_a(trans_a, m, k, alpha, a, lda, &out, 1);
+  gemm_rounding_a(m, k, alpha, a, lda, &out, 1);
 }
 
 void bf16_gemm_packed_shared_a(int64_t m, int64_t k, const float* a, int64_t lda,
@@ -385,15 +381,25 @@ void bf16_gemm_packed_shared_a(int64_t m, int64_t k, const float* a, int64_t lda
       throw Error("bf16_gemm_packed_shared_a: product " + std::to_string(o) +
                   " is larger than its packing");
   if (m <= 0) return;
-  gemm_rounding_a(false, m, k, 1.0f, a, lda, outs, count);
+  gemm_rounding_a(m, k, 1.0f, a, lda, outs, count);
 }
+
+namespace {
+// The arguments of a product over A already in bf16: rows of lda >= k values, or (pairs) the
+// layout of bf16_convert_pairs, lda >= 2 m.
+void check_converted(const char* who, bool pairs, int64_t m, int64_t n, int64_t k, int64_t lda,
+                     const PackedBf16& b) {
+  if (!bf16_native_available()) throw Error(std::string(who) + ": no AVX512-BF16 on this CPU");
+  if (k > b.k || n > b.n)
+    throw Error(std::string(who) + ": the product is larger than the packing");
+  if (lda % 2 || lda < (pairs ? 2 * m : k))
+    throw Error(std::string(who) + ": lda must be even and at least " + (pairs ? "2 m" : "k"));
+}
+}  // namespace
 
 void bf16_gemm_converted(int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a,
                          int64_t lda, const PackedBf16& b, float beta, float* c, int64_t ldc) {
-  if (!bf16_native_available()) throw Error("bf16_gemm_converted: no AVX512-BF16 on this CPU");
-  if (k > b.k || n > b.n)
-    throw Error("bf16_gemm_converted: the product is larger than the packing");
-  if (lda % 2 || lda < k) throw Error("bf16_gemm_converted: lda must be even and at least k");
+  check_converted("bf16_gemm_converted", false, m, n, k, lda, b);
   if (m <= 0 || n <= 0) return;
   gemm_converted_rows(m, n, (k + 1) / 2, alpha, a, lda, b, beta, c, ldc);
 }
@@ -401,12 +407,7 @@ void bf16_gemm_converted(int64_t m, int64_t n, int64_t k, float alpha, const uin
 void bf16_gemm_converted_pairs(int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a,
                                int64_t lda, const PackedBf16& b, float beta, float* c,
                                int64_t ldc) {
-  if (!bf16_native_available())
-    throw Error("bf16_gemm_converted_pairs: no AVX512-BF16 on this CPU");
-  if (k > b.k || n > b.n)
-    throw Error("bf16_gemm_converted_pairs: the product is larger than the packing");
-  if (lda % 2 || lda < 2 * m)
-    throw Error("bf16_gemm_converted_pairs: lda must be even and at least 2 m");
+  check_converted("bf16_gemm_converted_pairs", true, m, n, k, lda, b);
   if (m <= 0 || n <= 0) return;
   gemm_converted_rows(m, n, (k + 1) / 2, alpha, a, lda, b, beta, c, ldc, /*pairs=*/true);
 }
@@ -438,8 +439,8 @@ void bf16_gemm_packed_shared_a(int64_t, int64_t, const float*, int64_t, const Bf
   throw Error("bf16_gemm_packed_shared_a: this build has no AVX512-BF16 kernel");
 }
 
-void bf16_gemm_packed(bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
-                      const PackedBf16&, float, float*, int64_t) {
+void bf16_gemm_packed(int64_t, int64_t, int64_t, float, const float*, int64_t, const PackedBf16&,
+                      float, float*, int64_t) {
   throw Error("bf16_gemm_packed: this build has no AVX512-BF16 kernel");
 }
 
@@ -471,7 +472,7 @@ void bf16_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, floa
     bf16_gemm_converted_pairs(m, n, k, alpha, at.data(), 2 * m, packed, beta, c, ldc);
     return;
   }
-  bf16_gemm_packed(trans_a, m, n, k, alpha, a, lda, packed, beta, c, ldc);
+  bf16_gemm_packed(m, n, k, alpha, a, lda, packed, beta, c, ldc);
 }
 
 void bf16_gemm_emulated(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,

@@ -71,10 +71,11 @@ void bf16_convert_pairs(const float* y, int64_t lda, int64_t r0, int64_t r1, int
 // that the pad adds nothing to a product (nothing to do for an even number).
 void bf16_zero_pair_pad(uint16_t* out, int64_t ldo, int64_t rows, int64_t cols);
 
-// C = alpha * bf16(op(A)) * B[0 .. k, 0 .. n] + beta * C (beta == 0 never reads C). Native only:
-// throws infini::Error when bf16_native_available() is false.
-void bf16_gemm_packed(bool trans_a, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-                      int64_t lda, const PackedBf16& b, float beta, float* c, int64_t ldc);
+// C = alpha * bf16(A) * B[0 .. k, 0 .. n] + beta * C, A [m, k] row-major (beta == 0 never reads
+// C). A transposed A goes through bf16_convert_pairs and bf16_gemm_converted_pairs instead.
+// Native only: throws infini::Error when bf16_native_available() is false.
+void bf16_gemm_packed(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                      const PackedBf16& b, float beta, float* c, int64_t ldc);
 
 // One A [m, k] (fp32, rounded once) times several packed B: C_i = A B_i[0 .. k, 0 .. n_i] +
 // beta_i C_i. The products of one input (q, k and v of a layer; gate and up) share the

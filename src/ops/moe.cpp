@@ -26,7 +26,7 @@ void weight_gemm(bool trans_w, int64_t m, int64_t n, int64_t kk, const T* a, con
       const PackedBf16* p = which == 0 ? packs->gate_bf16 : which == 1 ? packs->up_bf16
                                                                        : packs->down_bf16;
       if (p)
-        bf16_gemm_packed(false, m, n, kk, 1.0f, a, kk, *p, beta, c, n);
+        bf16_gemm_packed(m, n, kk, 1.0f, a, kk, *p, beta, c, n);
       else
         bf16_gemm(false, trans_w, m, n, kk, 1.0f, a, kk, w, ldw, beta, c, n);
       return;
