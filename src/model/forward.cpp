@@ -906,11 +906,32 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
   uint16_t* t_dq = convert ? W.dyt_qkv.data() : nullptr;
   uint16_t* t_dk = convert ? t_dq + qw * rp : nullptr;
   uint16_t* t_dv = convert ? t_dk + kw * rp : nullptr;
-  auto to_bf16_t = [&](const T* dy, int64_t cols, uint16_t* dst, int64_t r0, int64_t r1) {
+  auto to_bf16_t = [&](const T* dy, int64_t cols, uint16_t* dst, int64_t r0, int64_t r1,
+                       uint16_t* rows = nullptr, int64_t ldr = 0) {
     if constexpr (std::is_same_v<T, float>) {
-      ops::bf16_convert_pairs(dy, cols, r0, r1, cols, dst, 2 * cols);
+      ops::bf16_convert_pairs(dy, cols, r0, r1, cols, dst, 2 * cols, rows, ldr);
       if (r1 == r) ops::bf16_zero_pair_pad(dst, 2 * cols, r, cols);  // by the last row's owner
     }
+  };
+  // dx (+= when `add`) = dY W for rows r0 .. r1 of dY [r, out] (dx at row r0; W the weight at
+  // w, [out, in]), and dY^T's pairs into dyt when it is given. Where W is packed in bf16, dY is
+  // rounded once for both: the same rounded values, so the same bits as rounding it twice.
+  auto back = [&](int64_t w, T* dx, const T* dy, int64_t out, int64_t in, bool add, uint16_t* dyt,
+                  int64_t r0, int64_t r1) {
+    const int64_t rows = r1 - r0;
+    if constexpr (std::is_same_v<T, float>) {
+      if (const ops::PackedBf16* p = dyt && packed ? packed->backward_bf16(w) : nullptr) {
+        thread_local std::vector<uint16_t> dy_rows;
+        const int64_t ldr = (out + 1) / 2 * 2;
+        dy_rows.resize(size_t(rows * ldr));
+        to_bf16_t(dy, out, dyt, r0, r1, dy_rows.data(), ldr);
+        ops::bf16_gemm_converted(rows, in, out, 1.0f, dy_rows.data(), ldr, *p, add ? 1.0f : 0.0f,
+                                 dx, in);
+        return;
+      }
+    }
+    project_back(m, ctx, packed, w, dx, dy + r0 * out, rows, in, out, add);
+    if (dyt) to_bf16_t(dy, out, dyt, r0, r1);
   };
 
   // Weight-gradient work, by the phase it runs in (see the region below).
@@ -969,12 +990,10 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
     const int64_t rows = r1 - r0;
     T* scratch = W.thread[size_t(t)].data();
     if (rows > 0) {
-      project_back(m, ctx, packed, m.layout.lm_head, W.df.data() + r0 * D, dlogits + r0 * V, rows,
-                   D, V, false);
+      back(m.layout.lm_head, W.df.data() + r0 * D, dlogits, V, D, false, t_head, r0, r1);
       ops::rmsnorm_backward(W.dh.data() + r0 * D, (T*)nullptr, W.df.data() + r0 * D,
                             acts.h_final.data() + r0 * D, acts.rstd_final.data() + r0,
                             m.at(m.layout.final_norm), rows, D, false);
-      if (convert) to_bf16_t(dlogits, V, t_head, r0, r1);
     }
     for (int64_t l = L - 1; l >= 0; --l) {
       const LayerActs<T>& A = acts.layers[size_t(l)];
@@ -1000,24 +1019,16 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
           T* dhmid = W.dhmid.data() + r0 * F;
           T* dgate = W.dgate.data() + r0 * F;
           T* dup = W.dup.data() + r0 * F;
-          project_back(m, ctx, packed, o.w_down, dhmid, dh, rows, F, D, false);
+          back(o.w_down, dhmid, W.dh.data(), D, F, false, t_dh, r0, r1);
           ops::swiglu_backward(dgate, dup, dhmid, A.gate.data() + r0 * F, A.up.data() + r0 * F,
                                rows * F);
-          project_back(m, ctx, packed, o.w_gate, dm, dgate, rows, D, F, false);
-          project_back(m, ctx, packed, o.w_up, dm, dup, rows, D, F, true);
+          back(o.w_gate, dm, W.dgate.data(), F, D, false, t_dgate, r0, r1);
+          back(o.w_up, dm, W.dup.data(), F, D, true, t_dup, r0, r1);
         }
         std::copy_n(dh, rows * D, dxm);
         ops::rmsnorm_backward(dxm, (T*)nullptr, dm, A.x_mid.data() + r0 * D,
                               A.rstd_post.data() + r0, m.at(o.post_norm), rows, D, true);
-        project_back(m, ctx, packed, o.wo, W.dmixed.data() + r0 * qw, dxm, rows, qw, D, false);
-        if (convert) {
-          if (!o.sparse) {
-            to_bf16_t(W.dh.data(), D, t_dh, r0, r1);
-            to_bf16_t(W.dgate.data(), F, t_dgate, r0, r1);
-            to_bf16_t(W.dup.data(), F, t_dup, r0, r1);
-          }
-          to_bf16_t(W.dxm.data(), D, t_dxm, r0, r1);
-        }
+        back(o.wo, W.dmixed.data() + r0 * qw, W.dxm.data(), D, qw, false, t_dxm, r0, r1);
       }
       // One loop for the rest of the layer: its attention and memory per (sequence, kv head),
       // its MLP weight gradients, and the q, k, v weight gradients of layer l + 1 (or the
@@ -1102,14 +1113,9 @@ void backward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
       // this layer's input.
       if (rows > 0) {
         T* da = W.da.data() + r0 * D;
-        project_back(m, ctx, packed, o.wq, da, dq_of(l) + r0 * qw, rows, D, qw, false);
-        project_back(m, ctx, packed, o.wk, da, dk_of(l) + r0 * kw, rows, D, kw, true);
-        project_back(m, ctx, packed, o.wv, da, dv_of(l) + r0 * kw, rows, D, kw, true);
-        if (convert) {
-          to_bf16_t(dq_of(l), qw, t_dq, r0, r1);
-          to_bf16_t(dk_of(l), kw, t_dk, r0, r1);
-          to_bf16_t(dv_of(l), kw, t_dv, r0, r1);
-        }
+        back(o.wq, da, dq_of(l), qw, D, false, t_dq, r0, r1);
+        back(o.wk, da, dk_of(l), kw, D, true, t_dk, r0, r1);
+        back(o.wv, da, dv_of(l), kw, D, true, t_dv, r0, r1);
         T* dh = W.dh.data() + r0 * D;
         std::copy_n(W.dxm.data() + r0 * D, rows * D, dh);
         ops::rmsnorm_backward(dh, (T*)nullptr, da, A.x_in.data() + r0 * D, A.rstd_in.data() + r0,

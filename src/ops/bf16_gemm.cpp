@@ -92,28 +92,39 @@ void bf16_pack_scalar(bool trans_b, int64_t k, int64_t n, const float* b, int64_
 }
 
 namespace {
+// Rows [r0, r1) of Y into the pair layout, and (rows non-null) row t also at rows + (t - r0) * ldr.
 void convert_pairs_scalar(const float* y, int64_t lda, int64_t r0, int64_t r1, int64_t cols,
-                          uint16_t* out, int64_t ldo) {
+                          uint16_t* out, int64_t ldo, uint16_t* rows, int64_t ldr) {
   for (int64_t t = r0; t < r1; ++t) {
     const float* row = y + t * lda;
     uint16_t* o = out + (t / 2) * ldo + t % 2;
-    for (int64_t i = 0; i < cols; ++i) o[2 * i] = to_bf16(row[i]);
+    uint16_t* w = rows ? rows + (t - r0) * ldr : nullptr;
+    for (int64_t i = 0; i < cols; ++i) {
+      o[2 * i] = to_bf16(row[i]);
+      if (w) w[i] = o[2 * i];
+    }
   }
 }
 bool convert_pairs_vector(const float* y, int64_t lda, int64_t t0, int64_t t1, int64_t cols,
-                          uint16_t* out, int64_t ldo);
+                          uint16_t* out, int64_t ldo, uint16_t* rows, int64_t ldr);
 }  // namespace
 
 void bf16_convert_pairs(const float* y, int64_t lda, int64_t r0, int64_t r1, int64_t cols,
-                        uint16_t* out, int64_t ldo) {
+                        uint16_t* out, int64_t ldo, uint16_t* rows, int64_t ldr) {
+  if (rows && (ldr % 2 || ldr < cols))
+    throw Error("bf16_convert_pairs: ldr must be even and at least cols");
+  if (rows && cols % 2)  // the pad of each row's last pair
+    for (int64_t t = r0; t < r1; ++t) rows[(t - r0) * ldr + cols] = 0;
+  auto rows_at = [&](int64_t t) { return rows ? rows + (t - r0) * ldr : nullptr; };
   // Whole pairs of rows (t even) go as 32-bit words; a row without its partner, alone.
   const int64_t t0 = (r0 + 1) / 2 * 2, t1 = std::max(t0, r1 / 2 * 2);
-  if (ldo % 2 || t0 >= t1 || !convert_pairs_vector(y, lda, t0, t1, cols, out, ldo)) {
-    convert_pairs_scalar(y, lda, r0, r1, cols, out, ldo);
+  if (ldo % 2 || t0 >= t1 ||
+      !convert_pairs_vector(y, lda, t0, t1, cols, out, ldo, rows_at(t0), ldr)) {
+    convert_pairs_scalar(y, lda, r0, r1, cols, out, ldo, rows, ldr);
     return;
   }
-  convert_pairs_scalar(y, lda, r0, t0, cols, out, ldo);
-  convert_pairs_scalar(y, lda, t1, r1, cols, out, ldo);
+  convert_pairs_scalar(y, lda, r0, t0, cols, out, ldo, rows_at(r0), ldr);
+  convert_pairs_scalar(y, lda, t1, r1, cols, out, ldo, rows_at(t1), ldr);
 }
 
 void bf16_zero_pair_pad(uint16_t* out, int64_t ldo, int64_t rows, int64_t cols) {
@@ -289,9 +300,10 @@ void pack_vector(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb
 }
 
 // Rows t0 .. t1 (t0, t1 even) as pairs: 16 columns of rows t and t + 1 become 16 words,
-// stored contiguously in the output row of pair t / 2.
+// stored contiguously in the output row of pair t / 2; with `rows`, the two halves of the same
+// conversion also go to rows + (t - t0) * ldr and the row after.
 bool convert_pairs_vector(const float* y, int64_t lda, int64_t t0, int64_t t1, int64_t cols,
-                          uint16_t* out, int64_t ldo) {
+                          uint16_t* out, int64_t ldo, uint16_t* rows, int64_t ldr) {
   if (!bf16_native_available()) return false;
   const __m512i zip = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                        23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
@@ -300,18 +312,28 @@ bool convert_pairs_vector(const float* y, int64_t lda, int64_t t0, int64_t t1, i
     const float* x0 = y + t * lda;
     const float* x1 = x0 + lda;
     uint32_t* o = o32 + (t / 2) * (ldo / 2);
+    uint16_t* w0 = rows ? rows + (t - t0) * ldr : nullptr;
+    uint16_t* w1 = rows ? w0 + ldr : nullptr;
     int64_t i = 0;
     for (; i + 16 <= cols; i += 16) {
       // Low half: the 16 values of row t; high half: those of row t + 1; then interleaved.
       const __m512i both =
           (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x1 + i), _mm512_loadu_ps(x0 + i));
       _mm512_storeu_si512(o + i, _mm512_permutexvar_epi16(zip, both));
+      if (rows) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(w0 + i), _mm512_castsi512_si256(both));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(w1 + i), _mm512_extracti64x4_epi64(both, 1));
+      }
     }
     if (i < cols) {
       const __mmask16 m = first_lanes(cols - i);
       const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m, x1 + i),
                                                         _mm512_maskz_loadu_ps(m, x0 + i));
       _mm512_mask_storeu_epi32(o + i, m, _mm512_permutexvar_epi16(zip, both));
+      if (rows) {
+        _mm256_mask_storeu_epi16(w0 + i, m, _mm512_castsi512_si256(both));
+        _mm256_mask_storeu_epi16(w1 + i, m, _mm512_extracti64x4_epi64(both, 1));
+      }
     }
   }
   return true;
@@ -418,7 +440,8 @@ namespace {
 void pack_vector(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, uint16_t* d) {
   pack_scalar(trans_b, k, n, b, ldb, d);
 }
-bool convert_pairs_vector(const float*, int64_t, int64_t, int64_t, int64_t, uint16_t*, int64_t) {
+bool convert_pairs_vector(const float*, int64_t, int64_t, int64_t, int64_t, uint16_t*, int64_t,
+                          uint16_t*, int64_t) {
   return false;
 }
 }  // namespace

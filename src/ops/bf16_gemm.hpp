@@ -64,9 +64,12 @@ void bf16_pack_scalar(bool trans_b, int64_t k, int64_t n, const float* b, int64_
 // out[(t / 2) * ldo + 2 i + t % 2] = bf16(Y[t][i]), ldo (in uint16) even and at least 2 cols.
 // Threads that own disjoint row ranges fill one such matrix together (two threads may write
 // the two halves of one word). It is the A of bf16_gemm_converted_pairs, e.g. dY^T for the
-// weight gradient dW = dY^T X (one conversion serves every column block of dW).
+// weight gradient dW = dY^T X (one conversion serves every column block of dW). With `rows`,
+// the same values also go there row by row, row t at rows + (t - r0) * ldr (ldr even and at
+// least cols, the pad past an odd cols zero): the A of bf16_gemm_converted, e.g. dY for the
+// input gradient dX = dY W, so that dY is rounded once for both products.
 void bf16_convert_pairs(const float* y, int64_t lda, int64_t r0, int64_t r1, int64_t cols,
-                        uint16_t* out, int64_t ldo);
+                        uint16_t* out, int64_t ldo, uint16_t* rows = nullptr, int64_t ldr = 0);
 // For an odd number of rows, zeroes the missing partner of the last row in that layout, so
 // that the pad adds nothing to a product (nothing to do for an even number).
 void bf16_zero_pair_pad(uint16_t* out, int64_t ldo, int64_t rows, int64_t cols);
