@@ -491,6 +491,26 @@ const ModelCase kModelCases[] = {
 
 class FastModel : public ::testing::TestWithParam<ModelCase> {};
 
+// A random model of `c` in float64 and its float copy, random tokens, and the float64
+// reference path's mean loss and gradient.
+struct Float64Reference {
+  Model<double> md;
+  Model<float> mf;
+  std::vector<int32_t> tokens;
+  std::vector<double> grad;
+  double loss = 0;
+  Float64Reference(const ModelCase& c, uint64_t seed)
+      : md(random_model(make_config(c), seed)),
+        mf(cast_model<float>(md)),
+        tokens(random_tokens(c.B * c.T, md.config.vocab_size, seed + 1)),
+        grad(size_t(md.layout.total), 0.0) {
+    ForwardContext<double> cd(md.config);
+    cd.reference = true;
+    SequenceWorkspace<double> wd;
+    loss = sequence_loss<double>(md, cd, tokens.data(), c.B, c.T, grad.data(), {}, wd).mean();
+  }
+};
+
 }  // namespace
 
 TEST_P(FastModel, LossAndGradientsMatchReferenceAtAnyThreadCount) {
@@ -624,24 +644,11 @@ TEST_P(FastModel, PackedWeightsGiveTheSameBitsAndFollowWeightChanges) {
 
 TEST_P(FastModel, FloatFastPathMatchesDoubleReference) {
   const ModelCase c = GetParam();
-  const ModelConfig cfg = make_config(c);
-  const Model<double> md = random_model(cfg, 5);
-  const Model<float> mf = cast_model<float>(md);
-  const auto tokens = random_tokens(c.B * c.T, cfg.vocab_size, 6);
-  ForwardContext<double> cd(cfg);
-  cd.reference = true;
-  ForwardContext<float> cf(cfg);
-  cf.threads = 2;
-  SequenceWorkspace<double> wd;
-  SequenceWorkspace<float> wf;
-  std::vector<double> gd(size_t(md.layout.total), 0.0);
-  std::vector<float> gf(size_t(md.layout.total), 0.0f);
-  const double ld =
-      sequence_loss<double>(md, cd, tokens.data(), c.B, c.T, gd.data(), {}, wd).mean();
-  const double lf = sequence_loss<float>(mf, cf, tokens.data(), c.B, c.T, gf.data(), {}, wf).mean();
-  EXPECT_NEAR(lf, ld, 1e-5 * std::abs(ld));
-  std::vector<double> gfd(gf.begin(), gf.end());
-  EXPECT_LT(rel_err(gfd, gd), 1e-4);
+  const Float64Reference ref(c, 5);
+  const auto fast = float_loss_and_grad(ref.mf, ref.tokens.data(), c.B, c.T, Precision::FP32, false,
+                                        SequenceOptions{}.max_packed_weight_bytes);
+  EXPECT_NEAR(fast.loss, ref.loss, 1e-5 * std::abs(ref.loss));
+  EXPECT_LT(rel_err(fast.grad, ref.grad), 1e-4);
 }
 
 // Precision::BF16 (SPEC §8): the fused threaded path against the plain layer code under the
@@ -651,20 +658,11 @@ TEST_P(FastModel, FloatFastPathMatchesDoubleReference) {
 // parameter's gradient with cosine similarity at least 0.99 (issue #27's accuracy bars).
 TEST_P(FastModel, Bf16PolicyAgreesAcrossPathsAndStaysNearFloat64) {
   const ModelCase c = GetParam();
-  const ModelConfig cfg = make_config(c);
-  const Model<double> md = random_model(cfg, 41);
-  const Model<float> mf = cast_model<float>(md);
-  const auto tokens = random_tokens(c.B * c.T, cfg.vocab_size, 42);
-  ForwardContext<double> cd(cfg);
-  cd.reference = true;
-  SequenceWorkspace<double> wd;
-  std::vector<double> gd(size_t(md.layout.total), 0.0);
-  const double ld =
-      sequence_loss<double>(md, cd, tokens.data(), c.B, c.T, gd.data(), {}, wd).mean();
-
+  const Float64Reference ref(c, 41);
+  const double ld = ref.loss;
   auto run = [&](bool reference, int64_t max_packed) {
-    const LossAndGrad r =
-        float_loss_and_grad(mf, tokens.data(), c.B, c.T, Precision::BF16, reference, max_packed);
+    const LossAndGrad r = float_loss_and_grad(ref.mf, ref.tokens.data(), c.B, c.T, Precision::BF16,
+                                              reference, max_packed);
     EXPECT_EQ(r.packed, !(reference || max_packed == 0 || !ops::bf16_native_available()));
     return r;
   };
@@ -678,7 +676,7 @@ TEST_P(FastModel, Bf16PolicyAgreesAcrossPathsAndStaysNearFloat64) {
 
   EXPECT_NEAR(fast.loss, ld, 0.01 * std::abs(ld));
   EXPECT_GT(std::abs(fast.loss - ld), 1e-7 * std::abs(ld)) << "bf16 rounded nothing";
-  expect_tensor_cosines(md.layout, fast.grad, gd, 0.99);
+  expect_tensor_cosines(ref.md.layout, fast.grad, ref.grad, 0.99);
 }
 
 // The emulated bf16 path (what a CPU without AVX512-BF16 runs) through the whole model, on a CPU
@@ -688,26 +686,17 @@ TEST_P(FastModel, Bf16EmulationAgreesWithTheNativeKernel) {
   if (!ops::bf16_native_available())
     GTEST_SKIP() << "no AVX512-BF16 here: the test above runs the emulation";
   const ModelCase c = GetParam();
-  const ModelConfig cfg = make_config(c);
-  const Model<double> md = random_model(cfg, 43);
-  const Model<float> mf = cast_model<float>(md);
-  const auto tokens = random_tokens(c.B * c.T, cfg.vocab_size, 44);
-  ForwardContext<double> cd(cfg);
-  cd.reference = true;
-  SequenceWorkspace<double> wd;
-  std::vector<double> gd(size_t(md.layout.total), 0.0);
-  const double ld =
-      sequence_loss<double>(md, cd, tokens.data(), c.B, c.T, gd.data(), {}, wd).mean();
+  const Float64Reference ref(c, 43);
+  auto run = [&](Precision p, bool reference, int64_t max_packed) {
+    return float_loss_and_grad(ref.mf, ref.tokens.data(), c.B, c.T, p, reference, max_packed);
+  };
   const int64_t budget = int64_t(1) << 30;
-  const auto native =
-      float_loss_and_grad(mf, tokens.data(), c.B, c.T, Precision::BF16, false, budget);
-  const auto fp32 =
-      float_loss_and_grad(mf, tokens.data(), c.B, c.T, Precision::FP32, false, budget);
+  const auto native = run(Precision::BF16, false, budget);
+  const auto fp32 = run(Precision::FP32, false, budget);
   const ForcedBf16Emulation emulation;
   ASSERT_FALSE(ops::bf16_native_available());
-  const auto fast =
-      float_loss_and_grad(mf, tokens.data(), c.B, c.T, Precision::BF16, false, budget);
-  const auto plain = float_loss_and_grad(mf, tokens.data(), c.B, c.T, Precision::BF16, true, 0);
+  const auto fast = run(Precision::BF16, false, budget);
+  const auto plain = run(Precision::BF16, true, 0);
   EXPECT_FALSE(fast.packed) << "no bf16 packing without the kernel";
   // Measured: gradients 2e-7 .. 1.3e-4 apart (relative), where fp32's are 0.04 .. 0.08 away.
   const double apart = rel_err(fast.grad, native.grad);
@@ -717,8 +706,8 @@ TEST_P(FastModel, Bf16EmulationAgreesWithTheNativeKernel) {
   EXPECT_NEAR(fast.loss, plain.loss, 1e-4 * std::abs(plain.loss));
   EXPECT_LT(rel_err(fast.grad, plain.grad), 5e-3);
 
-  EXPECT_NEAR(fast.loss, ld, 0.01 * std::abs(ld));
-  expect_tensor_cosines(md.layout, fast.grad, gd, 0.99);
+  EXPECT_NEAR(fast.loss, ref.loss, 0.01 * std::abs(ref.loss));
+  expect_tensor_cosines(ref.md.layout, fast.grad, ref.grad, 0.99);
 }
 
 TEST_P(FastModel, ChunkedPrefillThroughTheCacheMatchesWholeSegments) {
