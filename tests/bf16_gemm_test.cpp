@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "util/bf16_emulation.hpp"
+
 using namespace infini::ops;
 
 namespace {
@@ -201,40 +203,44 @@ TEST(Bf16, PairConvertedAEqualsTheProductThatConvertsOnTheFly) {
 
 TEST(Bf16, PairConversionOfAnyRowRangeEqualsTheScalarRounding) {
   // Ranges starting and ending on odd rows (a row without its partner), columns not a multiple
-  // of 16, as threads owning uneven shares of the rows produce them.
-  for (const auto& [r, cols] : {std::pair<int64_t, int64_t>{23, 37}, {75, 53}, {64, 32}}) {
-    const int64_t lda = cols + 3, ldo = 2 * cols + 6;
-    const auto a = random_matrix(r * lda, 31);
-    for (const auto& [r0, r1] : {std::pair<int64_t, int64_t>{0, r},
-                                 {1, r - 1},
-                                 {3, 4},
-                                 {5, 5},
-                                 {2, std::min<int64_t>(r, 66)}}) {
-      // The same call also writing the rows (from r0, ldr = cols rounded up to even + 2).
-      const int64_t ldr = (cols + 1) / 2 * 2 + 2;
-      std::vector<uint16_t> out(size_t((r + 1) / 2 * ldo), 0x1234), out_too(out);
-      std::vector<uint16_t> rows(size_t(std::max<int64_t>(r1 - r0, 1) * ldr), 0x1234);
-      bf16_convert_pairs(a.data(), lda, r0, r1, cols, out.data(), ldo);
-      bf16_convert_pairs(a.data(), lda, r0, r1, cols, out_too.data(), ldo, rows.data(), ldr);
-      ASSERT_EQ(out, out_too);
-      for (int64_t t = 0; t < (r + 1) / 2 * 2; ++t)
-        for (int64_t j = 0; j < ldo / 2; ++j) {
-          // Word j of pair t / 2: column j, half t % 2; words past cols are never written.
-          const uint16_t got = out[size_t((t / 2) * ldo + 2 * j + t % 2)];
-          const bool written = t >= r0 && t < r1 && j < cols;
-          const uint16_t want = written ? to_bf16(a[size_t(t * lda + j)]) : 0x1234;
-          ASSERT_EQ(got, want) << r << "x" << cols << ", rows " << r0 << ".." << r1 << " at " << t
-                               << "," << j;
-        }
-      for (int64_t t = r0; t < r1; ++t)
-        for (int64_t j = 0; j < ldr; ++j) {
-          // Row t - r0: the values, a zero pad after an odd cols, the rest untouched.
-          const uint16_t want = j < cols                     ? to_bf16(a[size_t(t * lda + j)])
-                                : j == cols && cols % 2 == 1 ? 0
-                                                             : 0x1234;
-          ASSERT_EQ(rows[size_t((t - r0) * ldr + j)], want)
-              << r << "x" << cols << ", rows " << r0 << ".." << r1 << " at " << t << "," << j;
-        }
+  // of 16, as threads owning uneven shares of the rows produce them; the vector code and (the
+  // emulation forced) the scalar code a CPU without AVX512-BF16 runs.
+  for (const bool emulate : {false, true}) {
+    const infini::testing::ForcedBf16Emulation emulation(emulate);
+    for (const auto& [r, cols] : {std::pair<int64_t, int64_t>{23, 37}, {75, 53}, {64, 32}}) {
+      const int64_t lda = cols + 3, ldo = 2 * cols + 6;
+      const auto a = random_matrix(r * lda, 31);
+      for (const auto& [r0, r1] : {std::pair<int64_t, int64_t>{0, r},
+                                   {1, r - 1},
+                                   {3, 4},
+                                   {5, 5},
+                                   {2, std::min<int64_t>(r, 66)}}) {
+        // The same call also writing the rows (from r0, ldr = cols rounded up to even + 2).
+        const int64_t ldr = (cols + 1) / 2 * 2 + 2;
+        std::vector<uint16_t> out(size_t((r + 1) / 2 * ldo), 0x1234), out_too(out);
+        std::vector<uint16_t> rows(size_t(std::max<int64_t>(r1 - r0, 1) * ldr), 0x1234);
+        bf16_convert_pairs(a.data(), lda, r0, r1, cols, out.data(), ldo);
+        bf16_convert_pairs(a.data(), lda, r0, r1, cols, out_too.data(), ldo, rows.data(), ldr);
+        ASSERT_EQ(out, out_too);
+        for (int64_t t = 0; t < (r + 1) / 2 * 2; ++t)
+          for (int64_t j = 0; j < ldo / 2; ++j) {
+            // Word j of pair t / 2: column j, half t % 2; words past cols are never written.
+            const uint16_t got = out[size_t((t / 2) * ldo + 2 * j + t % 2)];
+            const bool written = t >= r0 && t < r1 && j < cols;
+            const uint16_t want = written ? to_bf16(a[size_t(t * lda + j)]) : 0x1234;
+            ASSERT_EQ(got, want) << r << "x" << cols << ", rows " << r0 << ".." << r1 << " at " << t
+                                 << "," << j;
+          }
+        for (int64_t t = r0; t < r1; ++t)
+          for (int64_t j = 0; j < ldr; ++j) {
+            // Row t - r0: the values, a zero pad after an odd cols, the rest untouched.
+            const uint16_t want = j < cols                     ? to_bf16(a[size_t(t * lda + j)])
+                                  : j == cols && cols % 2 == 1 ? 0
+                                                               : 0x1234;
+            ASSERT_EQ(rows[size_t((t - r0) * ldr + j)], want)
+                << r << "x" << cols << ", rows " << r0 << ".." << r1 << " at " << t << "," << j;
+          }
+      }
     }
   }
 }

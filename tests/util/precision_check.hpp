@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "model/bptt.hpp"
-#include "ops/bf16_gemm.hpp"
+#include "util/bf16_emulation.hpp"
 
 namespace infini::testing {
 
@@ -36,14 +36,6 @@ inline void expect_tensor_cosines(const model::ParamLayout& layout, const std::v
     EXPECT_GE(cosine(got.data() + p.offset, w, size_t(p.numel)), bar) << p.name;
   }
 }
-
-// While alive, every bf16 product takes the emulated path (a CPU without AVX512-BF16).
-struct ForcedBf16Emulation {
-  ForcedBf16Emulation() { ops::bf16_force_emulation(true); }
-  ~ForcedBf16Emulation() { ops::bf16_force_emulation(false); }
-  ForcedBf16Emulation(const ForcedBf16Emulation&) = delete;
-  ForcedBf16Emulation& operator=(const ForcedBf16Emulation&) = delete;
-};
 
 struct LossAndGrad {
   double loss = 0;
