@@ -330,9 +330,11 @@ bool convert_pairs_vector(const float* y, int64_t lda, int64_t t0, int64_t t1, i
       const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m, x1 + i),
                                                         _mm512_maskz_loadu_ps(m, x0 + i));
       _mm512_mask_storeu_epi32(o + i, m, _mm512_permutexvar_epi16(zip, both));
-      if (rows) {
-        _mm256_mask_storeu_epi16(w0 + i, m, _mm512_castsi512_si256(both));
-        _mm256_mask_storeu_epi16(w1 + i, m, _mm512_extracti64x4_epi64(both, 1));
+      if (rows) {  // 512-bit masked stores of the low 16 lanes: no AVX512VL needed
+        const __mmask32 m32 = m;
+        _mm512_mask_storeu_epi16(w0 + i, m32, both);
+        _mm512_mask_storeu_epi16(w1 + i, m32,
+                                 _mm512_castsi256_si512(_mm512_extracti64x4_epi64(both, 1)));
       }
     }
   }
