@@ -31,14 +31,15 @@ template <class T>
 void gate_mix_forward(T* out, const T* mem, const T* local, const T* beta, int64_t rows,
                       int64_t heads, int64_t d) {
   const int64_t width = heads * d;
-#pragma omp parallel for schedule(static) if (rows * width > 65536)
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t h = 0; h < heads; ++h) {
-      const T s = sigmoid(beta[h]);
-      const int64_t base = r * width + h * d;
-      for (int64_t j = 0; j < d; ++j)
-        out[base + j] = s * mem[base + j] + (T(1) - s) * local[base + j];
-    }
+  parallel_blocks(rows, rows * width > 65536, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t h = 0; h < heads; ++h) {
+        const T s = sigmoid(beta[h]);
+        const int64_t base = r * width + h * d;
+        for (int64_t j = 0; j < d; ++j)
+          out[base + j] = s * mem[base + j] + (T(1) - s) * local[base + j];
+      }
+  });
 }
 
 template <class T>
