@@ -99,6 +99,24 @@ TEST(Rope, InverseIsBackwardAndRotatesPairs) {
   EXPECT_NEAR(y[1 * heads * d + 1 + d / 2], b * std::cos(ang) + a * std::sin(ang), 1e-12);
 }
 
+TEST(Rope, OutOfPlaceEqualsInPlaceAndLeavesTheSource) {
+  const int64_t rows = 5, heads = 3, d = 16;
+  ops::RopeTable<float> table(d, 32, 10000.0);
+  std::vector<int32_t> pos = {4, 0, 31, 9, 2};
+  std::vector<float> x(rows * heads * d);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = float(std::sin(0.37 * double(i) + 1.0));
+  for (bool inverse : {false, true}) {
+    auto in_place = x;
+    ops::rope_apply(in_place.data(), rows, heads, pos.data(), table, inverse);
+    std::vector<float> out(x.size(), -7.0f);
+    const auto source = x;
+    ops::rope_apply(out.data(), source.data(), rows, heads, pos.data(), table, inverse);
+    EXPECT_EQ(out, in_place);
+    EXPECT_EQ(source, x);
+    EXPECT_NE(out, x);  // it did rotate (positions other than 0)
+  }
+}
+
 TEST(SwiGlu, Backward) {
   const int64_t n = 17;
   auto gt = random_vec(n, 1, 2.0), up = random_vec(n, 2), proj = random_vec(n, 3);

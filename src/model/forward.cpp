@@ -368,10 +368,8 @@ void layer_forward_reference(const Model<T>& m, const ForwardContext<T>& ctx, in
   T* v_new = kv.v + kv.p0 * kw;
   project(m, ctx, packed, o.wk, o.bk, k_new, A.a.data(), r, D, kw);
   project(m, ctx, packed, o.wv, o.bv, v_new, A.a.data(), r, D, kw);
-  std::copy_n(A.q.data(), r * qw, A.q_rot.data());
-  std::copy_n(k_new, r * kw, krot_new);
-  ops::rope_apply(A.q_rot.data(), r, H, positions, ctx.rope, false);
-  ops::rope_apply(krot_new, r, Hkv, positions, ctx.rope, false);
+  ops::rope_apply(A.q_rot.data(), A.q.data(), r, H, positions, ctx.rope, false);
+  ops::rope_apply(krot_new, k_new, r, Hkv, positions, ctx.rope, false);
 
   // Local causal attention within the segment.
   const ops::AttentionShape as{B, n, kv.p0, kv.cap, H, Hkv, c.head_dim};
@@ -645,10 +643,10 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
                              {{o.wq, o.bq, A.q.data() + r0 * qw, qw},
                               {o.wk, o.bk, kb + (p0 + r0) * kw, kw},
                               {o.wv, o.bv, vb + (p0 + r0) * kw, kw}});
-        std::copy_n(A.q.data() + r0 * qw, rows * qw, A.q_rot.data() + r0 * qw);
-        std::copy_n(kb + (p0 + r0) * kw, rows * kw, krb + (p0 + r0) * kw);
-        ops::rope_apply(A.q_rot.data() + r0 * qw, rows, H, pos + r0, ctx.rope, false);
-        ops::rope_apply(krb + (p0 + r0) * kw, rows, Hkv, pos + r0, ctx.rope, false);
+        ops::rope_apply(A.q_rot.data() + r0 * qw, A.q.data() + r0 * qw, rows, H, pos + r0, ctx.rope,
+                        false);
+        ops::rope_apply(krb + (p0 + r0) * kw, kb + (p0 + r0) * kw, rows, Hkv, pos + r0, ctx.rope,
+                        false);
       }
 #pragma omp barrier
       T* M = mem ? state.M_layer(l) : nullptr;

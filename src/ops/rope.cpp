@@ -21,7 +21,7 @@ RopeTable<T>::RopeTable(int64_t d, int64_t n, double theta)
 }
 
 template <class T>
-void rope_apply(T* x, int64_t rows, int64_t heads, const int32_t* positions,
+void rope_apply(T* out, const T* x, int64_t rows, int64_t heads, const int32_t* positions,
                 const RopeTable<T>& table, bool inverse) {
   const int64_t d = table.head_dim, half = d / 2;
   const T sign = inverse ? T(-1) : T(1);
@@ -30,11 +30,13 @@ void rope_apply(T* x, int64_t rows, int64_t heads, const int32_t* positions,
       const T* c = table.cos.data() + int64_t(positions[r]) * half;
       const T* s = table.sin.data() + int64_t(positions[r]) * half;
       for (int64_t h = 0; h < heads; ++h) {
-        T* v = x + (r * heads + h) * d;
+        const T* v = x + (r * heads + h) * d;
+        T* o = out + (r * heads + h) * d;
+        // Each pair is read before it is written: in place is safe.
         for (int64_t i = 0; i < half; ++i) {
           const T a = v[i], b = v[i + half], sn = sign * s[i];
-          v[i] = a * c[i] - b * sn;
-          v[i + half] = b * c[i] + a * sn;
+          o[i] = a * c[i] - b * sn;
+          o[i + half] = b * c[i] + a * sn;
         }
       }
     }
@@ -61,9 +63,9 @@ void rope_apply_head(T* x, int64_t rows, int64_t ld, const int32_t* positions,
 
 template struct RopeTable<float>;
 template struct RopeTable<double>;
-template void rope_apply<float>(float*, int64_t, int64_t, const int32_t*, const RopeTable<float>&,
-                                bool);
-template void rope_apply<double>(double*, int64_t, int64_t, const int32_t*,
+template void rope_apply<float>(float*, const float*, int64_t, int64_t, const int32_t*,
+                                const RopeTable<float>&, bool);
+template void rope_apply<double>(double*, const double*, int64_t, int64_t, const int32_t*,
                                  const RopeTable<double>&, bool);
 template void rope_apply_head<float>(float*, int64_t, int64_t, const int32_t*,
                                      const RopeTable<float>&, bool);

@@ -16,11 +16,17 @@ struct RopeTable {
   RopeTable(int64_t head_dim, int64_t max_positions, double theta);
 };
 
-// In place on x[rows, heads * head_dim]; row r has position positions[r].
-// inverse = true rotates by -angle, which is the backward of the forward rotation.
+// out[rows, heads * head_dim] = x rotated; row r has position positions[r]. out may be x (in
+// place); otherwise the two must not overlap. inverse = true rotates by -angle, which is the
+// backward of the forward rotation.
+template <class T>
+void rope_apply(T* out, const T* x, int64_t rows, int64_t heads, const int32_t* positions,
+                const RopeTable<T>& table, bool inverse);
 template <class T>
 void rope_apply(T* x, int64_t rows, int64_t heads, const int32_t* positions,
-                const RopeTable<T>& table, bool inverse);
+                const RopeTable<T>& table, bool inverse) {
+  rope_apply(x, x, rows, heads, positions, table, inverse);
+}
 
 // The same for one head: rows of head_dim values at x, x + ld, x + 2 ld, ...
 template <class T>
