@@ -32,7 +32,9 @@ void rope_apply(T* out, const T* x, int64_t rows, int64_t heads, const int32_t* 
       for (int64_t h = 0; h < heads; ++h) {
         const T* v = x + (r * heads + h) * d;
         T* o = out + (r * heads + h) * d;
-        // Each pair is read before it is written: in place is safe.
+        // Iteration i reads and writes only the pair (i, i + half): in place is safe, and no
+        // iteration depends on another (GCC cannot see that when out may be x).
+#pragma omp simd
         for (int64_t i = 0; i < half; ++i) {
           const T a = v[i], b = v[i + half], sn = sign * s[i];
           o[i] = a * c[i] - b * sn;
