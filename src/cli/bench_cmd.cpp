@@ -223,6 +223,14 @@ struct StepKind {
 constexpr StepKind kStepKinds[] = {
     {"train", &StepRunner::train}, {"eval", &StepRunner::eval}, {"prefill", &StepRunner::prefill}};
 
+// The keys both reports (one precision, interleaved) open with: what ran, where, on what.
+nlohmann::json report_header(int threads, int64_t T, int64_t B, int64_t steps,
+                             const std::string& cpu) {
+  return {{"impl", "infini"}, {"threads", threads}, {"seq_len", T},
+          {"batch", B},       {"steps", steps},     {"bf16_backend", ops::bf16_backend_name()},
+          {"cpu", cpu}};
+}
+
 // --interleave-precisions: fp32 and bf16 steps of each kind alternately in this one process, so
 // that load on a shared machine that comes and goes over seconds falls on both alike; each pair
 // of neighbouring steps gives a ratio, and their median and range are reported.
@@ -231,20 +239,15 @@ void run_interleaved(model::Model<float>& m, const std::vector<int32_t>& ids, in
   StepRunner fp32(m, ids, B, T, model::Precision::FP32, activation_bytes);
   StepRunner bf16(m, ids, B, T, model::Precision::BF16, activation_bytes);
   const double tokens = double(B * T);
-  nlohmann::json j = {{"impl", "infini"},
-                      {"threads", omp_threads()},
-                      {"seq_len", T},
-                      {"batch", B},
-                      {"steps", steps},
-                      {"interleaved", true},
-                      {"bf16_backend", ops::bf16_backend_name()},
-                      {"cpu", cpu_model()}};
+  const std::string cpu = cpu_model();
+  nlohmann::json j = report_header(omp_threads(), T, B, steps, cpu);
+  j["interleaved"] = true;
   if (!json)
     std::printf(
         "infini bench, fp32 and bf16 interleaved (%d threads of %s, bf16 %s): B=%lld "
         "T=%lld, medians of %lld pairs\n",
-        omp_threads(), cpu_model().c_str(), ops::bf16_backend_name().c_str(), (long long)B,
-        (long long)T, (long long)steps);
+        omp_threads(), cpu.c_str(), ops::bf16_backend_name().c_str(), (long long)B, (long long)T,
+        (long long)steps);
   for (const StepKind& kind : kStepKinds) {
     std::vector<double> s32, s16, ratio;
     for (int64_t i = 0; i < warmup + steps; ++i) {
@@ -432,56 +435,49 @@ void register_bench(CLI::App& app) {
     };
 
     const std::string cpu = cpu_model();  // read from /proc/cpuinfo once, for both reports
-    nlohmann::json j = {
-        {"impl", "infini"},
-        {"threads", threads},
-        {"seq_len", T},
-        {"batch", B},
-        {"steps", o->steps},
-        {"segment_length", cfg.segment_length},
-        {"activation_memory_mb", o->activation_mb},
-        {"kept_segments", run.kept_segments()},
-        {"train_tokens_per_s", double(tokens) / t_train},
-        {"eval_tokens_per_s", double(tokens) / t_eval},
-        {"prefill_tokens_per_s", double(tokens) / t_prefill},
-        {"train_step_s", t_train},
-        {"eval_step_s", t_eval},
-        {"prefill_step_s", t_prefill},
-        {"train_cpu_s_per_step", c_train},
-        {"eval_cpu_s_per_step", c_eval},
-        {"prefill_cpu_s_per_step", c_prefill},
-        // CPU time over wall time x threads: well below 1 on a busy machine.
-        {"train_cpu_share", c_train / (t_train * threads)},
-        {"model_gflop_per_train_step", 3 * f.forward / 1e9},
-        {"model_gflop_per_eval_step", f.forward / 1e9},
-        {"train_gflops", train_gflops},
-        {"eval_gflops", eval_gflops},
-        {"prefill_gflops", prefill_gflops},
-        {"sgemm_gflops", sgemm},
-        {"sgemm_openblas_gflops", sgemm_openblas},
-        {"sgemm_native_gflops", sgemm_native},
-        {"sgemm_1024_gflops", std::max(sq.wall, native_sq.wall)},
-        {"sgemm_4096x1024x1024_gflops", std::max(tall.wall, native_tall.wall)},
-        {"sgemm_gflops_per_cpu_s", sgemm_cpu},
-        {"fma_peak_gflops", fma_peak},
-        {"precision", o->precision},
-        {"bf16_backend", ops::bf16_backend_name()},
-        {"bf16_gemm_gflops", bf16_gemm},
-        {"bf16_peak_gflops", bf16_peak},
-        {"mfu_reference_gflops", matmul_rate},
-        {"train_bf16_peak_fraction", bf16_peak > 0 ? train_gflops / bf16_peak : 0.0},
-        {"train_cpu_efficiency", cpu_util(3 * f.forward / 1e9, c_train)},
-        {"eval_cpu_efficiency", cpu_util(f.forward / 1e9, c_eval)},
-        {"train_mfu", util(train_gflops)},
-        {"eval_mfu", util(eval_gflops)},
-        {"prefill_mfu", util(prefill_gflops)},
-        {"final_loss", run.last_loss()},
-        {"cpu", cpu},
-        {"blas_core", ops::blas_core_name()},
-        {"gemm", ops::gemm_backend_name()},
-        {"omp_wait_policy",
-         std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "default"},
-        {"peak_rss_mb", peak_rss_mb()}};
+    nlohmann::json j = report_header(threads, T, B, o->steps, cpu);
+    j.update({{"segment_length", cfg.segment_length},
+              {"activation_memory_mb", o->activation_mb},
+              {"kept_segments", run.kept_segments()},
+              {"train_tokens_per_s", double(tokens) / t_train},
+              {"eval_tokens_per_s", double(tokens) / t_eval},
+              {"prefill_tokens_per_s", double(tokens) / t_prefill},
+              {"train_step_s", t_train},
+              {"eval_step_s", t_eval},
+              {"prefill_step_s", t_prefill},
+              {"train_cpu_s_per_step", c_train},
+              {"eval_cpu_s_per_step", c_eval},
+              {"prefill_cpu_s_per_step", c_prefill},
+              // CPU time over wall time x threads: well below 1 on a busy machine.
+              {"train_cpu_share", c_train / (t_train * threads)},
+              {"model_gflop_per_train_step", 3 * f.forward / 1e9},
+              {"model_gflop_per_eval_step", f.forward / 1e9},
+              {"train_gflops", train_gflops},
+              {"eval_gflops", eval_gflops},
+              {"prefill_gflops", prefill_gflops},
+              {"sgemm_gflops", sgemm},
+              {"sgemm_openblas_gflops", sgemm_openblas},
+              {"sgemm_native_gflops", sgemm_native},
+              {"sgemm_1024_gflops", std::max(sq.wall, native_sq.wall)},
+              {"sgemm_4096x1024x1024_gflops", std::max(tall.wall, native_tall.wall)},
+              {"sgemm_gflops_per_cpu_s", sgemm_cpu},
+              {"fma_peak_gflops", fma_peak},
+              {"precision", o->precision},
+              {"bf16_gemm_gflops", bf16_gemm},
+              {"bf16_peak_gflops", bf16_peak},
+              {"mfu_reference_gflops", matmul_rate},
+              {"train_bf16_peak_fraction", bf16_peak > 0 ? train_gflops / bf16_peak : 0.0},
+              {"train_cpu_efficiency", cpu_util(3 * f.forward / 1e9, c_train)},
+              {"eval_cpu_efficiency", cpu_util(f.forward / 1e9, c_eval)},
+              {"train_mfu", util(train_gflops)},
+              {"eval_mfu", util(eval_gflops)},
+              {"prefill_mfu", util(prefill_gflops)},
+              {"final_loss", run.last_loss()},
+              {"blas_core", ops::blas_core_name()},
+              {"gemm", ops::gemm_backend_name()},
+              {"omp_wait_policy",
+               std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "default"},
+              {"peak_rss_mb", peak_rss_mb()}});
     if (o->json) {
       std::printf("%s\n", j.dump().c_str());
       return;
