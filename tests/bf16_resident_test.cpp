@@ -144,6 +144,50 @@ TEST_P(Resident, Bf16ResidentModelMatchesThePackedFloatModel) {
   EXPECT_EQ(held, packed_bytes);
 }
 
+// An embedding whose values are all bf16 values (as a BF16 checkpoint's are) is held as bf16
+// rows: the same bits as before, in half its memory, also when it is the tied LM head's source
+// and when loaded from disk; one value that bf16 cannot hold keeps it in float32.
+TEST_P(Resident, AnExactlyBf16EmbeddingIsHeldInBf16) {
+  if (!bf16_resident_available()) GTEST_SKIP() << "no AVX512-BF16 here";
+  const ModelConfig c = config_for(GetParam());
+  Model<float> m = random_float_model(c, 31);
+  const int64_t E = c.vocab_size * c.hidden_size;
+  float* emb = m.at(m.layout.embed);
+  for (int64_t i = 0; i < E; ++i) emb[i] = ops::round_bf16(emb[i]);
+  int64_t linear_values = 0;
+  for (const LinearWeight& w : linear_weights(c, m.layout))
+    if (w.offset != m.layout.embed) linear_values += w.out * w.in;
+
+  const Model<float> r = make_bf16_resident(m);
+  ASSERT_EQ(int64_t(r.bf16_weights->embedding.size()), E);
+  EXPECT_EQ(int64_t(r.weights.size()), m.layout.total - linear_values - E);
+  EXPECT_EQ(r.bf16_weights->embedding[7], ops::to_bf16(emb[7]));
+  PackedWeights packed;
+  pack_weights(m, false, int64_t(1) << 30, packed, Precision::BF16);
+  for (bool reference : {false, true}) {
+    const auto want = run_segments(m, Precision::BF16, reference, &packed, 2, 2);
+    const auto got = run_segments(r, Precision::BF16, reference, nullptr, 2, 2);
+    EXPECT_EQ(got.first, want.first) << (reference ? "reference" : "fast");
+    EXPECT_EQ(got.second, want.second);
+  }
+
+  const auto dir = std::filesystem::temp_directory_path() / ("infini_resident_emb_" + GetParam());
+  save_model(m, dir.string());
+  const Model<float> loaded = load_model_bf16_resident(dir.string());
+  EXPECT_EQ(loaded.bf16_weights->embedding, r.bf16_weights->embedding);
+  EXPECT_EQ(loaded.weights, r.weights);
+  std::filesystem::remove_all(dir);
+
+  emb[3] = 1.0f + 1.0f / 1024;  // 11 significant bits: not a bf16 value
+  const Model<float> f = make_bf16_resident(m);
+  EXPECT_TRUE(f.bf16_weights->embedding.empty());
+  EXPECT_EQ(int64_t(f.weights.size()), m.layout.total - linear_values);
+  EXPECT_EQ(f.at(f.layout.embed)[3], emb[3]);
+  pack_weights(m, false, int64_t(1) << 30, packed, Precision::BF16);
+  const auto want = run_segments(m, Precision::BF16, false, &packed, 2, 1);
+  EXPECT_EQ(run_segments(f, Precision::BF16, false, nullptr, 2, 1).first, want.first);
+}
+
 // Streaming generation (prefill chunks through the cache, single-token decode on the plain
 // path) gives the same logits from the resident model as from the packed float model, and the
 // two sessions' weight hashes differ (a state is tied to the weights it was computed with).

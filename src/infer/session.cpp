@@ -114,11 +114,15 @@ uint64_t Session::weights_hash() const {
     weights_hash_ = hash_bytes(m_.weights.data(), m_.weights.size() * sizeof(float));
     // A bf16-resident model's linear weights are its packed copies: they are hashed too, so
     // a state saved under the float32 weights is not resumed under their bf16 rounding.
-    if (m_.bf16_weights)
+    if (m_.bf16_weights) {
       for (const model::LinearWeight& w : model::linear_weights(m_.config, m_.layout)) {
         const ops::PackedBf16& p = *m_.bf16_weights->forward_bf16(w.offset);
         weights_hash_ = hash_bytes(p.data.get(), p.bytes(), weights_hash_);
       }
+      const std::vector<uint16_t>& e = m_.bf16_weights->embedding;  // when held in bf16
+      if (!e.empty())
+        weights_hash_ = hash_bytes(e.data(), e.size() * sizeof(uint16_t), weights_hash_);
+    }
     weights_hash_valid_ = true;
   }
   return weights_hash_;

@@ -52,6 +52,27 @@ const PackedWeights* weight_packs(const Model<T>& m, const ForwardContext<T>& ct
   return m.bf16_weights.get();
 }
 
+// Rows r0 .. r1 of x [rows, hidden] = the embeddings of tokens[r0 .. r1]: widened from a
+// bf16-resident model's bf16 rows when it holds the embedding so, else copied.
+template <class T>
+void embed_rows(const Model<T>& m, const int32_t* tokens, int64_t r0, int64_t r1, T* x) {
+  const int64_t D = m.config.hidden_size;
+  if constexpr (std::is_same_v<T, float>) {
+    if (m.bf16_weights && !m.bf16_weights->embedding.empty()) {
+      const uint16_t* E = m.bf16_weights->embedding.data();
+      for (int64_t i = r0; i < r1; ++i) {
+        const uint16_t* e = E + int64_t(tokens[i]) * D;
+        float* o = x + i * D;
+#pragma omp simd
+        for (int64_t j = 0; j < D; ++j) o[j] = ops::bf16_value(e[j]);
+      }
+      return;
+    }
+  }
+  const T* E = m.at(m.layout.embed);
+  for (int64_t i = r0; i < r1; ++i) std::copy_n(E + int64_t(tokens[i]) * D, D, x + i * D);
+}
+
 // y[rows, out] = x W^T (+ bias), or y += x W^T when `add`: the weight at `w` of the model,
 // from its packed copy when there is one, with bf16 inputs under Precision::BF16.
 template <class T>
@@ -616,7 +637,6 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
   W.thread.resize(size_t(max_threads));
   for (auto& s : W.thread) grow(s, ops::memory_scratch_size(ctxlen, d));
 
-  const T* E = m.at(m.layout.embed);
   const int32_t* pos = acts.positions.data();
 #pragma omp parallel num_threads(max_threads)
   {
@@ -625,7 +645,7 @@ void forward_fast(const Model<T>& m, const ForwardContext<T>& ctx, const int32_t
     const int64_t rows = r1 - r0;
     T* scratch = W.thread[size_t(t)].data();
     T* x = W.h.data();
-    for (int64_t i = r0; i < r1; ++i) std::copy_n(E + int64_t(tokens[i]) * D, D, x + i * D);
+    embed_rows(m, tokens, r0, r1, x);
 
     for (int64_t l = 0; l < L; ++l) {
       LayerActs<T>& A = acts.layers[size_t(l)];
@@ -1177,8 +1197,7 @@ void forward_chunk(const Model<T>& m, const ForwardContext<T>& ctx, const int32_
 
   std::vector<T>& h = acts.work.h;
   resize(h, r * D);
-  const T* E = m.at(m.layout.embed);
-  for (int64_t i = 0; i < r; ++i) std::copy_n(E + int64_t(tokens[i]) * D, D, h.data() + i * D);
+  embed_rows(m, tokens, 0, r, h.data());
 
   for (int64_t l = 0; l < c.num_layers; ++l) {
     LayerActs<T>& A = acts.layers[size_t(l)];

@@ -106,7 +106,8 @@ namespace {
 
 // The bf16-resident model of config `c`: every linear weight is read by
 // `read` (a parameter of the plain layout and where to put its float32 values), packed in
-// bf16 and dropped; the others are read into the model's weights.
+// bf16 and dropped; the embedding is read first and kept as bf16 rows when that loses nothing;
+// the others are read into the model's weights.
 Model<float> build_bf16_resident(
     const ModelConfig& c, const std::function<void(const ParamInfo&, float*)>& read) {
   if (!bf16_resident_available())
@@ -114,24 +115,43 @@ Model<float> build_bf16_resident(
                 "lacks (" + ops::bf16_backend_name() + ")");
   const ParamLayout plain = ParamLayout::build(c);
   const std::vector<LinearWeight> linear = linear_weights(c, plain);
-  // The tied LM head is the embedding, which the lookup needs in float: it stays, and is
-  // packed as well.
+  auto packs = std::make_shared<PackedWeights>();
+  packs->precision = Precision::BF16;
+  const auto embed_param =
+      std::find_if(plain.params.begin(), plain.params.end(),
+                   [&](const ParamInfo& p) { return p.offset == plain.embed; });
+  if (embed_param == plain.params.end()) throw Error("build_bf16_resident: no embedding");
+  std::vector<float> embedding(size_t(embed_param->numel));
+  read(*embed_param, embedding.data());
+  const bool embed_bf16 = std::all_of(embedding.begin(), embedding.end(),
+                                      [](float x) { return ops::round_bf16(x) == x; });
+  if (embed_bf16) {
+    packs->embedding.resize(embedding.size());
+    std::transform(embedding.begin(), embedding.end(), packs->embedding.begin(), ops::to_bf16);
+  }
+  // The tied LM head is the embedding: packed from the values read above; the embedding
+  // itself stays in the float weights only when its bf16 rows would not be exact.
   std::vector<int64_t> apart;
   for (const LinearWeight& w : linear)
     if (w.offset != plain.embed) apart.push_back(w.offset);
+  if (embed_bf16) apart.push_back(plain.embed);
   Model<float> m;
   m.config = c;
   int64_t kept = 0;
   m.layout = plain.with_last(apart, kept);
   m.weights.assign(size_t(kept), 0.0f);
-  auto packs = std::make_shared<PackedWeights>();
-  packs->precision = Precision::BF16;
+  if (c.tie_word_embeddings)
+    ops::bf16_pack(true, c.hidden_size, c.vocab_size, embedding.data(), c.hidden_size,
+                   packs->by_offset[m.layout.lm_head].forward_bf16);
+  if (!embed_bf16) std::copy(embedding.begin(), embedding.end(), m.at(m.layout.embed));
+  std::vector<float>().swap(embedding);
   std::unordered_map<int64_t, const LinearWeight*> shape_of;  // plain offset -> its weight
   for (const LinearWeight& w : linear) shape_of[w.offset] = &w;
   std::vector<float> one;  // the float32 values of one linear weight
   for (size_t i = 0; i < plain.params.size(); ++i) {
     const ParamInfo& p = plain.params[i];
     const int64_t at = m.layout.params[i].offset;
+    if (p.offset == plain.embed) continue;  // done above
     if (at < kept) {
       read(p, m.weights.data() + at);
       continue;
@@ -141,9 +161,6 @@ Model<float> build_bf16_resident(
     const LinearWeight& w = *shape_of.at(p.offset);
     ops::bf16_pack(true, w.in, w.out, one.data(), w.in, packs->by_offset[at].forward_bf16);
   }
-  if (c.tie_word_embeddings)
-    ops::bf16_pack(true, c.hidden_size, c.vocab_size, m.at(m.layout.embed), c.hidden_size,
-                   packs->by_offset[m.layout.lm_head].forward_bf16);
   std::vector<float>().swap(one);
   m.bf16_weights = std::move(packs);
   return m;

@@ -26,6 +26,10 @@ struct PackedWeights {
   };
   std::unordered_map<int64_t, Entry> by_offset;  // key: the weight's offset in the layout
   Precision precision = Precision::FP32;         // which of the copies are filled
+  // A bf16-resident model's embedding [vocab, hidden] as rows of bf16, kept when every value of
+  // it is a bf16 value (a BF16 checkpoint's always are), so that the lookup widens them to the
+  // same floats; empty when the embedding stays in the model's float weights.
+  std::vector<uint16_t> embedding;
 
   // The packed W^T / W of the weight at `offset`, or null when it was not packed (an empty
   // PackedWeights therefore acts as no packing at all).
@@ -58,7 +62,9 @@ void pack_weights(const Model<float>& m, bool backward, int64_t max_bytes, Packe
 // Inference in bf16 that keeps the weights in bf16 (issue #27): the model's linear weights
 // (experts included) become bf16 packed copies (Model::bf16_weights) and their float values
 // are dropped, so those weights take half their float32 memory. The embedding (also the LM
-// head when tied), norms, gates, biases and routers stay float32.
+// head's source when tied) is held in bf16 too when all its values are bf16 values (as a BF16
+// checkpoint's are: then nothing changes but its size), else in float32; norms, gates, biases
+// and routers stay float32.
 // bf16_resident_available(): false where the bf16 kernel is emulated (no AVX512-BF16), where
 // there are no packed copies to hold the weights; callers then keep the float32 model.
 bool bf16_resident_available();
