@@ -638,8 +638,6 @@ void write_safetensors_raw(const std::string& path, const std::vector<RawTensor>
   write_atomic(path, w, metadata);
 }
 
-float bf16_to_f32(uint16_t v) { return std::bit_cast<float>(static_cast<uint32_t>(v) << 16); }
-
 float f16_to_f32(uint16_t v) {
   const uint32_t sign = static_cast<uint32_t>(v & 0x8000) << 16;
   const uint32_t exp = (v >> 10) & 0x1f;
@@ -650,14 +648,6 @@ float f16_to_f32(uint16_t v) {
   }
   if (exp == 31) return std::bit_cast<float>(sign | 0x7f800000u | (mant << 13));  // inf / NaN
   return std::bit_cast<float>(sign | ((exp + 127 - 15) << 23) | (mant << 13));
-}
-
-uint16_t f32_to_bf16(float f) {
-  const uint32_t x = std::bit_cast<uint32_t>(f);
-  // NaN: truncation could clear every mantissa bit and make inf; force the quiet bit.
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x0040);
-  const uint32_t rounded = x + 0x7fffu + ((x >> 16) & 1);  // ties to even; overflows to inf
-  return static_cast<uint16_t>(rounded >> 16);
 }
 
 uint16_t f32_to_f16(float f) {

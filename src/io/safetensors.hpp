@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "core/bf16.hpp"
+
 namespace infini::io {
 
 enum class DType { F32, F16, BF16 };
@@ -120,9 +122,9 @@ void write_safetensors_streaming(const std::string& path, const std::vector<Tens
                                  const std::function<void(size_t, const ByteSink&)>& produce,
                                  const std::map<std::string, std::string>& metadata = {});
 
-float bf16_to_f32(uint16_t v);
+using infini::bf16_to_f32;  // core/bf16.hpp
+using infini::f32_to_bf16;
 float f16_to_f32(uint16_t v);
-uint16_t f32_to_bf16(float v);  // round to nearest even
-uint16_t f32_to_f16(float v);   // round to nearest even
+uint16_t f32_to_f16(float v);  // round to nearest even
 
 }  // namespace infini::io

@@ -26,14 +26,6 @@ std::atomic<bool> emulation_forced{false};
 
 void bf16_force_emulation(bool on) { emulation_forced.store(on, std::memory_order_relaxed); }
 
-uint16_t to_bf16(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);  // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
-
 namespace {
 
 constexpr int kNR = 32;  // columns per packed panel: two vectors of 16 fp32 accumulators

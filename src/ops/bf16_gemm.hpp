@@ -16,17 +16,13 @@
 #include <memory>
 #include <string>
 
+#include "core/bf16.hpp"
+
 namespace infini::ops {
 
-// Round to nearest even bf16, as the upper 16 bits of an fp32 (NaN stays NaN).
-uint16_t to_bf16(float x);
-inline float bf16_value(uint16_t v) {
-  union {
-    uint32_t u;
-    float f;
-  } x{uint32_t(v) << 16};
-  return x.f;
-}
+// Round to nearest even bf16, as the upper 16 bits of an fp32 (NaN stays NaN); and back.
+inline uint16_t to_bf16(float x) { return f32_to_bf16(x); }
+inline float bf16_value(uint16_t v) { return bf16_to_f32(v); }
 inline float round_bf16(float x) { return bf16_value(to_bf16(x)); }
 
 // op(B) [k, n] in bf16, in the layout the kernel reads: panels of 32 columns; within one, for
