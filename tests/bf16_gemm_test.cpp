@@ -14,6 +14,7 @@
 #include "util/bf16_emulation.hpp"
 
 using namespace infini::ops;
+using infini::testing::for_each_native_bf16_kernel;
 
 namespace {
 
@@ -54,8 +55,11 @@ using Gemm = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const float*
                       const float*, int64_t, float, float*, int64_t);
 
 void check_shapes(Gemm gemm, const char* name) {
-  const int64_t shapes[][3] = {{1, 1, 1},    {3, 5, 7},    {12, 32, 64},  {13, 33, 65},
-                               {25, 70, 31}, {7, 16, 300}, {40, 100, 128}};
+  // AMX blocks of 32 rows (two tiles of 16), panels of 32 columns (two tiles), k blocks of 32
+  // values: shapes on both sides of each, and a k tail of every parity.
+  const int64_t shapes[][3] = {{1, 1, 1},    {3, 5, 7},    {12, 32, 64},   {13, 33, 65},
+                               {25, 70, 31}, {7, 16, 300}, {40, 100, 128}, {16, 16, 32},
+                               {17, 17, 33}, {33, 48, 95}, {64, 64, 200},  {70, 9, 1}};
   uint64_t seed = 1;
   for (const auto& s : shapes)
     for (int ta = 0; ta < 2; ++ta)
@@ -104,45 +108,50 @@ TEST(Bf16, EmulatedProductMatchesTheFloat64ReferenceOfRoundedInputs) {
 
 TEST(Bf16, NativeProductMatchesTheFloat64ReferenceOfRoundedInputs) {
   if (!bf16_native_available()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
-  check_shapes(&bf16_gemm, "native");
+  for_each_native_bf16_kernel([](const char* name) { check_shapes(&bf16_gemm, name); });
 }
 
 TEST(Bf16, PackedPrefixOfKAndNEqualsAProductOfThatSize) {
   if (!bf16_native_available()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
-  const int64_t m = 9, n = 50, k = 41;
-  const auto a = random_matrix(m * k, 11), b = random_matrix(k * n, 12);
-  PackedBf16 packed;
-  bf16_pack(false, k, n, b.data(), n, packed);
-  for (const int64_t kk : {int64_t(1), int64_t(20), int64_t(33), k})
-    for (const int64_t nn : {int64_t(1), int64_t(31), int64_t(33), n}) {
-      std::vector<float> got(size_t(m * nn)), want(size_t(m * nn));
-      bf16_gemm_packed(m, nn, kk, 1.0f, a.data(), k, packed, 0.0f, got.data(), nn);
-      bf16_gemm(false, false, m, nn, kk, 1.0f, a.data(), k, b.data(), n, 0.0f, want.data(), nn);
-      EXPECT_EQ(got, want) << "k=" << kk << " n=" << nn;
-    }
+  for_each_native_bf16_kernel([](const char* name) {
+    const int64_t m = 9, n = 50, k = 41;
+    const auto a = random_matrix(m * k, 11), b = random_matrix(k * n, 12);
+    PackedBf16 packed;
+    bf16_pack(false, k, n, b.data(), n, packed);
+    for (const int64_t kk : {int64_t(1), int64_t(20), int64_t(33), k})
+      for (const int64_t nn : {int64_t(1), int64_t(31), int64_t(33), n}) {
+        std::vector<float> got(size_t(m * nn)), want(size_t(m * nn));
+        bf16_gemm_packed(m, nn, kk, 1.0f, a.data(), k, packed, 0.0f, got.data(), nn);
+        bf16_gemm(false, false, m, nn, kk, 1.0f, a.data(), k, b.data(), n, 0.0f, want.data(), nn);
+        EXPECT_EQ(got, want) << name << " k=" << kk << " n=" << nn;
+      }
+  });
 }
 
 TEST(Bf16, SharedAEqualsOneProductPerB) {
-  // q, k, v of a layer: one A (27 rows: two 12-row blocks and a tail) against three packed
-  // weights of different widths, one added to what C held (a bias), one overwritten.
+  // q, k, v of a layer: one A (45 rows: three 12-row blocks and a tail; an AMX block of 32 and
+  // one of 13) against three packed weights of different widths, one added to what C held (a
+  // bias), one overwritten.
   if (!bf16_native_available()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
-  const int64_t m = 27, k = 45, lda = 50;
-  const auto a = random_matrix(m * lda, 41);
-  const int64_t widths[3] = {64, 33, 7};
-  PackedBf16 packs[3];
-  std::vector<float> got[3], want[3];
-  Bf16Output outs[3];
-  for (int o = 0; o < 3; ++o) {
-    const auto w = random_matrix(widths[o] * k, uint64_t(42 + o));
-    bf16_pack(true, k, widths[o], w.data(), k, packs[o]);
-    got[o] = want[o] = random_matrix(m * widths[o], uint64_t(50 + o));
-    const float beta = o == 1 ? 1.0f : 0.0f;
-    outs[o] = {&packs[o], widths[o], beta, got[o].data(), widths[o]};
-    bf16_gemm_packed(m, widths[o], k, 1.0f, a.data(), lda, packs[o], beta, want[o].data(),
-                     widths[o]);
-  }
-  bf16_gemm_packed_shared_a(m, k, a.data(), lda, outs, 3);
-  for (int o = 0; o < 3; ++o) EXPECT_EQ(got[o], want[o]) << "output " << o;
+  for_each_native_bf16_kernel([](const char* name) {
+    const int64_t m = 45, k = 45, lda = 50;
+    const auto a = random_matrix(m * lda, 41);
+    const int64_t widths[3] = {64, 33, 7};
+    PackedBf16 packs[3];
+    std::vector<float> got[3], want[3];
+    Bf16Output outs[3];
+    for (int o = 0; o < 3; ++o) {
+      const auto w = random_matrix(widths[o] * k, uint64_t(42 + o));
+      bf16_pack(true, k, widths[o], w.data(), k, packs[o]);
+      got[o] = want[o] = random_matrix(m * widths[o], uint64_t(50 + o));
+      const float beta = o == 1 ? 1.0f : 0.0f;
+      outs[o] = {&packs[o], widths[o], beta, got[o].data(), widths[o]};
+      bf16_gemm_packed(m, widths[o], k, 1.0f, a.data(), lda, packs[o], beta, want[o].data(),
+                       widths[o]);
+    }
+    bf16_gemm_packed_shared_a(m, k, a.data(), lda, outs, 3);
+    for (int o = 0; o < 3; ++o) EXPECT_EQ(got[o], want[o]) << name << " output " << o;
+  });
 }
 
 TEST(Bf16, VectorPackingEqualsTheScalarOneInBothOrientations) {
@@ -168,37 +177,39 @@ TEST(Bf16, VectorPackingEqualsTheScalarOneInBothOrientations) {
 
 TEST(Bf16, PairConvertedAEqualsTheProductThatConvertsOnTheFly) {
   if (!bf16_native_available()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
-  // dW [out, w] = dY^T [out, r] X [r, w], dY converted in two row ranges as two threads would.
-  const int64_t r = 37, out = 29, w = 45, ldo = 2 * out + 4;  // odd r: the pad row is zero
-  const auto dy = random_matrix(r * out, 21), x = random_matrix(r * w, 22);
-  const int64_t pairs = (r + 1) / 2;
-  std::vector<uint16_t> dyt(size_t(pairs * ldo), 0xFFFF);
-  bf16_zero_pair_pad(dyt.data(), ldo, r, out);
-  for (int64_t i = 0; i < out; ++i) ASSERT_EQ(dyt[size_t((pairs - 1) * ldo + 2 * i + 1)], 0);
-  bf16_convert_pairs(dy.data(), out, 0, 17, out, dyt.data(), ldo);
-  bf16_convert_pairs(dy.data(), out, 17, r, out, dyt.data(), ldo);
-  for (int64_t t = 0; t < r; ++t)
-    for (int64_t i = 0; i < out; ++i)
-      ASSERT_EQ(dyt[size_t((t / 2) * ldo + 2 * i + t % 2)], to_bf16(dy[size_t(t * out + i)]));
-  PackedBf16 xp;
-  bf16_pack(false, r, w, x.data(), w, xp);
-  std::vector<float> got(size_t(out * w), 1.0f), want(got);
-  bf16_gemm_converted_pairs(out, w, r, 1.0f, dyt.data(), ldo, xp, 1.0f, got.data(), w);
-  // The oracle: the row-layout product of dY^T transposed in memory, same rounding, same sums.
-  std::vector<float> dyt_rows(size_t(out * r));
-  for (int64_t t = 0; t < r; ++t)
-    for (int64_t i = 0; i < out; ++i) dyt_rows[size_t(i * r + t)] = dy[size_t(t * out + i)];
-  bf16_gemm_packed(out, w, r, 1.0f, dyt_rows.data(), r, xp, 1.0f, want.data(), w);
-  EXPECT_EQ(got, want);
-  // bf16_gemm's transposed A goes the same way: the same bits, for odd and even k.
-  for (const int64_t k : {r, r - 1}) {
-    std::vector<float> via(size_t(out * w), 1.0f), direct(via);
-    bf16_gemm(true, false, out, w, k, 1.0f, dy.data(), out, x.data(), w, 1.0f, via.data(), w);
-    PackedBf16 xk;
-    bf16_pack(false, k, w, x.data(), w, xk);
-    bf16_gemm_packed(out, w, k, 1.0f, dyt_rows.data(), r, xk, 1.0f, direct.data(), w);
-    EXPECT_EQ(via, direct) << "k=" << k;
-  }
+  for_each_native_bf16_kernel([](const char* name) {
+    // dW [out, w] = dY^T [out, r] X [r, w], dY converted in two row ranges as two threads would.
+    const int64_t r = 37, out = 29, w = 45, ldo = 2 * out + 4;  // odd r: the pad row is zero
+    const auto dy = random_matrix(r * out, 21), x = random_matrix(r * w, 22);
+    const int64_t pairs = (r + 1) / 2;
+    std::vector<uint16_t> dyt(size_t(pairs * ldo), 0xFFFF);
+    bf16_zero_pair_pad(dyt.data(), ldo, r, out);
+    for (int64_t i = 0; i < out; ++i) ASSERT_EQ(dyt[size_t((pairs - 1) * ldo + 2 * i + 1)], 0);
+    bf16_convert_pairs(dy.data(), out, 0, 17, out, dyt.data(), ldo);
+    bf16_convert_pairs(dy.data(), out, 17, r, out, dyt.data(), ldo);
+    for (int64_t t = 0; t < r; ++t)
+      for (int64_t i = 0; i < out; ++i)
+        ASSERT_EQ(dyt[size_t((t / 2) * ldo + 2 * i + t % 2)], to_bf16(dy[size_t(t * out + i)]));
+    PackedBf16 xp;
+    bf16_pack(false, r, w, x.data(), w, xp);
+    std::vector<float> got(size_t(out * w), 1.0f), want(got);
+    bf16_gemm_converted_pairs(out, w, r, 1.0f, dyt.data(), ldo, xp, 1.0f, got.data(), w);
+    // The oracle: the row-layout product of dY^T transposed in memory, same rounding, same sums.
+    std::vector<float> dyt_rows(size_t(out * r));
+    for (int64_t t = 0; t < r; ++t)
+      for (int64_t i = 0; i < out; ++i) dyt_rows[size_t(i * r + t)] = dy[size_t(t * out + i)];
+    bf16_gemm_packed(out, w, r, 1.0f, dyt_rows.data(), r, xp, 1.0f, want.data(), w);
+    EXPECT_EQ(got, want) << name;
+    // bf16_gemm's transposed A goes the same way: the same bits, for odd and even k.
+    for (const int64_t k : {r, r - 1}) {
+      std::vector<float> via(size_t(out * w), 1.0f), direct(via);
+      bf16_gemm(true, false, out, w, k, 1.0f, dy.data(), out, x.data(), w, 1.0f, via.data(), w);
+      PackedBf16 xk;
+      bf16_pack(false, k, w, x.data(), w, xk);
+      bf16_gemm_packed(out, w, k, 1.0f, dyt_rows.data(), r, xk, 1.0f, direct.data(), w);
+      EXPECT_EQ(via, direct) << name << " k=" << k;
+    }
+  });
 }
 
 TEST(Bf16, PairConversionOfAnyRowRangeEqualsTheScalarRounding) {

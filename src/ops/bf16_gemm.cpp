@@ -8,11 +8,14 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "ops/bf16_amx.hpp"
 #include "ops/gemm.hpp"
 
 #if defined(__AVX512BF16__) && defined(__AVX512F__)
 #define INFINI_BF16_KERNEL 1
 #include <immintrin.h>
+
+#include "ops/avx512_transpose.hpp"
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC bug 105593, as in sgemm.cpp
 #endif
@@ -21,10 +24,16 @@
 namespace infini::ops {
 
 namespace {
-std::atomic<bool> emulation_forced{false};
+std::atomic<bool> emulation_forced{false}, avx512_forced{false};
 }  // namespace
 
 void bf16_force_emulation(bool on) { emulation_forced.store(on, std::memory_order_relaxed); }
+void bf16_force_avx512(bool on) { avx512_forced.store(on, std::memory_order_relaxed); }
+
+bool bf16_amx_active() {
+  return bf16_native_available() && amx::supported() &&
+         !avx512_forced.load(std::memory_order_relaxed);
+}
 
 namespace {
 
@@ -231,32 +240,6 @@ void pack_rows(int64_t k, int64_t n, const float* b, int64_t ldb, uint16_t* d) {
   }
 }
 
-// z[r] lane c becomes z[c] lane r (32-bit lanes).
-inline void transpose_16x16_epi32(__m512i z[16]) {
-  __m512i t[16];
-  for (int r = 0; r < 16; r += 2) {  // pairs of rows: lanes interleaved by one
-    t[r] = _mm512_unpacklo_epi32(z[r], z[r + 1]);
-    t[r + 1] = _mm512_unpackhi_epi32(z[r], z[r + 1]);
-  }
-  for (int r = 0; r < 16; r += 4) {  // by two
-    z[r] = _mm512_unpacklo_epi64(t[r], t[r + 2]);
-    z[r + 1] = _mm512_unpackhi_epi64(t[r], t[r + 2]);
-    z[r + 2] = _mm512_unpacklo_epi64(t[r + 1], t[r + 3]);
-    z[r + 3] = _mm512_unpackhi_epi64(t[r + 1], t[r + 3]);
-  }
-  // Now z[4q + j] lane (4b + x) holds row 4q + x, column 4b + j: 128-bit blocks move next.
-  for (int j = 0; j < 4; ++j) {
-    const __m512i a0 = z[j], a1 = z[4 + j], a2 = z[8 + j], a3 = z[12 + j];
-    const __m512i b0 = _mm512_shuffle_i32x4(a0, a1, 0x88), b1 = _mm512_shuffle_i32x4(a0, a1, 0xDD);
-    const __m512i b2 = _mm512_shuffle_i32x4(a2, a3, 0x88), b3 = _mm512_shuffle_i32x4(a2, a3, 0xDD);
-    t[j] = _mm512_shuffle_i32x4(b0, b2, 0x88);       // column block 0
-    t[8 + j] = _mm512_shuffle_i32x4(b0, b2, 0xDD);   // column block 2
-    t[4 + j] = _mm512_shuffle_i32x4(b1, b3, 0x88);   // column block 1
-    t[12 + j] = _mm512_shuffle_i32x4(b1, b3, 0xDD);  // column block 3
-  }
-  for (int r = 0; r < 16; ++r) z[r] = t[r];
-}
-
 // B transposed (a weight [n, k] packed as W^T): row j of the source, converted, is already the
 // sequence of 32-bit pairs column j needs. Tiles of 16 source rows by 16 pairs are transposed
 // in registers and stored as 16 contiguous runs of 16 words (one per pair); the borders go word
@@ -346,6 +329,12 @@ bool convert_pairs_vector(const float* y, int64_t lda, int64_t t0, int64_t t1, i
 void gemm_converted_rows(int64_t m, int64_t n, int64_t use_pairs, float alpha, const uint16_t* a,
                          int64_t lda, const PackedBf16& b, float beta, float* c, int64_t ldc,
                          bool pairs = false) {
+  if (bf16_amx_active()) {
+    const Bf16Output out{&b, n, beta, c, ldc};
+    amx::gemm(m, 2 * use_pairs, alpha,
+              {pairs ? amx::AKind::Bf16Pairs : amx::AKind::Bf16Rows, a, lda}, &out, 1);
+    return;
+  }
   const int64_t kpairs = (b.k + 1) / 2;
   const auto& kernels = pairs ? kPairKernels : kKernels;
   for (int64_t i0 = 0; i0 < m; i0 += kMR) {
@@ -373,6 +362,10 @@ namespace {
 // k/2 are skipped, and a pair cut by an odd k meets the zero A pads.
 void gemm_rounding_a(int64_t m, int64_t k, float alpha, const float* a, int64_t lda,
                      const Bf16Output* outs, int count) {
+  if (bf16_amx_active()) {
+    amx::gemm(m, k, alpha, {amx::AKind::F32Rows, a, lda}, outs, count);
+    return;
+  }
   const int64_t use_pairs = (k + 1) / 2, kp = 2 * use_pairs;
   thread_local std::vector<uint16_t> abuf;
   abuf.resize(size_t(kMR * kp));
@@ -472,8 +465,9 @@ void bf16_gemm_packed(int64_t, int64_t, int64_t, float, const float*, int64_t, c
 #endif
 
 std::string bf16_backend_name() {
-  return bf16_native_available() ? "native-avx512bf16"
-                                 : "emulated (no AVX512-BF16 on this CPU or build)";
+  return bf16_amx_active()        ? "native-amx-bf16"
+         : bf16_native_available() ? "native-avx512bf16"
+                                   : "emulated (no AVX512-BF16 on this CPU or build)";
 }
 
 void bf16_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,

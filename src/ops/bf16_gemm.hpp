@@ -45,7 +45,14 @@ bool bf16_native_available();
 // AVX512-BF16, so that one machine tests both; false restores detection. Switch before packing:
 // bf16 packings made natively stay in the native layout.
 void bf16_force_emulation(bool on);
-// "native-avx512bf16" or "emulated (no AVX512-BF16 on this CPU or build)".
+// True when the native products run on Intel AMX tiles (ops/bf16_amx.hpp: CPUs with AMX-BF16,
+// e.g. Sapphire Rapids) instead of the AVX512-BF16 kernel; same inputs, same packings, fp32
+// sums in another order.
+bool bf16_amx_active();
+// From now on (true) the native products use the AVX512-BF16 kernel even where AMX is present,
+// so that one machine tests both; false restores detection.
+void bf16_force_avx512(bool on);
+// "native-amx-bf16", "native-avx512bf16" or "emulated (no AVX512-BF16 on this CPU or build)".
 std::string bf16_backend_name();
 
 // Packs op(B) [k, n] (vector code where the CPU has AVX512-BF16; bf16_pack_scalar is the plain
