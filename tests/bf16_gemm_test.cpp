@@ -64,24 +64,27 @@ void check_shapes(Gemm gemm, const char* name) {
   for (const auto& s : shapes)
     for (int ta = 0; ta < 2; ++ta)
       for (int tb = 0; tb < 2; ++tb)
-        for (const float beta : {0.0f, 0.5f}) {
+        for (const auto& [alpha, beta] : {std::pair<float, float>{1.25f, 0.0f},
+                                          {1.25f, 0.5f},
+                                          {1.0f, 0.0f},     // AMX: whole tiles straight to C
+                                          {1.0f, 1.0f}}) {  // ... starting from C
           const int64_t m = s[0], n = s[1], k = s[2];
           const int64_t lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 1, ldc = n + 2;
           const auto a = random_matrix((ta ? k : m) * lda, seed++);
           const auto b = random_matrix((tb ? n : k) * ldb, seed++);
           std::vector<float> c = random_matrix(m * ldc, seed++);
           std::vector<double> want(c.begin(), c.end()), bound(c.size(), 0.0);
-          reference(ta, tb, m, n, k, 1.25, a, lda, b, ldb, beta, want, bound, ldc);
+          reference(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, want, bound, ldc);
           if (beta == 0.0f)  // beta 0 must not read C, even NaN
             for (int64_t i = 0; i < m; ++i) c[size_t(i * ldc)] = std::nanf("");
-          gemm(ta, tb, m, n, k, 1.25f, a.data(), lda, b.data(), ldb, beta, c.data(), ldc);
+          gemm(ta, tb, m, n, k, alpha, a.data(), lda, b.data(), ldb, beta, c.data(), ldc);
           for (int64_t i = 0; i < m; ++i)
             for (int64_t j = 0; j < n; ++j) {
               const size_t at = size_t(i * ldc + j);
               // fp32 sums of exact products: error within k * 2^-24 of the sum of magnitudes.
               ASSERT_NEAR(c[at], want[at], 1e-7 * double(k + 2) * bound[at] + 1e-30)
                   << name << " m=" << m << " n=" << n << " k=" << k << " ta=" << ta << " tb=" << tb
-                  << " beta=" << beta << " at " << i << "," << j;
+                  << " alpha=" << alpha << " beta=" << beta << " at " << i << "," << j;
             }
         }
 }

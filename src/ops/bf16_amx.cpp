@@ -154,15 +154,24 @@ void fill_pairs(const uint32_t* a32, int64_t stride, int64_t rows, int64_t pairs
   }
 }
 
-// The C tiles of one A block times one panel into cbuf [32][32] (rows 128 bytes apart). The
-// last k block reads `tail` (the panel's remaining pairs, zero-padded to 16) when not null.
+// The C tiles of one A block times one panel, written to dst [32][32] (rows ld floats apart),
+// after what dst held (add) or not. The last k block reads `tail` (the panel's remaining pairs,
+// zero-padded to 16) when not null.
 template <bool TwoRowTiles, bool TwoColTiles>
 void panel_product(const uint16_t* ablk, int64_t kblocks, const uint16_t* panel,
-                   const uint16_t* tail, float* cbuf) {
-  _tile_zero(0);
-  if constexpr (TwoColTiles) _tile_zero(1);
-  if constexpr (TwoRowTiles) _tile_zero(2);
-  if constexpr (TwoRowTiles && TwoColTiles) _tile_zero(3);
+                   const uint16_t* tail, float* dst, int64_t ld, bool add) {
+  const int64_t ldb = ld * int64_t(sizeof(float));
+  if (add) {
+    _tile_loadd(0, dst, ldb);
+    if constexpr (TwoColTiles) _tile_loadd(1, dst + 16, ldb);
+    if constexpr (TwoRowTiles) _tile_loadd(2, dst + 16 * ld, ldb);
+    if constexpr (TwoRowTiles && TwoColTiles) _tile_loadd(3, dst + 16 * ld + 16, ldb);
+  } else {
+    _tile_zero(0);
+    if constexpr (TwoColTiles) _tile_zero(1);
+    if constexpr (TwoRowTiles) _tile_zero(2);
+    if constexpr (TwoRowTiles && TwoColTiles) _tile_zero(3);
+  }
   for (int64_t kb = 0; kb < kblocks; ++kb) {
     const uint16_t* bk = tail && kb == kblocks - 1 ? tail : panel + kb * kPanelKBlock;
     const uint16_t* ak = ablk + kb * kBlockRows * kTileK;
@@ -177,13 +186,14 @@ void panel_product(const uint16_t* ablk, int64_t kblocks, const uint16_t* panel,
       if constexpr (TwoColTiles) _tile_dpbf16ps(3, 5, 7);
     }
   }
-  _tile_stored(0, cbuf, 128);
-  if constexpr (TwoColTiles) _tile_stored(1, cbuf + 16, 128);
-  if constexpr (TwoRowTiles) _tile_stored(2, cbuf + 16 * 32, 128);
-  if constexpr (TwoRowTiles && TwoColTiles) _tile_stored(3, cbuf + 16 * 32 + 16, 128);
+  _tile_stored(0, dst, ldb);
+  if constexpr (TwoColTiles) _tile_stored(1, dst + 16, ldb);
+  if constexpr (TwoRowTiles) _tile_stored(2, dst + 16 * ld, ldb);
+  if constexpr (TwoRowTiles && TwoColTiles) _tile_stored(3, dst + 16 * ld + 16, ldb);
 }
 
-using PanelProduct = void (*)(const uint16_t*, int64_t, const uint16_t*, const uint16_t*, float*);
+using PanelProduct = void (*)(const uint16_t*, int64_t, const uint16_t*, const uint16_t*, float*,
+                              int64_t, bool);
 constexpr PanelProduct kPanelProducts[2][2] = {
     {&panel_product<false, false>, &panel_product<false, true>},
     {&panel_product<true, false>, &panel_product<true, true>}};
@@ -262,8 +272,23 @@ void gemm(int64_t m, int64_t k, float alpha, const AOperand& a, const Bf16Output
         const uint16_t* panel = b.data.get() + (j0 / kPanel) * bpairs * 2 * kPanel;
         const uint16_t* tail =
             rem != 0 ? tails[size_t(o)].data.get() + (j0 / kPanel) * kPanelKBlock : nullptr;
-        kPanelProducts[rows > kTileRows][nv > 16](ablk, kblocks, panel, tail, cbuf);
-        store_block(cbuf, rows, nv, alpha, out.beta, out.c + i0 * out.ldc + j0, out.ldc);
+        float* c = out.c + i0 * out.ldc + j0;
+        // The C lines are written (read too, beta != 0) only after the products: asking for
+        // them now hides their misses, which took half of this function's time.
+        for (int64_t r = 0; r < rows; ++r) {
+          __builtin_prefetch(c + r * out.ldc, 1, 3);
+          if (nv > 16) __builtin_prefetch(c + r * out.ldc + 16, 1, 3);
+        }
+        const PanelProduct product = kPanelProducts[rows > kTileRows][nv > 16];
+        // Whole tiles of C with alpha 1 and beta 0 or 1 go straight to C (the tiles start from
+        // C when beta is 1); the rest through cbuf.
+        if (alpha == 1.0f && (out.beta == 0.0f || out.beta == 1.0f) &&
+            (rows == kTileRows || rows == kBlockRows) && (nv == 16 || nv == kPanel)) {
+          product(ablk, kblocks, panel, tail, c, out.ldc, out.beta == 1.0f);
+        } else {
+          product(ablk, kblocks, panel, tail, cbuf, kPanel, false);
+          store_block(cbuf, rows, nv, alpha, out.beta, c, out.ldc);
+        }
       }
     }
   }
