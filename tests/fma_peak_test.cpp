@@ -5,6 +5,9 @@
 
 #include <cmath>
 
+#include "ops/bf16_amx.hpp"
+#include "ops/bf16_gemm.hpp"
+
 namespace {
 
 // Vector lanes the widest FMA this CPU has works on: what fma_chains should pick.
@@ -62,4 +65,20 @@ TEST(Bf16Peak, ChainsDoTheArithmeticTheyCount) {
   for (int i = 0; i < 24; ++i) want += i / 1024.0 + double(steps) * 2.0 / 1048576.0;
   EXPECT_NEAR(sink, 16 * want, 1e-5 * 16 * want);
   EXPECT_GT(infini::ops::bf16_peak_gflops(2, 1 << 14, 2), 0.0);
+}
+
+TEST(Bf16Peak, AmxTileChainsDoTheArithmeticTheyCount) {
+  const int64_t steps = 1000;
+  float sink = -1;
+  const double flops = infini::ops::amx::tile_chains(steps, &sink);
+  if (!infini::ops::amx::supported()) {
+    EXPECT_EQ(flops, 0.0);
+    EXPECT_EQ(sink, 0.0f);
+    GTEST_SKIP() << "no AMX-BF16 here";
+  }
+  // Four tiles of 16 x 16 fp32, each TDPBF16PS 32 products per element, 2 FLOPs each.
+  EXPECT_EQ(flops, 4.0 * double(steps) * 16 * 16 * 32 * 2);
+  // One element of each tile: steps * 32 * 2^-20, exact.
+  EXPECT_EQ(double(sink), 4.0 * double(steps) * 32 / 1048576.0);
+  EXPECT_GT(infini::ops::bf16_peak_gflops(1, 1 << 14, 2), 0.0);
 }

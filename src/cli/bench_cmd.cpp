@@ -389,7 +389,8 @@ void register_bench(CLI::App& app) {
     SgemmRate sq, tall, native_sq, native_tall;
     const bool has_native = ops::sgemm_native_available();
     double fma_peak = 0;  // and the FMA ceiling, which no SGEMM can pass
-    // With --precision bf16 also the bf16 product's rate and ceiling (VDPBF16PS on registers).
+    // With --precision bf16 also the bf16 product's rate and ceiling (VDPBF16PS on registers,
+    // or TDPBF16PS on tiles where AMX runs the products).
     SgemmRate bf16_sq, bf16_tall;
     double bf16_peak = 0;
     auto reference = [&] {
@@ -522,11 +523,11 @@ void register_bench(CLI::App& app) {
                   "training at %.1f%%\n",
                   fma_peak, 100 * sgemm / fma_peak, 100 * train_gflops / fma_peak);
       if (bf16 && bf16_peak > 0)
-        std::printf("  bf16: product %.1f GFLOP/s (MFU above is against it), ceiling %.1f "
-                    "GFLOP/s (VDPBF16PS, registers only): product at %.1f%%, training at "
-                    "%.1f%%\n",
-                    bf16_gemm, bf16_peak, 100 * bf16_gemm / bf16_peak,
-                    100 * train_gflops / bf16_peak);
+        std::printf(
+            "  bf16: product %.1f GFLOP/s (MFU above is against it), ceiling %.1f "
+            "GFLOP/s (%s, registers only): product at %.1f%%, training at %.1f%%\n",
+            bf16_gemm, bf16_peak, ops::bf16_amx_active() ? "AMX TDPBF16PS on tiles" : "VDPBF16PS",
+            100 * bf16_gemm / bf16_peak, 100 * train_gflops / bf16_peak);
     }
   });
 }

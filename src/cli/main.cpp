@@ -26,7 +26,9 @@ std::string version_text() {
   s += infini::ops::sgemm_native_available()
            ? "matrix products: infini's AVX-512 kernel (this CPU has AVX-512)\n"
            : "matrix products: OpenBLAS (no AVX-512 kernel on this CPU or build)\n";
-  s += infini::ops::bf16_native_available()
+  s += infini::ops::bf16_amx_active()
+           ? "--precision bf16: native (Intel AMX TDPBF16PS tile kernel)\n"
+       : infini::ops::bf16_native_available()
            ? "--precision bf16: native (AVX512-BF16 VDPBF16PS kernel)\n"
            : "--precision bf16: emulated (no AVX512-BF16 on this CPU or build: products of "
              "bf16-rounded inputs computed in fp32, same results, no speed-up)\n";

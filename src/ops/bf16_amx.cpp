@@ -294,9 +294,43 @@ void gemm(int64_t m, int64_t k, float alpha, const AOperand& a, const Bf16Output
   }
 }
 
+double tile_chains(int64_t steps, float* sink) {
+  *sink = 0;
+  if (!supported()) return 0;
+  configure_tiles();
+  alignas(64) uint16_t operand[kTileRows * kTileK];
+  std::fill_n(operand, kTileRows * kTileK, uint16_t(0x3A80));  // 2^-10
+  _tile_loadd(4, operand, 64);
+  _tile_loadd(5, operand, 64);
+  _tile_loadd(6, operand, 64);
+  _tile_loadd(7, operand, 64);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t s = 0; s < steps; ++s) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  alignas(64) float c[4][kTileRows * 16];
+  _tile_stored(0, c[0], 64);
+  _tile_stored(1, c[1], 64);
+  _tile_stored(2, c[2], 64);
+  _tile_stored(3, c[3], 64);
+  *sink = c[0][0] + c[1][0] + c[2][0] + c[3][0];
+  return 4.0 * double(steps) * 2 * kTileRows * 16 * kTileK;
+}
+
 #else  // no AMX kernel in this build
 
 bool supported() { return false; }
+
+double tile_chains(int64_t, float* sink) {
+  *sink = 0;
+  return 0;
+}
 
 void gemm(int64_t, int64_t, float, const AOperand&, const Bf16Output*, int) {
   throw Error("bf16 AMX kernel: not in this build");

@@ -29,4 +29,10 @@ struct AOperand {
 // C_o). Single-threaded, as the AVX-512 kernel. Requires supported().
 void gemm(int64_t m, int64_t k, float alpha, const AOperand& a, const Bf16Output* outs, int count);
 
+// The AMX ceiling (ops::bf16_peak_gflops where AMX runs the products): `steps` steps of four
+// independent TDPBF16PS accumulations on tiles already loaded (2^-10 in every bf16 slot, so
+// each adds 32 * 2^-20 to every fp32 element, exactly). Returns the FLOPs done; `*sink` the
+// sum of one element of each of the four accumulators. 0 FLOPs without AMX.
+double tile_chains(int64_t steps, float* sink);
+
 }  // namespace infini::ops::amx

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include "ops/bf16_amx.hpp"
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -134,6 +136,7 @@ double fma_peak_gflops(int threads, int64_t steps, int reps) {
 }
 
 double bf16_peak_gflops(int threads, int64_t steps, int reps) {
+  if (bf16_amx_active()) return peak_gflops(&amx::tile_chains, threads, steps / 4, reps);
   return peak_gflops(&bf16_dot_chains, threads, steps, reps);
 }
 

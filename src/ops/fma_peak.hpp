@@ -21,6 +21,9 @@ double fma_peak_gflops(int threads, int64_t steps = int64_t(1) << 21, int reps =
 // lane (4 FLOPs per lane per instruction). Each chain adds 2 * 2^-20 per lane per step from
 // 2^-10 i, exactly. Returns 0 FLOPs (and bf16_peak_gflops 0) on CPUs without AVX512-BF16.
 double bf16_dot_chains(int64_t steps, float* sink);
+// The ceiling of the kernel that runs the bf16 products: AMX's TDPBF16PS on tiles
+// (ops::amx::tile_chains, steps / 4 steps of four tiles) where ops::bf16_amx_active(), else
+// bf16_dot_chains.
 double bf16_peak_gflops(int threads, int64_t steps = int64_t(1) << 21, int reps = 3);
 
 }  // namespace infini::ops
