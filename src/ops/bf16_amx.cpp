@@ -1,3 +1,4 @@
+
 #include "ops/bf16_amx.hpp"
 
 #include <algorithm>
@@ -154,12 +155,25 @@ void fill_pairs(const uint32_t* a32, int64_t stride, int64_t rows, int64_t pairs
   }
 }
 
+// Lines of C to ask for while the tiles multiply: rows [0, rows) of c, one or two lines each.
+struct CLines {
+  const float* c;
+  int64_t ldc, rows;
+  bool wide;
+  void ask(int64_t r0, int64_t r1) const {
+    for (int64_t r = r0; r < std::min(r1, rows); ++r) {
+      __builtin_prefetch(c + r * ldc, 1, 3);
+      if (wide) __builtin_prefetch(c + r * ldc + 16, 1, 3);
+    }
+  }
+};
+
 // The C tiles of one A block times one panel, written to dst [32][32] (rows ld floats apart),
 // after what dst held (add) or not. The last k block reads `tail` (the panel's remaining pairs,
-// zero-padded to 16) when not null.
+// zero-padded to 16) when not null. The lines of `next` are asked for along the way.
 template <bool TwoRowTiles, bool TwoColTiles>
 void panel_product(const uint16_t* ablk, int64_t kblocks, const uint16_t* panel,
-                   const uint16_t* tail, float* dst, int64_t ld, bool add) {
+                   const uint16_t* tail, float* dst, int64_t ld, bool add, const CLines& next) {
   const int64_t ldb = ld * int64_t(sizeof(float));
   if (add) {
     _tile_loadd(0, dst, ldb);
@@ -172,7 +186,9 @@ void panel_product(const uint16_t* ablk, int64_t kblocks, const uint16_t* panel,
     if constexpr (TwoRowTiles) _tile_zero(2);
     if constexpr (TwoRowTiles && TwoColTiles) _tile_zero(3);
   }
+  const int64_t ask_rows = (next.rows + kblocks - 1) / kblocks;
   for (int64_t kb = 0; kb < kblocks; ++kb) {
+    next.ask(kb * ask_rows, (kb + 1) * ask_rows);
     const uint16_t* bk = tail && kb == kblocks - 1 ? tail : panel + kb * kPanelKBlock;
     const uint16_t* ak = ablk + kb * kBlockRows * kTileK;
     _tile_loadd(4, ak, 64);
@@ -193,7 +209,7 @@ void panel_product(const uint16_t* ablk, int64_t kblocks, const uint16_t* panel,
 }
 
 using PanelProduct = void (*)(const uint16_t*, int64_t, const uint16_t*, const uint16_t*, float*,
-                              int64_t, bool);
+                              int64_t, bool, const CLines&);
 constexpr PanelProduct kPanelProducts[2][2] = {
     {&panel_product<false, false>, &panel_product<false, true>},
     {&panel_product<true, false>, &panel_product<true, true>}};
@@ -273,20 +289,21 @@ void gemm(int64_t m, int64_t k, float alpha, const AOperand& a, const Bf16Output
         const uint16_t* tail =
             rem != 0 ? tails[size_t(o)].data.get() + (j0 / kPanel) * kPanelKBlock : nullptr;
         float* c = out.c + i0 * out.ldc + j0;
-        // The C lines are written (read too, beta != 0) only after the products: asking for
-        // them now hides their misses, which took half of this function's time.
-        for (int64_t r = 0; r < rows; ++r) {
-          __builtin_prefetch(c + r * out.ldc, 1, 3);
-          if (nv > 16) __builtin_prefetch(c + r * out.ldc + 16, 1, 3);
-        }
+        // The C lines are written (read too, beta != 0) only after the products: asked for
+        // ahead, their misses hide behind the tiles' work, where they took half of this
+        // function's time. The first panel's lines now, each next panel's during this one's
+        // products (a few rows per k block: all at once stalled on the fill buffers).
+        if (j0 == 0) CLines{c, out.ldc, rows, nv > 16}.ask(0, rows);
+        const int64_t next = j0 + kPanel;
+        const CLines ahead{c + kPanel, out.ldc, next < out.n ? rows : 0, out.n - next > 16};
         const PanelProduct product = kPanelProducts[rows > kTileRows][nv > 16];
         // Whole tiles of C with alpha 1 and beta 0 or 1 go straight to C (the tiles start from
         // C when beta is 1); the rest through cbuf.
         if (alpha == 1.0f && (out.beta == 0.0f || out.beta == 1.0f) &&
             (rows == kTileRows || rows == kBlockRows) && (nv == 16 || nv == kPanel)) {
-          product(ablk, kblocks, panel, tail, c, out.ldc, out.beta == 1.0f);
+          product(ablk, kblocks, panel, tail, c, out.ldc, out.beta == 1.0f, ahead);
         } else {
-          product(ablk, kblocks, panel, tail, cbuf, kPanel, false);
+          product(ablk, kblocks, panel, tail, cbuf, kPanel, false, ahead);
           store_block(cbuf, rows, nv, alpha, out.beta, c, out.ldc);
         }
       }
