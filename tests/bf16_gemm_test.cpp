@@ -258,3 +258,31 @@ TEST(Bf16, PairConversionOfAnyRowRangeEqualsTheScalarRounding) {
     }
   }
 }
+
+TEST(Bf16, AWideBTakenInPiecesEqualsTheReference) {
+  // k = 1000: the AMX kernel takes B in pieces of 512 columns (1 MiB of packing each), so
+  // n = 1100 is three pieces, and three outputs of one A group and split across pieces.
+  if (!bf16_native_available()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  for_each_native_bf16_kernel([](const char* name) {
+    const int64_t m = 40, k = 1000, widths[3] = {1100, 600, 40};
+    const auto a = random_matrix(m * k, 61);
+    PackedBf16 packs[3];
+    std::vector<float> b[3], got[3], each[3];
+    Bf16Output outs[3];
+    for (int o = 0; o < 3; ++o) {
+      const int64_t n = widths[o];
+      b[o] = random_matrix(k * n, uint64_t(62 + o));
+      bf16_pack(false, k, n, b[o].data(), n, packs[o]);
+      got[o] = each[o] = random_matrix(m * n, uint64_t(70 + o));
+      outs[o] = {&packs[o], n, o == 1 ? 1.0f : 0.0f, got[o].data(), n};
+      bf16_gemm_packed(m, n, k, 1.0f, a.data(), k, packs[o], outs[o].beta, each[o].data(), n);
+    }
+    std::vector<double> want(each[0].size()), bound(each[0].size(), 0.0);
+    reference(false, false, m, widths[0], k, 1.0, a, k, b[0], widths[0], 0.0, want, bound,
+              widths[0]);
+    for (size_t i = 0; i < want.size(); ++i)
+      ASSERT_NEAR(each[0][i], want[i], 1e-7 * double(k + 2) * bound[i] + 1e-30) << name << " " << i;
+    bf16_gemm_packed_shared_a(m, k, a.data(), k, outs, 3);
+    for (int o = 0; o < 3; ++o) EXPECT_EQ(got[o], each[o]) << name << " output " << o;
+  });
+}
