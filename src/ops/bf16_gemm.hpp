@@ -7,6 +7,8 @@
 // read in fp32 and rounded on the fly (activations); B is packed once in bf16 (weights).
 // Single-threaded: callers split rows or columns, as for sgemm_native.
 //
+// Where the CPU has Intel AMX (AMX-BF16), the same entry points run the AMX kernel instead
+// (ops/bf16_amx.hpp: TDPBF16PS on 16 x 16 tiles, the same packing), see bf16_amx_active().
 // Where the CPU (or the build) lacks AVX512-BF16 the same products run emulated: the inputs
 // rounded to bf16 values held in fp32, multiplied by the fp32 GEMM. Both are bf16-rounded
 // results; they differ only in the order of the fp32 additions.
