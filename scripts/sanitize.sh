@@ -26,4 +26,4 @@ skip='^MemoryStability\.|^PasskeyEval\.MemoryDoesNotGrowWithLength$'
 
 cd build-asan
 timeout --kill-after=30 "$budget" \
-  ctest --output-on-failure -j"$(nproc)" --timeout 900 -E "$skip" "$@"
+  ctest --output-on-failure -j"$(nproc)" --timeout 1500 -E "$skip" "$@"
