@@ -56,10 +56,11 @@ using Gemm = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const float*
 
 void check_shapes(Gemm gemm, const char* name) {
   // AMX blocks of 32 rows (two tiles of 16), panels of 32 columns (two tiles), k blocks of 32
-  // values: shapes on both sides of each, and a k tail of every parity.
+  // values: shapes on both sides of each, a k tail of every parity, and k = 0.
   const int64_t shapes[][3] = {{1, 1, 1},    {3, 5, 7},    {12, 32, 64},   {13, 33, 65},
                                {25, 70, 31}, {7, 16, 300}, {40, 100, 128}, {16, 16, 32},
-                               {17, 17, 33}, {33, 48, 95}, {64, 64, 200},  {70, 9, 1}};
+                               {17, 17, 33}, {33, 48, 95}, {64, 64, 200},  {70, 9, 1},
+                               {33, 40, 0}};
   uint64_t seed = 1;
   for (const auto& s : shapes)
     for (int ta = 0; ta < 2; ++ta)

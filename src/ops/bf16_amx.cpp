@@ -189,7 +189,7 @@ void panel_product(const uint16_t* ablk, int64_t kblocks, const uint16_t* panel,
     if constexpr (TwoRowTiles) _tile_zero(2);
     if constexpr (TwoRowTiles && TwoColTiles) _tile_zero(3);
   }
-  const int64_t ask_rows = (next.rows + kblocks - 1) / kblocks;
+  const int64_t ask_rows = kblocks > 0 ? (next.rows + kblocks - 1) / kblocks : 0;  // k may be 0
   for (int64_t kb = 0; kb < kblocks; ++kb) {
     next.ask(kb * ask_rows, (kb + 1) * ask_rows);
     const uint16_t* bk = tail && kb == kblocks - 1 ? tail : panel + kb * kPanelKBlock;
