@@ -17,7 +17,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "ops/avx512_transpose.hpp"
+#include "ops/avx512_util.hpp"
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC bug 105593, as in sgemm.cpp
 #endif
@@ -74,9 +74,6 @@ void configure_tiles() {
   configured = true;
 }
 
-inline __mmask16 first_lanes(int64_t count) {
-  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
-}
 inline __mmask32 first_lanes32(int64_t count) {
   return count >= 32  ? __mmask32(0xFFFFFFFFu)
          : count <= 0 ? __mmask32(0)

@@ -15,7 +15,7 @@
 #define INFINI_BF16_KERNEL 1
 #include <immintrin.h>
 
-#include "ops/avx512_transpose.hpp"
+#include "ops/avx512_util.hpp"
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC bug 105593, as in sgemm.cpp
 #endif
@@ -139,10 +139,6 @@ void bf16_zero_pair_pad(uint16_t* out, int64_t ldo, int64_t rows, int64_t cols) 
 namespace {
 
 constexpr int kMR = 12;
-
-inline __mmask16 first_lanes(int64_t count) {
-  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
-}
 
 // Rows [i0, i0 + rows) of A as bf16, row r at out + r * kp (kp = k rounded up to even,
 // the pad zero), so that each 32-bit word is the pair (2p, 2p + 1) the kernel broadcasts.

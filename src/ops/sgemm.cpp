@@ -11,6 +11,8 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+
+#include "ops/avx512_util.hpp"
 #if defined(__GNUC__) && !defined(__clang__)
 // GCC 12 warns that the "undefined" vectors inside its AVX-512 intrinsics may be used
 // uninitialised (GCC bug 105593, fixed in GCC 13); they are not.
@@ -66,10 +68,6 @@ inline void transpose16(__m512 r[16]) {
     r[c + 4] = _mm512_shuffle_f32x4(v1, v3, 0x88);
     r[c + 12] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
   }
-}
-
-inline __mmask16 first_lanes(int64_t count) {
-  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
 }
 
 // Packs op(B)[p0 .. p0+kc, j0 .. j0+nc] into panels of kNR columns: panel q holds, for each p,

@@ -1,10 +1,16 @@
-// A 16 x 16 transposition of 32-bit lanes in AVX-512 registers, shared by the bf16 packing
-// (ops/bf16_gemm.cpp) and the AMX kernel's A tiles (ops/bf16_amx.cpp). Include only from
-// files compiled with AVX-512F.
+// AVX-512 helpers shared by the kernels (ops/sgemm.cpp, ops/bf16_gemm.cpp, ops/bf16_amx.cpp).
+// Include only from files compiled with AVX-512F.
 #pragma once
 #include <immintrin.h>
 
+#include <cstdint>
+
 namespace infini::ops {
+
+// The mask of the first `count` of 16 lanes (none for count <= 0, all from 16 up).
+inline __mmask16 first_lanes(int64_t count) {
+  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
+}
 
 // z[r] lane c becomes z[c] lane r (32-bit lanes).
 inline void transpose_16x16_epi32(__m512i z[16]) {
